@@ -33,7 +33,28 @@ _EXPORTS: dict[str, str] = {
     "validate_event": "capi_bridge.validation",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "STANDARD_EVENTS",
+    "AsyncGraphClient",
+    "Bridge",
+    "CapiBridgeError",
+    "ConfigError",
+    "Content",
+    "CustomData",
+    "Event",
+    "GraphClient",
+    "GraphError",
+    "GraphResult",
+    "InvalidEvent",
+    "InvalidUserData",
+    "Settings",
+    "UserData",
+    "__version__",
+    "hash_user_data",
+    "new_event_id",
+    "normalize",
+    "validate_event",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from capi_bridge.bridge import Bridge

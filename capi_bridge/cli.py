@@ -17,7 +17,7 @@ from capi_bridge import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capi-bridge",
-        description="Meta Pixel + Conversions API redundant setup: tools for developers and operators.",
+        description="Meta Pixel + Conversions API redundant setup: developer and operator tools.",
     )
     parser.add_argument("--version", action="version", version=f"capi-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

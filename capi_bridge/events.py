@@ -101,8 +101,16 @@ CUSTOM_DATA_KEYS = frozenset(
 )
 
 CONTENT_KEYS = frozenset(
-    {"id", "quantity", "item_price", "title", "description", "brand", "category",
-     "delivery_category"}
+    {
+        "id",
+        "quantity",
+        "item_price",
+        "title",
+        "description",
+        "brand",
+        "category",
+        "delivery_category",
+    }
 )
 
 UserValue = str | Sequence[str] | None

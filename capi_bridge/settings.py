@@ -34,8 +34,8 @@ _LDU_STATES = frozenset({0, *range(1000, 1014)})
 def _str_tuple(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (str, int)):
+        return tuple(part.strip() for part in str(value).split(",") if part.strip())
     return tuple(str(part).strip() for part in value if str(part).strip())
 
 
@@ -147,7 +147,9 @@ class Settings:
     def __post_init__(self) -> None:
         ids = _str_tuple(self.pixel_id)
         object.__setattr__(self, "pixel_id", ids[0] if len(ids) == 1 else ids)
-        object.__setattr__(self, "data_processing_options", _str_tuple(self.data_processing_options))
+        object.__setattr__(
+            self, "data_processing_options", _str_tuple(self.data_processing_options)
+        )
         object.__setattr__(self, "allowed_hosts", _str_tuple(self.allowed_hosts))
         object.__setattr__(self, "custom_events", _str_tuple(self.custom_events))
         proxies = self.trusted_proxies

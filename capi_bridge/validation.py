@@ -1,0 +1,304 @@
+"""The schema guard: what Meta would reject, said before anything is stored or sent.
+
+Meta rejects a whole batch of up to 1000 events when one of them is invalid, and reports it hours
+later in Events Manager if at all. :func:`validate_event` checks one wire event against the rules
+Meta documents (server-event, customer-information and standard-parameter pages, the "baseline
+requirements for matching" of the best-practices page) and returns one plain sentence per fault,
+each naming the field, so the caller learns why at once. It runs on every enqueued event, so it
+is written for speed: no regex compiled per call, no allocation on the happy path beyond the list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from capi_bridge.errors import InvalidUserData
+from capi_bridge.events import (
+    ACTION_SOURCES,
+    SERVER_EVENT_KEYS,
+    Event,
+)
+from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS
+
+#: Meta's window for website events; physical-store events may be 62 days old.
+MAX_AGE_SECONDS = 7 * 24 * 3600
+MAX_AGE_PHYSICAL_STORE = 62 * 24 * 3600
+#: Meta documents no future bound; client clocks drift, so allow a minute and flag the rest.
+FUTURE_TOLERANCE = 60
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: fb.<subdomain index>.<creation time in ms>.<payload>[.<Parameter Builder appendix>]
+_FB_COOKIE = re.compile(
+    r"fb\.\d{1,2}\.\d{12,13}\.[^.\s]{1,600}(\.[A-Za-z0-9_-]{2}|\.[A-Za-z0-9_-]{8})?"
+)
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+#: "Baseline requirements for matching" (best practices, Graph API v13.0): an event whose
+#: customer information is a subset of one of these sets is rejected.
+TOO_BROAD = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+_USER_DATA_KEYS = HASHED_FIELDS | PLAIN_FIELDS
+_DELIVERY_CATEGORIES = frozenset({"in_store", "curbside", "home_delivery"})
+_CONTENT_TYPES = frozenset({"product", "product_group"})
+_SEGMENTS = frozenset(
+    {
+        "new_customer_to_business",
+        "new_customer_to_business_line",
+        "new_customer_to_product_area",
+        "new_customer_to_medium",
+        "existing_customer_to_business",
+        "existing_customer_to_business_line",
+        "existing_customer_to_product_area",
+        "existing_customer_to_medium",
+        "customer_in_loyalty_program",
+    }
+)
+#: ISO 4217 active codes (Meta: "valid ISO 4217 three-digit currency code").
+_ISO_4217_CODES = """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
+    BYN BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP
+    GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS
+    KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR
+    MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF
+    SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD
+    TWD TZS UAH UGX USD UYU UZS VES VED VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
+"""
+ISO_4217 = frozenset(_ISO_4217_CODES.split())
+
+
+def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None) -> list[str]:
+    """Every reason Meta would reject ``event``; empty when it would be accepted.
+
+    An :class:`~capi_bridge.events.Event` is checked as it will be sent (its customer
+    information normalized and hashed); a mapping is checked as the wire dict it already is, so
+    raw e-mails in it are reported as unhashed.
+    """
+    if isinstance(event, Event):
+        try:
+            data: Mapping[str, Any] = event.to_graph()
+        except InvalidUserData as exc:
+            return [str(exc)]
+    elif isinstance(event, Mapping):
+        data = event
+    else:
+        return [f"an event must be a mapping or an Event, not {type(event).__name__}"]
+    problems: list[str] = []
+    unknown = data.keys() - SERVER_EVENT_KEYS
+    if unknown:
+        problems.extend(
+            f"unknown key {key!r}: Meta rejects unexpected keys (put custom values in custom_data)"
+            for key in sorted(map(str, unknown))
+        )
+    _check_name_and_source(data, problems)
+    _check_time(data, problems, time.time() if now is None else now)
+    _check_user_data(data, problems)
+    custom = data.get("custom_data")
+    if custom is not None:
+        _check_custom_data(str(data.get("event_name")), custom, problems)
+    _check_dpo(data, problems)
+    segment = data.get("customer_segmentation")
+    if segment is not None and segment not in _SEGMENTS:
+        problems.append(f"customer_segmentation: {segment!r} is not one of Meta's segments")
+    opt_out = data.get("opt_out")
+    if opt_out is not None and not isinstance(opt_out, bool):
+        problems.append("opt_out must be true or false")
+    return problems
+
+
+def _check_name_and_source(data: Mapping[str, Any], problems: list[str]) -> None:
+    name = data.get("event_name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(
+            "event_name is required (a standard event such as Purchase, or a custom name)"
+        )
+    elif len(name) > 50:
+        problems.append(f"event_name {name[:20]!r}... is longer than 50 characters")
+    event_id = data.get("event_id")
+    if event_id is not None and (
+        not isinstance(event_id, str) or not event_id or len(event_id) > 500
+    ):
+        problems.append("event_id must be a non-empty string (it is the deduplication key)")
+    source = data.get("action_source")
+    if source is None:
+        problems.append("action_source is required (use 'website' for events on your site)")
+    elif source not in ACTION_SOURCES:
+        problems.append(
+            f"action_source {source!r} is not one of {', '.join(sorted(ACTION_SOURCES))}"
+        )
+    if source == "website":
+        url = data.get("event_source_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            problems.append("event_source_url is required for website events (the page's URL)")
+    for key in ("event_source_url", "referrer_url"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{key} must be a string")
+
+
+def _check_time(data: Mapping[str, Any], problems: list[str], now: float) -> None:
+    when = data.get("event_time")
+    if isinstance(when, bool) or not isinstance(when, int):
+        problems.append("event_time is required: an integer Unix timestamp in seconds")
+        return
+    if when > 100_000_000_000:
+        problems.append("event_time looks like milliseconds: Meta wants seconds (divide by 1000)")
+        return
+    limit = (
+        MAX_AGE_PHYSICAL_STORE if data.get("action_source") == "physical_store" else MAX_AGE_SECONDS
+    )
+    if when < now - limit:
+        days = limit // 86400
+        problems.append(f"event_time is more than {days} days old: Meta rejects the whole batch")
+    elif when > now + FUTURE_TOLERANCE:
+        problems.append("event_time is in the future: check the client's or server's clock")
+
+
+def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
+    user = data.get("user_data")
+    if not isinstance(user, Mapping) or not user:
+        problems.append("user_data is required and must hold at least one customer parameter")
+        return
+    present = {key for key, value in user.items() if value not in (None, "", [])}
+    for key in sorted(map(str, user.keys() - _USER_DATA_KEYS)):
+        problems.append(f"user_data.{key} is not a customer information parameter Meta knows")
+    for key in present & HASHED_FIELDS:
+        value = user[key]
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) and _SHA256.fullmatch(v) for v in values):
+            problems.append(
+                f"user_data.{key} is not SHA-256 hashed: hash it (capi_bridge.hash_user_data) "
+                "or pass raw values through Event/Bridge, which hash them"
+            )
+    if data.get("action_source") == "website" and "client_user_agent" not in present:
+        problems.append("user_data.client_user_agent is required for website events")
+    for key in ("fbc", "fbp"):
+        value = user.get(key)
+        if value is not None and not (isinstance(value, str) and _FB_COOKIE.fullmatch(value)):
+            payload = "fbclid" if key == "fbc" else "random number"
+            problems.append(
+                f"user_data.{key} {str(value)[:40]!r} is malformed: "
+                f"expected fb.<subdomain index>.<ms timestamp>.<{payload}>"
+            )
+    ip = user.get("client_ip_address")
+    if ip is not None and not _valid_ip(ip):
+        problems.append(
+            f"user_data.client_ip_address {str(ip)[:45]!r} is not a bare IPv4/IPv6 address "
+            "(no port, no brackets)"
+        )
+    matchable = present & _USER_DATA_KEYS
+    if matchable and any(matchable <= combo for combo in TOO_BROAD):
+        problems.append(
+            "user_data holds too little customer information to match "
+            f"({', '.join(sorted(matchable))}): add em, ph, external_id, fbp, fbc or the client IP"
+        )
+
+
+def _valid_ip(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _check_custom_data(name: str, custom: object, problems: list[str]) -> None:
+    if not isinstance(custom, Mapping):
+        problems.append("custom_data must be an object")
+        return
+    value, currency = custom.get("value"), custom.get("currency")
+    if name == "Purchase":
+        if currency is None:
+            problems.append("custom_data.currency is required for Purchase (ISO 4217, e.g. USD)")
+        if value is None:
+            problems.append("custom_data.value is required for Purchase (a number)")
+    if currency is not None and not (
+        isinstance(currency, str) and _CURRENCY.fullmatch(currency) and currency.upper() in ISO_4217
+    ):
+        problems.append(f"custom_data.currency {currency!r} is not an ISO 4217 code (e.g. USD)")
+    for key in ("value", "predicted_ltv", "net_revenue"):
+        if custom.get(key) is not None and not _is_number(custom[key]):
+            problems.append(f"custom_data.{key} must be a number")
+    num_items = custom.get("num_items")
+    if num_items is not None and (isinstance(num_items, bool) or not isinstance(num_items, int)):
+        problems.append("custom_data.num_items must be an integer")
+    contents = custom.get("contents")
+    if contents is not None:
+        _check_contents(contents, problems)
+    ids = custom.get("content_ids")
+    if ids is not None and (
+        not isinstance(ids, list) or not all(isinstance(i, (str, int)) for i in ids)
+    ):
+        problems.append("custom_data.content_ids must be a list of strings")
+    content_type = custom.get("content_type")
+    if content_type is not None and content_type not in _CONTENT_TYPES:
+        problems.append("custom_data.content_type must be 'product' or 'product_group'")
+    category = custom.get("delivery_category")
+    if category is not None and category not in _DELIVERY_CATEGORIES:
+        problems.append("custom_data.delivery_category must be in_store, curbside or home_delivery")
+
+
+def _check_contents(contents: object, problems: list[str]) -> None:
+    if not isinstance(contents, list):
+        problems.append("custom_data.contents must be a list of {id, quantity} objects")
+        return
+    for index, item in enumerate(contents):
+        where = f"custom_data.contents[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where} must be an object with id and quantity")
+            continue
+        item_id = item.get("id")
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
+            problems.append(f"{where}.id is required (Meta rejects contents without id)")
+        quantity = item.get("quantity")
+        if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
+            problems.append(f"{where}.quantity must be an integer")
+        price = item.get("item_price")
+        if price is not None and not _is_number(price):
+            problems.append(f"{where}.item_price must be a number")
+
+
+def _check_dpo(data: Mapping[str, Any], problems: list[str]) -> None:
+    options = data.get("data_processing_options")
+    if options is None:
+        return
+    if not isinstance(options, list) or any(opt != "LDU" for opt in options):
+        problems.append("data_processing_options must be [] or ['LDU']")
+        return
+    if options:
+        country = data.get("data_processing_options_country")
+        state = data.get("data_processing_options_state")
+        if country not in (0, 1):
+            problems.append(
+                "data_processing_options_country must be 0 (geolocate) or 1 (USA) with LDU"
+            )
+        if state is None and "client_ip_address" not in (data.get("user_data") or {}):
+            problems.append(
+                "data_processing_options_state is required with LDU when there is no client IP"
+            )
+        elif state is not None and state not in (0, *range(1000, 1014)):
+            problems.append("data_processing_options_state must be 0 or a state code 1000-1013")
