@@ -82,15 +82,16 @@ def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None
     information normalized and hashed); a mapping is checked as the wire dict it already is, so
     raw e-mails in it are reported as unhashed.
     """
-    if isinstance(event, Event):
+    given: object = event  # untyped callers (JSON bodies, bulk imports) pass anything
+    if isinstance(given, Event):
         try:
-            data: Mapping[str, Any] = event.to_graph()
+            data: Mapping[str, Any] = given.to_graph()
         except InvalidUserData as exc:
             return [str(exc)]
-    elif isinstance(event, Mapping):
-        data = event
+    elif isinstance(given, Mapping):
+        data = given
     else:
-        return [f"an event must be a mapping or an Event, not {type(event).__name__}"]
+        return [f"an event must be a mapping or an Event, not {type(given).__name__}"]
     problems: list[str] = []
     unknown = data.keys() - SERVER_EVENT_KEYS
     if unknown:
