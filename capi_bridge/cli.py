@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from capi_bridge import __version__
+
+if TYPE_CHECKING:
+    from capi_bridge.outbox import Outbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_fake_graph(sub)
+    _add_outbox(sub)
     return parser
 
 
@@ -47,6 +52,176 @@ def _cmd_fake_graph(args: argparse.Namespace) -> int:
     from capi_bridge.testing import serve_forever
 
     return serve_forever(host=args.host, port=args.port, token=args.token, pixels=args.pixel)
+
+
+# --- outbox ---------------------------------------------------------------------------------
+
+
+def _add_outbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "outbox", help="inspect and repair the delivery outbox (stats, dead letters, purge)"
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)"
+
+    stats = actions.add_parser("stats", help="pending, in flight, delivered, dead, last error")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=_cmd_outbox_stats)
+
+    dead = actions.add_parser("dead", help="list dead-lettered events with Meta's reason")
+    dead.add_argument("--limit", type=int, default=50, help="how many, newest first (default 50)")
+    dead.add_argument("--json", action="store_true", help="print a JSON array")
+    dead.set_defaults(func=_cmd_outbox_dead)
+
+    retry = actions.add_parser("retry-dead", help="put dead-lettered events back in the outbox")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, nargs="+", dest="ids", help="dead-letter ids to retry")
+    which.add_argument("--all", action="store_true", help="retry every dead letter")
+    retry.set_defaults(func=_cmd_outbox_retry_dead)
+
+    purge = actions.add_parser("purge", help="delete delivered keys and/or dead letters")
+    purge.add_argument("--delivered", action="store_true", help="delivered events' keys")
+    purge.add_argument("--dead", action="store_true", help="dead letters")
+    purge.add_argument(
+        "--older-than", type=float, metavar="HOURS", help="only entries older than HOURS"
+    )
+    purge.set_defaults(func=_cmd_outbox_purge)
+    for action in (stats, dead, retry, purge):
+        action.add_argument("--path", default=None, help=path_help)
+
+
+def _open_outbox(args: argparse.Namespace) -> Outbox | None:
+    """The outbox named by --path/env/default, or None (and a message) if there is none."""
+    import dataclasses
+    import os
+    import sqlite3
+
+    from capi_bridge.outbox import Outbox
+    from capi_bridge.settings import ENV_PREFIX, Settings
+
+    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "outbox_path")
+    path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or str(default)
+    try:
+        return Outbox(path, create=False)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"capi-bridge: cannot open the outbox at {os.path.abspath(path)}: {exc}")
+        print("Pass --path or set CAPI_BRIDGE_OUTBOX_PATH to the app's outbox file.")
+        return None
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cmd_outbox_stats(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from capi_bridge.outbox_admin import read_stats
+
+    outbox = _open_outbox(args)
+    if outbox is None:
+        return 1
+    now = time.time()
+    stats = read_stats(outbox, now)
+    if args.json:
+        print(json.dumps(stats.as_dict(), sort_keys=True))
+        return 0
+    print(f"outbox {stats.path}")
+    print(f"  pending      {stats.pending}")
+    print(f"  in flight    {stats.in_flight}")
+    print(f"  retrying     {stats.retrying}")
+    print(f"  delivered    {stats.delivered}")
+    print(f"  dead         {stats.dead}")
+    print(f"  deduplicated {stats.deduplicated}")
+    print(f"  oldest pending {_when(stats.oldest_pending_age)}")
+    for pause in stats.paused:
+        print(
+            f"  pixel {pause.pixel_id} paused ({pause.kind}, {pause.failures} failures),"
+            f" next try in {_when(pause.until - now)}"
+        )
+    err = stats.last_error
+    if err is not None:
+        codes = "/".join(str(c) for c in (err.code, err.subcode) if c is not None) or "-"
+        print(
+            f"  last error   {_when(now - err.at)} ago, pixel {err.pixel_id}, {err.kind},"
+            f" code {codes}, fbtrace_id {err.fbtrace_id or '-'}: {err.message}"
+        )
+    if stats.dead:
+        print("Dead letters: `capi-bridge outbox dead`; requeue after a fix with `retry-dead`.")
+    return 0
+
+
+def _cmd_outbox_dead(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from capi_bridge.outbox_admin import dead_letters
+
+    outbox = _open_outbox(args)
+    if outbox is None:
+        return 1
+    letters = dead_letters(outbox, args.limit)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(d) for d in letters]))
+        return 0
+    if not letters:
+        print(f"no dead letters in {outbox.path}")
+        return 0
+    for d in letters:
+        codes = "/".join(str(c) for c in (d.code, d.subcode) if c is not None) or "-"
+        print(
+            f"#{d.id} pixel {d.pixel_id} {d.event_name} {d.event_id}: {d.reason},"
+            f" code {codes}, fbtrace_id {d.fbtrace_id or '-'}: {d.message or '-'}"
+        )
+    print(f"{len(letters)} shown. After fixing the cause: capi-bridge outbox retry-dead --id N")
+    return 0
+
+
+def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
+    import time
+
+    from capi_bridge.outbox_admin import retry_dead
+
+    outbox = _open_outbox(args)
+    if outbox is None:
+        return 1
+    moved = retry_dead(outbox, None if args.all else args.ids, time.time())
+    print(f"requeued {moved} dead letters in {outbox.path}")
+    print("The app's dispatchers send them within a second; watch `capi-bridge outbox stats`.")
+    return 0 if moved or args.all else 1
+
+
+def _cmd_outbox_purge(args: argparse.Namespace) -> int:
+    import time
+
+    from capi_bridge.outbox_admin import purge
+
+    outbox = _open_outbox(args)
+    if outbox is None:
+        return 1
+    both = not (args.delivered or args.dead)
+    older = None if args.older_than is None else args.older_than * 3600
+    removed = purge(
+        outbox,
+        delivered=args.delivered or both,
+        dead=args.dead or both,
+        older_than=older,
+        now=time.time(),
+    )
+    age = "" if args.older_than is None else f" older than {args.older_than:g} h"
+    print(
+        f"deleted {removed['delivered']} delivered keys and {removed['dead']} dead letters{age}"
+        f" from {outbox.path}; pending events are never purged"
+    )
+    if removed["delivered"]:
+        print("Deleted keys no longer deduplicate: those events would be sent again if re-sent.")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

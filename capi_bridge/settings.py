@@ -132,6 +132,9 @@ class Settings:
     lease_seconds: float = 60.0
     auth_pause: float = 300.0
     close_timeout: float = 5.0
+    retry_base: float = 1.0
+    dedup_window: float = 172800.0
+    outbox_synchronous: str = "NORMAL"
 
     # --- requests and browser bridge ----------------------------------------------------------
     trusted_proxies: int | tuple[str, ...] = 0
@@ -156,6 +159,7 @@ class Settings:
         if not isinstance(proxies, int):
             object.__setattr__(self, "trusted_proxies", _str_tuple(proxies))
         object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
+        object.__setattr__(self, "outbox_synchronous", str(self.outbox_synchronous).upper())
         self._validate()
 
     @property
@@ -258,6 +262,8 @@ class Settings:
             "lease_seconds": self.lease_seconds > 0,
             "auth_pause": self.auth_pause > 0,
             "close_timeout": self.close_timeout >= 0,
+            "retry_base": 0 < self.retry_base <= self.max_backoff,
+            "dedup_window": 0 <= self.dedup_window <= 30 * 86400,
             "token_max_age": self.token_max_age > 0,
             "rate_limit": self.rate_limit > 0,
         }
@@ -268,6 +274,13 @@ class Settings:
                     f"{getattr(self, name)!r} is out of range",
                     "see the configuration table in README.md for sensible values",
                 )
+        if self.outbox_synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(
+                env("outbox_synchronous"),
+                f"{self.outbox_synchronous!r} is not NORMAL or FULL",
+                "use NORMAL (survives a crash of the app; a power loss may lose the last "
+                "commits) or FULL (fsync on every enqueue, several times slower)",
+            )
 
     def _validate_proxies(self) -> None:
         proxies = self.trusted_proxies

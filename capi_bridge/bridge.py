@@ -1,0 +1,278 @@
+"""``Bridge``: accept events on the request path, deliver them to Meta off it.
+
+``enqueue`` does only local work (schema guard, hashing, one SQLite commit, ~30 µs) and returns;
+a background dispatcher per process sends batches to the Conversions API. The page never waits
+for Meta, and an event ``enqueue`` returned for is never lost: it is on disk until Meta takes it
+or refuses it with a reason.
+
+Threads (WSGI) call the plain methods. Coroutines (ASGI) may call the plain ``enqueue`` too: it
+costs one local SQLite commit and no network I/O, the same as a cache write. When the outbox is
+busy (another process holding the write lock) that commit can wait, so ``aenqueue`` and friends
+run the same work in a thread (``asyncio.to_thread``) and never block the event loop.
+
+Lifecycle: the dispatcher starts lazily on the first ``enqueue``/``flush`` of each process, so a
+``Bridge`` built before a fork (gunicorn ``--preload``) works in every worker. ``close()`` and
+interpreter exit (an ``atexit`` hook in :mod:`capi_bridge.delivery`) flush within a bound; what
+is left stays in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from capi_bridge.delivery import Dispatcher
+from capi_bridge.errors import InvalidEvent, InvalidUserData
+from capi_bridge.events import Event, graph_event, new_event_id
+from capi_bridge.outbox import NewRow, Outbox, OutboxUnavailable
+from capi_bridge.outbox_admin import OutboxStats, read_stats
+from capi_bridge.retry import RetryPolicy
+from capi_bridge.settings import Settings
+from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
+
+logger = logging.getLogger("capi_bridge.bridge")
+
+EventLike = Event | Mapping[str, Any]
+
+# One encoder, built once: json.dumps() with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
+
+#: Objects kept referenced after fork() so the child never closes what the parent uses.
+_INHERITED: list[object] = []
+
+
+class Bridge:
+    """The delivery engine: durable outbox plus a background dispatcher per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.outbox = Outbox(settings.outbox_path, synchronous=settings.outbox_synchronous)
+        self.policy = RetryPolicy(
+            base=settings.retry_base, cap=settings.max_backoff, pause=settings.auth_pause
+        )
+        self._pixels = settings.pixel_ids
+        self._dpo: dict[str, Any] = {}
+        if settings.data_processing_options:
+            self._dpo["data_processing_options"] = list(settings.data_processing_options)
+            if settings.data_processing_options_country is not None:
+                self._dpo["data_processing_options_country"] = (
+                    settings.data_processing_options_country
+                )
+                self._dpo["data_processing_options_state"] = settings.data_processing_options_state
+        self._dispatcher: Dispatcher | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def __repr__(self) -> str:
+        return f"Bridge(outbox={self.outbox.path!r}, pixels={list(self._pixels)!r})"
+
+    # --- accepting events ---------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        event: EventLike,
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+    ) -> str:
+        """Validate, hash and durably store ``event``; returns its ``event_id``.
+
+        The event goes to every configured pixel (as ``fbq('track')`` does) unless
+        ``pixel_id`` names one. Raises :class:`~capi_bridge.errors.InvalidEvent` with every
+        problem when Meta would refuse it, and :class:`~capi_bridge.outbox.OutboxUnavailable`
+        when the outbox cannot store it (answer 503); nothing is stored then. The same
+        (pixel, event_name, event_id) stored again within the dedup window is not sent twice.
+        """
+        now = time.time()
+        rows, event_id = self._rows(event, pixel_id, test_event_code, now)
+        self._store(rows, now)
+        return event_id
+
+    def enqueue_many(
+        self,
+        events: Iterable[EventLike],
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+    ) -> list[str]:
+        """Like :meth:`enqueue` for a bulk import, in one transaction: all stored or none.
+
+        Every event is checked first; :class:`InvalidEvent` lists the problems of all invalid
+        ones, each prefixed with its position.
+        """
+        now = time.time()
+        rows: list[NewRow] = []
+        ids: list[str] = []
+        problems: list[str] = []
+        for index, event in enumerate(events):
+            try:
+                event_rows, event_id = self._rows(event, pixel_id, test_event_code, now)
+            except InvalidEvent as exc:
+                problems.extend(f"event {index}: {p}" for p in exc.problems)
+                continue
+            rows.extend(event_rows)
+            ids.append(event_id)
+        if problems:
+            raise InvalidEvent(problems)
+        if rows:
+            self._store(rows, now)
+        return ids
+
+    def _store(self, rows: list[NewRow], now: float) -> None:
+        try:
+            self.outbox.insert(rows, now)
+        except sqlite3.Error as exc:  # disk full, read-only file, lock held for 10 s...
+            raise OutboxUnavailable(self.outbox.path, exc) from exc
+        self._notify(len(rows))
+
+    def _rows(
+        self, event: EventLike, pixel_id: str | None, test_code: str | None, now: float
+    ) -> tuple[list[NewRow], str]:
+        """The hashed wire JSON of ``event`` as one outbox row per target pixel."""
+        if pixel_id is not None and not (isinstance(pixel_id, str) and pixel_id.isdigit()):
+            raise InvalidEvent([f"pixel_id {pixel_id!r} is not a pixel id (digits only)"])
+        if isinstance(event, Event):
+            data = event.to_dict()
+        elif isinstance(event, Mapping):
+            data = dict(event)
+        else:
+            raise InvalidEvent([f"an event is an Event or a mapping, not {type(event).__name__}"])
+        if not data.get("event_id"):
+            data["event_id"] = new_event_id()
+        if self._dpo and "data_processing_options" not in data:
+            data.update(self._dpo)
+        try:
+            wire = graph_event(data)
+        except (InvalidUserData, TypeError, ValueError) as exc:  # unhashable PII, bad shapes
+            raise InvalidEvent([str(exc)]) from None
+        problems = validate_event(wire, now=now)
+        if problems:
+            raise InvalidEvent(problems)
+        try:
+            payload = _ENCODER.encode(wire)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent([f"the event cannot be sent as JSON: {exc}"]) from None
+        name, event_id = wire["event_name"], wire["event_id"]
+        store = wire.get("action_source") == "physical_store"
+        window = MAX_AGE_PHYSICAL_STORE if store else MAX_AGE_SECONDS
+        expires = float(wire["event_time"] + window)
+        code = test_code if test_code is not None else (self.settings.test_event_code or "")
+        if pixel_id is not None:
+            return [(pixel_id, name, event_id, code, expires, payload)], event_id
+        return [(pid, name, event_id, code, expires, payload) for pid in self._pixels], event_id
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def _notify(self, count: int) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is None or dispatcher.pid != os.getpid():
+            dispatcher = self._start()
+            if dispatcher is None:
+                return
+        dispatcher.notify(count)
+
+    def _start(self) -> Dispatcher | None:
+        """Start this process's dispatcher (lazily, so it is born after any fork)."""
+        with self._lock:
+            if self._closed:
+                return None
+            dispatcher = self._dispatcher
+            if dispatcher is None or dispatcher.pid != os.getpid():
+                dispatcher = Dispatcher(self.settings, self.outbox, self.policy)
+                dispatcher.start()
+                self._dispatcher = dispatcher
+                logger.debug("delivery started in pid %d from %s", os.getpid(), self.outbox.path)
+            return dispatcher
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Deliver what was accepted so far (partial batches too) within ``timeout`` seconds.
+
+        True when every event in the outbox at the time of the call has been delivered or
+        dead-lettered; False when some remain (Meta down, circuit open, time up). Events
+        already backing off are not hurried: flush never makes delivery hammer Meta.
+        """
+        dispatcher = self._start()
+        if dispatcher is None:
+            return not self.outbox.has_pending(self.outbox.max_id())
+        return dispatcher.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush within ``timeout`` (default ``close_timeout``), then stop the dispatcher.
+
+        Returns whether everything was flushed. Events left over stay in the outbox and are
+        sent by the next start; an ``enqueue`` after ``close`` still stores durably.
+        """
+        timeout = self.settings.close_timeout if timeout is None else timeout
+        with self._lock:
+            self._closed = True
+            dispatcher = self._dispatcher
+        flushed = True
+        if dispatcher is not None and dispatcher.pid == os.getpid() and dispatcher.alive:
+            flushed = dispatcher.close(timeout)
+        self.outbox.close()
+        return flushed
+
+    def stats(self) -> OutboxStats:
+        """Counts across every process sharing the outbox, plus Meta's last error."""
+        return read_stats(self.outbox, time.time())
+
+    # --- asyncio ------------------------------------------------------------------------------
+
+    async def aenqueue(
+        self,
+        event: EventLike,
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+    ) -> str:
+        """:meth:`enqueue` in a worker thread: the event loop never waits on the SQLite lock."""
+        return await asyncio.to_thread(
+            self.enqueue, event, pixel_id=pixel_id, test_event_code=test_event_code
+        )
+
+    async def aenqueue_many(
+        self,
+        events: Iterable[EventLike],
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+    ) -> list[str]:
+        return await asyncio.to_thread(
+            self.enqueue_many, list(events), pixel_id=pixel_id, test_event_code=test_event_code
+        )
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.close, timeout)
+
+    async def astats(self) -> OutboxStats:
+        return await asyncio.to_thread(self.stats)
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _after_fork(ref: weakref.ref[Bridge]) -> None:
+    """In a forked child: forget the parent's dispatcher; the child starts its own lazily."""
+    bridge = ref()
+    if bridge is None:
+        return
+    if bridge._dispatcher is not None:
+        _INHERITED.append(bridge._dispatcher)
+    bridge._dispatcher = None
+    bridge._lock = threading.Lock()

@@ -1,0 +1,328 @@
+"""The dispatcher: one daemon thread per process that moves events from the outbox to Meta.
+
+It is woken by ``enqueue`` (a :class:`threading.Event`), lingers briefly so a partial batch can
+fill (Meta wants events near real time, so ``linger`` is a fraction of a second), claims a batch
+under a lease, sends it with one Graph request and settles it. Every outcome is written to the
+outbox before the next claim, so any process can pick up where another one died.
+
+Failures follow :mod:`capi_bridge.retry`: back off (RETRY), bisect then dead-letter (REJECTED),
+or open the pixel's circuit and keep the events (AUTH, CONFIG); :mod:`capi_bridge.outcomes`
+records each outcome and logs it. The loop never dies: an unexpected exception is logged and the
+loop goes on after a pause, with the events still in the outbox.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from capi_bridge import leases, outcomes
+from capi_bridge.graph import GraphClient, GraphError
+from capi_bridge.leases import Claim, Claimed, new_owner_id
+from capi_bridge.outbox import Outbox
+from capi_bridge.retry import Action, RetryPolicy
+from capi_bridge.settings import Settings
+
+logger = logging.getLogger("capi_bridge.delivery")
+
+#: With nothing to do, look for rows of other (maybe dead) processes this often.
+IDLE_POLL = 1.0
+#: After an unexpected error, wait this long before the next cycle.
+ERROR_PAUSE = 1.0
+#: Send at most this many full batches of one group before serving the next group.
+FAIR_SHARE = 8
+#: Events this close to Meta's age limit are dead-lettered before sending instead of risking a
+#: rejected batch (the request takes time, and Meta's clock is not ours).
+EXPIRY_MARGIN = 60.0
+CHECKPOINT_EVERY = 0.5
+FORGET_EVERY = 600.0
+
+
+#: Dispatchers running in this process. The interpreter-exit flush works from here, not from
+#: the Bridge: an app may drop its Bridge object while its events are still on the way.
+_running: set[Dispatcher] = set()
+_running_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    """Bounded flush of every dispatcher of this process (``close_timeout`` each)."""
+    with _running_lock:
+        running = [d for d in _running if d.pid == os.getpid()]
+    for dispatcher in running:
+        try:
+            dispatcher.close(dispatcher.settings.close_timeout)
+        except Exception:  # never turn an app's clean exit into a traceback
+            logger.exception("capi-bridge: closing the dispatcher at exit failed")
+
+
+def _forget_running_after_fork() -> None:
+    global _running_lock
+    _running.clear()  # the parent's threads do not exist in the child
+    _running_lock = threading.Lock()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_forget_running_after_fork)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is a local process with this pid still running (signal 0 checks without killing)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Dispatcher:
+    """The delivery loop of one process; :class:`~capi_bridge.bridge.Bridge` owns it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        policy: RetryPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.policy = policy
+        self.clock = clock
+        self.owner = new_owner_id()
+        self.pid = os.getpid()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self._lock = threading.Lock()
+        self._unsent = 0  # events stored since the current pass began
+        self._idle = True  # the loop knows of nothing pending: the next event wakes it
+        self._forcing = 0
+        self._client: GraphClient | None = None
+        self._next_checkpoint = 0.0
+        self._next_forget = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"capi-bridge-dispatcher-{self.pid}", daemon=True
+        )
+
+    # --- control (any thread) -----------------------------------------------------------------
+
+    def start(self) -> None:
+        with _running_lock:
+            _running.add(self)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def notify(self, count: int) -> None:
+        """``count`` events were stored: wake the loop if it is idle or a batch just filled.
+
+        While the loop lingers on a partial batch it is not woken for every event (that
+        would be a pass per enqueue), only when a full batch is ready.
+        """
+        with self._lock:
+            before = self._unsent
+            self._unsent = before + count
+            wake = self._idle or before < self.settings.batch_size <= self._unsent
+            self._idle = False
+        if wake:
+            self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Send what is due now, partial batches included; True once all of it is settled.
+
+        "All of it" is every row in the outbox when the call starts, whichever process stored
+        it. Events paused by an open circuit or backing off keep it False until ``timeout``.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        target = self.outbox.max_id()
+        with self._lock:
+            self._forcing += 1
+        self._wake.set()
+        try:
+            while self.outbox.has_pending(target):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with self._progress:
+                    self._progress.wait(min(remaining, 0.05))
+            return True
+        finally:
+            with self._lock:
+                self._forcing -= 1
+
+    def close(self, timeout: float) -> bool:
+        """Flush within ``timeout``, then stop; says where leftovers wait if any remain."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        flushed = self.flush(timeout)
+        self.stop(max(0.05, deadline - time.monotonic()))
+        if not flushed:
+            logger.warning(
+                "capi-bridge: events not yet delivered at close; they stay in %s and are sent "
+                "by the next start (see `capi-bridge outbox stats`)",
+                self.outbox.path,
+            )
+        return flushed
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the loop to end and wait up to ``timeout``; True if the thread has ended."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
+
+    # --- the loop (dispatcher thread) ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._startup()
+            while not self._stop.is_set():
+                try:
+                    wait = self._cycle()
+                except Exception:
+                    logger.exception(
+                        "capi-bridge dispatcher: unexpected error; events stay in %s, "
+                        "retrying in %.0f s",
+                        self.outbox.path,
+                        ERROR_PAUSE,
+                    )
+                    wait = ERROR_PAUSE
+                with self._progress:
+                    self._progress.notify_all()
+                if wait > 0:
+                    self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            with _running_lock:
+                _running.discard(self)
+            if self._client is not None:
+                self._client.close()
+            self.outbox.close()
+
+    def _startup(self) -> None:
+        try:
+            freed = leases.reclaim_dead_owners(self.outbox, socket.gethostname(), pid_alive)
+        except Exception:
+            logger.exception("capi-bridge dispatcher: could not reclaim stale leases")
+            return
+        if freed:
+            logger.info("reclaimed %d events leased by processes that no longer run", freed)
+
+    def _cycle(self) -> float:
+        """One pass over every group; returns how long to sleep before the next pass."""
+        with self._lock:
+            self._unsent = 0
+            self._idle = True
+        now = self.clock()
+        next_at = now + IDLE_POLL
+        leases.ingest(self.outbox)
+        for pixel_id, test_code in leases.groups(self.outbox):
+            if self._stop.is_set():
+                break
+            for _ in range(FAIR_SHARE):
+                claim = self._claim(pixel_id, test_code)
+                if not claim.rows:
+                    for when in (claim.wake_at, claim.paused_until):
+                        if when is not None:
+                            next_at = min(next_at, when)
+                    break
+                retry_at = self._deliver(pixel_id, test_code, claim)
+                if retry_at is not None:
+                    next_at = min(next_at, retry_at)
+                    break
+                if len(claim.rows) < self.settings.batch_size:
+                    break
+            else:
+                next_at = now  # this group has more full batches: come straight back
+        if next_at < now + IDLE_POLL:
+            with self._lock:
+                self._idle = False  # lingering or backing off: a timed wake is due anyway
+        self._housekeeping()
+        return max(0.0, next_at - self.clock())
+
+    def _claim(self, pixel_id: str, test_code: str) -> Claim:
+        return leases.claim(
+            self.outbox,
+            pixel_id,
+            test_code,
+            owner=self.owner,
+            now=self.clock(),
+            limit=self.settings.batch_size,
+            lease=self.settings.lease_seconds,
+            linger=0.0 if self._forcing else self.settings.linger,
+        )
+
+    def _graph(self) -> GraphClient:
+        if self._client is None:
+            self._client = GraphClient.from_settings(self.settings)
+        return self._client
+
+    def _deliver(self, pixel_id: str, test_code: str, claim: Claim) -> float | None:
+        """Send one claimed batch, bisecting on rejection; returns a retry time on failure."""
+        now = self.clock()
+        rows = claim.rows
+        expired = [r for r in rows if r.expires <= now + EXPIRY_MARGIN]
+        if expired:
+            outcomes.expire(self.outbox, pixel_id, expired, now)
+            rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
+        lease_until = now + self.settings.lease_seconds
+        stack: list[list[Claimed]] = [rows] if rows else []
+        while stack:
+            chunk = stack.pop()
+            if self.clock() > lease_until - self.settings.lease_seconds / 2:
+                lease_until = self.clock() + self.settings.lease_seconds
+                held = [r.id for part in (chunk, *stack) for r in part]
+                leases.renew(self.outbox, held, self.owner, lease_until)
+            try:
+                result = self._graph().send_encoded(
+                    pixel_id, [r.payload for r in chunk], test_event_code=test_code or None
+                )
+            except GraphError as error:
+                action = self.policy.action(error, len(chunk))
+                if action is Action.BISECT:
+                    half = len(chunk) // 2
+                    stack += [chunk[half:], chunk[:half]]
+                    continue
+                if action is Action.DEAD_LETTER:
+                    outcomes.reject(self.outbox, pixel_id, chunk[0], error, self.clock())
+                    continue
+                rest = [r.id for part in (chunk, *stack) for r in part]
+                return outcomes.fail(self.outbox, self.policy, pixel_id, rest, error, self.clock)
+            except Exception as exc:  # a bug, or a transport error the client did not wrap
+                logger.exception("capi-bridge dispatcher: sending to pixel %s failed", pixel_id)
+                failure = GraphError(f"unexpected {type(exc).__name__} while sending")
+                rest = [r.id for part in (chunk, *stack) for r in part]
+                return outcomes.fail(self.outbox, self.policy, pixel_id, rest, failure, self.clock)
+            if leases.delivered(self.outbox, [r.id for r in chunk], pixel_id):
+                logger.info("pixel %s: delivery resumed, Meta accepts events again", pixel_id)
+            if result.events_received != len(chunk):
+                logger.warning(
+                    "pixel %s: sent %d events, Meta reports %d received (fbtrace_id %s)",
+                    pixel_id,
+                    len(chunk),
+                    result.events_received,
+                    result.fbtrace_id,
+                )
+        return None
+
+    def _housekeeping(self) -> None:
+        """Checkpoint the WAL and forget keys past the dedup window: never on the enqueue path."""
+        now = time.monotonic()
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + CHECKPOINT_EVERY
+            self.outbox.checkpoint()
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_EVERY
+            removed = self.outbox.forget_settled(self.clock() - self.settings.dedup_window)
+            if removed:
+                logger.debug("forgot %d delivered keys past the dedup window", removed)

@@ -1,0 +1,354 @@
+"""The durable outbox: one SQLite file (WAL) shared by every process of the app on one host.
+
+An event is *accepted* when its row is committed here, and it stays until Meta has taken it or
+it is dead-lettered with Meta's reason; nothing about delivery lives only in memory, so a crash,
+an OOM kill or a deploy loses nothing and a million-event backlog costs disk, not RAM.
+
+Design, in the order it matters for speed and safety:
+
+* **One small write per event.** ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id)
+  key is both the store and the idempotency check: a reloaded thank-you page inserts nothing.
+  Delivered rows keep their key (payload dropped) for Meta's 48-hour dedup window. A new row is
+  *fresh* (state 3) and in no index but that key: it is appended in rowid order, and the
+  dispatcher moves fresh rows into the claimable index in bulk (``leases.ingest``), which
+  takes one page write out of every enqueue (~10 µs of ~40 here).
+* **WAL + ``synchronous=NORMAL``**, set explicitly on every connection: a commit survives a crash
+  of the process (the WAL is in the OS page cache), while a power loss or kernel panic may roll
+  back the last commits. ``FULL`` (``outbox_synchronous``) fsyncs every commit (~150 µs here).
+  ``wal_autocheckpoint=0``: checkpoints run in the dispatcher (:meth:`Outbox.checkpoint`), never
+  inside an ``enqueue``.
+* **Leases, not locks.** A dispatcher claims up to ``batch_size`` rows under ``BEGIN IMMEDIATE``
+  and leases them to ``host:pid:random`` until a deadline; an expired lease (crashed process) is
+  claimable again, and leases of dead local pids are reclaimed at start-up.
+* **Only hashed data.** Rows hold the hashed wire JSON as text (never pickle) and no token.
+* **Fork safety.** One connection per thread per process; a connection inherited through
+  ``fork()`` is never used nor closed in the child (closing it could disturb the parent's WAL).
+
+Row states: 3 fresh, 0 pending (claimable), 1 delivered, 2 dead; room is left for later states
+(e.g. "held for consent"). Rowids only grow: the row with the highest id is never deleted, so
+SQLite never reuses an id below the ingestion cursor. Leasing and settling rows is in
+:mod:`capi_bridge.leases`; administration (stats, dead letters, purge) in
+:mod:`capi_bridge.outbox_admin`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from capi_bridge.errors import CapiBridgeError
+
+logger = logging.getLogger("capi_bridge.outbox")
+
+_T = TypeVar("_T")
+_SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) share the low byte
+
+PENDING, DELIVERED, DEAD, FRESH = 0, 1, 2, 3
+SCHEMA_VERSION = 1
+#: How long a writer waits for another one before an enqueue fails loudly.
+BUSY_TIMEOUT = 10.0
+#: Above this many WAL frames (4 KiB each) the dispatcher forces the WAL back to its start.
+WAL_RESTART_FRAMES = 8192
+_CHUNK = 500  # ids per "IN (...)" statement, well under SQLite's variable limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY,
+    pixel_id    TEXT    NOT NULL,
+    event_name  TEXT    NOT NULL,
+    event_id    TEXT    NOT NULL,
+    test_code   TEXT    NOT NULL,          -- '' when the event is not a test event
+    expires     REAL    NOT NULL,          -- event_time + Meta's window (7 days, 62 in store)
+    created     REAL    NOT NULL,
+    due         REAL    NOT NULL,          -- not before (FIFO order, backoff)
+    state       INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL,
+    payload     TEXT,                      -- hashed wire JSON; NULL once settled
+    UNIQUE (pixel_id, event_name, event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (pixel_id, test_code, due) WHERE state = 0;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY,
+    pixel_id   TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    test_code  TEXT NOT NULL,
+    expires    REAL NOT NULL,
+    created    REAL NOT NULL,
+    failed_at  REAL NOT NULL,
+    reason     TEXT NOT NULL,              -- 'rejected' by Meta, or 'expired' before sending
+    message    TEXT,
+    code       INTEGER,
+    subcode    INTEGER,
+    fbtrace_id TEXT,
+    payload    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    pixel_id TEXT PRIMARY KEY,
+    until    REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    prober   TEXT                          -- owner sending the probe batch (half-open)
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('deduplicated', 0);
+INSERT OR IGNORE INTO meta VALUES ('ingested', '0');
+"""
+
+INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    " due, payload, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3)"
+)
+_COUNT_DEDUP = "UPDATE counters SET value = value + ? WHERE name = 'deduplicated'"
+
+#: One row to store: pixel_id, event_name, event_id, test_code, expires, payload.
+NewRow = tuple[str, str, str, str, float, str]
+
+
+class OutboxUnavailable(CapiBridgeError):
+    """The outbox could not store an event (disk full, read-only, locked too long).
+
+    Nothing was stored: the caller should answer 503 so the client may retry, rather than
+    report success for an event that would be lost.
+    """
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        self.path = path
+        super().__init__(
+            f"the outbox at {path} cannot store events ({cause}); nothing was stored. Fix: "
+            "check free disk space and that the app's user can write the file and its directory"
+        )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the C type cannot), for fork bookkeeping."""
+
+
+#: Connections inherited through fork(): kept referenced so the child never closes them.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY (any extended code): another connection holds the lock; retry."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (int(code) & 0xFF) == _SQLITE_BUSY
+    return "locked" in str(exc)
+
+
+def chunks(ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
+    """``(placeholders, ids)`` slices for ``WHERE id IN (...)`` statements."""
+    for start in range(0, len(ids), _CHUNK):
+        part = ids[start : start + _CHUNK]
+        yield ",".join("?" * len(part)), part
+
+
+class Outbox:
+    """The SQLite outbox at ``path``; safe to share between threads and processes."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", create: bool = True) -> None:
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        if create:
+            self._create()
+        elif not os.path.exists(self.path):
+            raise FileNotFoundError(f"no outbox at {self.path}")
+        ref = weakref.ref(self)
+
+        def after_fork_in_child() -> None:
+            outbox = ref()
+            if outbox is not None:
+                outbox._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
+
+    # --- connections --------------------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, never shared across fork)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                self._after_fork()
+            conn = self._open()
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> _Connection:
+        # No SQLite busy handler: its first back-off is a 1 ms sleep, longer than ten enqueues.
+        # Lock waits are retried in Python instead (see _retry), starting at 20 µs.
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, factory=_Connection)
+        for pragma in (
+            f"synchronous = {self.synchronous}",
+            "wal_autocheckpoint = 0",
+            "journal_size_limit = 67108864",
+        ):  # a pragma may read the schema: retried while another process creates the file
+            self._retry(functools.partial(conn.execute, "PRAGMA " + pragma))
+        with self._lock:
+            self._conns.add(conn)
+        return conn
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+        _INHERITED.extend(self._conns)
+        self._conns = weakref.WeakSet()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close this thread's connection; others close when their threads end."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            self._local.conn = None
+            conn.close()
+
+    def _create(self) -> None:
+        if not os.path.exists(self.path):
+            # Hashed PII lives here: readable by the app's user only (WAL/SHM files inherit it).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        # Several workers may create the file at the same moment: lock waits are retried.
+        mode = self.query("PRAGMA journal_mode = WAL")[0][0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"{self.path}: cannot enable WAL (got {mode})")
+        if self.query("PRAGMA user_version")[0][0] != SCHEMA_VERSION:
+            with self.write() as c:
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            logger.info("capi-bridge outbox ready at %s", self.path)
+
+    @staticmethod
+    def _retry(call: Callable[[], _T]) -> _T:
+        """Run ``call`` until it does not meet a locked database, for up to BUSY_TIMEOUT."""
+        delay, deadline = 20e-6, time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                return call()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.0005)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks."""
+        conn = self.conn()
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT (disk full...) must not leave it open
+                conn.execute("ROLLBACK")
+            raise
+
+    # --- enqueue ------------------------------------------------------------------------------
+
+    def insert(self, rows: Sequence[NewRow], now: float) -> int:
+        """Store rows durably (committed on return); returns how many were new.
+
+        A single row is one autocommit statement, the cheapest durable write SQLite has.
+        """
+        conn = self.conn()
+        if len(rows) == 1:
+            pixel_id, name, event_id, test_code, expires, payload = rows[0]
+            values = (pixel_id, name, event_id, test_code, expires, now, now, payload)
+            try:
+                added = conn.execute(INSERT_SQL, values).rowcount
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                added = self._retry(lambda: conn.execute(INSERT_SQL, values)).rowcount
+            if added == 0:
+                self._retry(lambda: conn.execute(_COUNT_DEDUP, (1,)))
+            return added
+        with self.write() as c:
+            cur = c.executemany(INSERT_SQL, [(*r[:5], now, now, r[5]) for r in rows])
+            added = cur.rowcount
+            if added < len(rows):
+                c.execute(_COUNT_DEDUP, (len(rows) - added,))
+        return added
+
+    # --- housekeeping (dispatcher thread only) ------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database, and keep the WAL from growing without bound.
+
+        A PASSIVE checkpoint never blocks enqueues, but under a steady stream of commits it
+        never catches up with the last frames, so the WAL is never reused and grows by every
+        commit. Past WAL_RESTART_FRAMES a RESTART checkpoint holds writers off for the few
+        frames written since the PASSIVE one, after which the next commit reuses the WAL
+        from its start.
+        """
+        conn = self.conn()
+        _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames > WAL_RESTART_FRAMES:
+            conn.execute("PRAGMA busy_timeout = 1000")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
+
+    def forget_settled(self, before: float, limit: int = 5000) -> int:
+        """Drop delivered/dead keys created before ``before`` (past the dedup window).
+
+        Rows are roughly in ``created`` order by id, so this finds the first younger row and
+        deletes settled rows below it in small transactions: enqueues never wait long.
+        """
+        row = self.query("SELECT id FROM outbox WHERE created >= ? ORDER BY id LIMIT 1", (before,))
+        bound = row[0][0] if row else self.max_id() + 1
+        removed = 0
+        while True:
+            with self.write() as c:
+                n = c.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < ?"
+                    " AND state IN (1, 2) AND id < (SELECT max(id) FROM outbox) LIMIT ?)",
+                    (bound, limit),
+                ).rowcount
+            removed += n
+            if n < limit:
+                return removed
+
+    def max_id(self) -> int:
+        return int(self.query("SELECT max(id) FROM outbox")[0][0] or 0)
+
+    def ingested(self) -> int:
+        """The ingestion cursor: no row at or below it is fresh."""
+        return int(self.query("SELECT value FROM meta WHERE key = 'ingested'")[0][0])
+
+    def has_pending(self, up_to: int) -> bool:
+        """Is any row with ``id <= up_to`` still neither delivered nor dead?"""
+        return bool(
+            self.query(
+                "SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = 3 LIMIT 1",
+                (self.ingested(), up_to),
+            )
+            or self.query(
+                "SELECT 1 FROM outbox INDEXED BY outbox_ready WHERE state = 0 AND id <= ? LIMIT 1",
+                (up_to,),
+            )
+        )
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of a read, retried while another connection holds a lock."""
+        conn = self.conn()
+        return self._retry(lambda: conn.execute(sql, params).fetchall())

@@ -1,0 +1,126 @@
+"""``capi-bridge outbox stats|dead|retry-dead|purge`` on a real outbox file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers.delivery_worker import make_event
+
+from capi_bridge import leases
+from capi_bridge.cli import main
+from capi_bridge.outbox import Outbox
+
+
+@pytest.fixture
+def filled(outbox_path: str) -> str:
+    """An outbox with 2 delivered keys, 1 pending event and 2 dead letters (no dispatcher)."""
+    outbox = Outbox(outbox_path)
+    now = time.time()
+    payload = json.dumps(make_event(0))
+    rows = [("111", "Purchase", f"id-{i}", "", now + 86400, payload) for i in range(5)]
+    outbox.insert(rows, now)
+    outbox.insert([rows[0]], now)  # one duplicate
+    leases.ingest(outbox)
+    claimed = leases.claim(
+        outbox, "111", "", owner="h:1:a", now=now, limit=4, lease=60, linger=0
+    ).rows
+    leases.delivered(outbox, [r.id for r in claimed[:2]], "111")
+    leases.dead_letter(
+        outbox,
+        [claimed[2].id],
+        reason="rejected",
+        now=now,
+        message="User Parameter Not Hashed",
+        code=100,
+        subcode=2804016,
+        fbtrace_id="TRACE9",
+    )
+    leases.dead_letter(outbox, [claimed[3].id], reason="expired", now=now, message="too old")
+    return outbox_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(["outbox", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_stats_text_and_json(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "stats", "--path", filled)
+    assert code == 0
+    assert "pending      1" in out and "delivered    2" in out and "dead         2" in out
+    assert "deduplicated 1" in out and "capi-bridge outbox dead" in out
+    code, out = run(capsys, "stats", "--path", filled, "--json")
+    data = json.loads(out)
+    assert (data["pending"], data["delivered"], data["dead"], data["deduplicated"]) == (1, 2, 2, 1)
+
+
+def test_path_from_the_environment(
+    filled: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPI_BRIDGE_OUTBOX_PATH", filled)
+    code, out = run(capsys, "stats", "--json")
+    assert code == 0 and json.loads(out)["path"] == os.path.abspath(filled)
+
+
+def test_missing_outbox_is_an_error_not_a_new_file(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = os.path.join(str(tmp_path), "absent.sqlite3")
+    code, out = run(capsys, "stats", "--path", path)
+    assert code == 1 and "cannot open the outbox" in out and "--path" in out
+    assert not os.path.exists(path)
+
+
+def test_dead_lists_reasons_without_user_data(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "dead", "--path", filled)
+    assert code == 0
+    assert "id-2: rejected, code 100/2804016, fbtrace_id TRACE9: User Parameter Not Hashed" in out
+    assert "id-3: expired" in out and "retry-dead" in out
+    assert "user_data" not in out and "@" not in out
+    code, out = run(capsys, "dead", "--path", filled, "--json", "--limit", "1")
+    [letter] = json.loads(out)
+    assert letter["event_id"] == "id-3" and "payload" not in letter
+
+
+def test_retry_dead_requeues(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
+    letters = json.loads(run(capsys, "dead", "--path", filled, "--json")[1])
+    rejected = next(d["id"] for d in letters if d["reason"] == "rejected")
+    code, out = run(capsys, "retry-dead", "--path", filled, "--id", str(rejected))
+    assert code == 0 and "requeued 1 dead letters" in out
+    stats = json.loads(run(capsys, "stats", "--path", filled, "--json")[1])
+    assert (stats["pending"], stats["dead"]) == (2, 1)
+    code, out = run(capsys, "retry-dead", "--path", filled, "--all")
+    assert code == 0 and "requeued 1" in out
+    code, out = run(capsys, "retry-dead", "--path", filled, "--id", "999")
+    assert code == 1 and "requeued 0" in out
+
+
+def test_purge_confirms_and_never_drops_pending(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "purge", "--path", filled, "--older-than", "1")
+    assert code == 0 and "deleted 0 delivered keys and 0 dead letters older than 1 h" in out
+    code, out = run(capsys, "purge", "--path", filled, "--dead")
+    assert code == 0 and "deleted 0 delivered keys and 2 dead letters" in out
+    code, out = run(capsys, "purge", "--path", filled)
+    assert "deleted 2 delivered keys" in out and "sent again" in out
+    stats = json.loads(run(capsys, "stats", "--path", filled, "--json")[1])
+    assert (stats["pending"], stats["dead"]) == (1, 0)
+
+
+def test_console_script_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "capi_bridge.cli", "outbox", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for action in ("stats", "dead", "retry-dead", "purge"):
+        assert action in out

@@ -1,0 +1,62 @@
+"""The retry policy: pure arithmetic with an injected RNG, so nothing here sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from capi_bridge.graph import ErrorKind, GraphError
+from capi_bridge.retry import Action, RetryPolicy
+
+
+def error(kind: ErrorKind, retry_after: float | None = None) -> GraphError:
+    return GraphError("boom", kind=kind, retry_after=retry_after)
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "action"),
+    [
+        (ErrorKind.RETRY, 1000, Action.BACKOFF),
+        (ErrorKind.REJECTED, 1000, Action.BISECT),
+        (ErrorKind.REJECTED, 2, Action.BISECT),
+        (ErrorKind.REJECTED, 1, Action.DEAD_LETTER),
+        (ErrorKind.AUTH, 1000, Action.PAUSE),
+        (ErrorKind.CONFIG, 1, Action.PAUSE),
+    ],
+)
+def test_action_follows_the_clients_classification(
+    kind: ErrorKind, size: int, action: Action
+) -> None:
+    assert RetryPolicy().action(error(kind), size) is action
+
+
+def test_real_graph_errors_map_to_actions() -> None:
+    policy = RetryPolicy()
+    token = GraphError("Invalid OAuth access token", status=401, code=190)
+    poison = GraphError("Invalid parameter", status=400, code=100, error_subcode=2804016)
+    throttled = GraphError("(#4) Application request limit reached", status=400, code=4)
+    assert policy.action(token, 10) is Action.PAUSE
+    assert policy.action(poison, 1) is Action.DEAD_LETTER
+    assert policy.action(throttled, 10) is Action.BACKOFF
+
+
+def test_backoff_is_exponential_capped_full_jitter() -> None:
+    top = RetryPolicy(base=0.5, cap=10.0, rng=lambda: 0.999999)
+    assert [round(top.backoff(n), 3) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert top.backoff(10_000) == pytest.approx(10.0)  # no overflow for long outages
+    bottom = RetryPolicy(base=0.5, cap=10.0, rng=lambda: 0.0)
+    assert bottom.backoff(5) == 0.0  # full jitter: anywhere from zero to the ceiling
+    half = RetryPolicy(base=1.0, cap=100.0, rng=lambda: 0.5)
+    assert half.backoff(4) == 4.0
+
+
+def test_retry_after_is_a_floor_clamped_to_the_cap() -> None:
+    policy = RetryPolicy(base=1.0, cap=30.0, rng=lambda: 0.0)
+    assert policy.backoff(1, retry_after=7.0) == 7.0
+    assert policy.backoff(1, retry_after=86400.0) == 30.0  # a hostile header cannot park us
+    high = RetryPolicy(base=1.0, cap=30.0, rng=lambda: 0.999999)
+    assert high.backoff(5, retry_after=2.0) == pytest.approx(16.0, rel=1e-3)  # the larger one wins
+
+
+def test_pause_is_the_configured_period() -> None:
+    policy = RetryPolicy(pause=300.0)
+    assert policy.pause_for(1) == policy.pause_for(50) == 300.0
