@@ -1,0 +1,362 @@
+"""The mirror endpoint: browser events in, enriched server events out to the sink.
+
+``POST {endpoint_path}`` (text/plain or application/json) takes
+``{"token", "sent_at", "events": [{event_name, event_id, event_time, custom_data,
+event_source_url, referrer_url}]}`` or a consent message ``{"token", "consent": bool}``;
+``GET {endpoint_path}?token=...[&pv=<id>]`` re-issues a token (a cached page's, or one close to
+expiry) and binds a PageView id minted in the browser; ``GET {script_path}`` serves
+capi-bridge.js. Every request is checked in full before the sink sees anything, so a rejected
+request stores nothing, and bad input always gets a 4xx with a JSON reason, never a 5xx: the
+only 5xx is 503 when the sink itself fails (a full disk, a closed outbox).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from capi_bridge.browser_payload import EVENT_ID, Rejected, check_events
+from capi_bridge.cookies import (
+    CONSENT_COOKIE,
+    CONSENT_MAX_AGE,
+    FBC_COOKIE,
+    FBP_COOKIE,
+    PAGE_COOKIE,
+    cookie_domain,
+    expire_cookie,
+    set_cookie,
+)
+from capi_bridge.errors import InvalidEvent
+from capi_bridge.events import STANDARD_EVENTS
+from capi_bridge.identity import TrustedProxies, resolve_identity
+from capi_bridge.request import RequestView, Response
+from capi_bridge.signing import PageClaims, PageSigner, TokenError, normalize_host
+from capi_bridge.snippet import consent_given, script_response
+
+logger = logging.getLogger("capi_bridge.endpoint")
+
+#: Largest request body read; adapters read at most ``MAX_BODY_BYTES + 1`` bytes.
+MAX_BODY_BYTES = 64 * 1024
+#: Oldest token a cached page may trade in for a fresh one (and send consent with).
+REFRESH_MAX_AGE = 30 * 86400.0
+#: Clients whose rate-limit buckets are remembered; the least recently seen are forgotten.
+MAX_TRACKED_CLIENTS = 10_000
+_CONTENT_TYPES = ("text/plain", "application/json")
+_BODY_KEYS = frozenset({"token", "events", "consent", "sent_at"})
+
+Sink = Callable[[Mapping[str, Any]], object]
+#: Returns Meta's reasons to reject an event (empty when valid), or raises ``InvalidEvent``.
+Validator = Callable[[Mapping[str, Any]], "Sequence[str] | None"]
+
+
+class RateLimiter:
+    """A token bucket per client key: ``per_minute`` requests, refilled continuously.
+
+    Memory is bounded: past ``max_clients`` keys the least recently seen is dropped (an
+    attacker spraying addresses only resets buckets of clients that went quiet).
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        max_clients: int = MAX_TRACKED_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait_time(self, key: str) -> float:
+        """0 when the request may go ahead (and is counted), else seconds until it may."""
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.pop(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self._buckets[key] = (tokens - 1 if wait == 0 else tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+def _error(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> Response:
+    return Response.json(
+        status, {"error": {"code": code, "message": message, "field": field}}, **extra
+    )
+
+
+class BrowserEndpoint:
+    """Framework-neutral handler for the endpoint and script routes; one per app."""
+
+    max_body_bytes = MAX_BODY_BYTES
+
+    def __init__(
+        self,
+        settings: Any,
+        sink: Sink,
+        *,
+        validate: Validator | None = None,
+        signer: PageSigner | None = None,
+        proxies: TrustedProxies | None = None,
+        rate_limiter: RateLimiter | None = None,
+        consent_required: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``sink`` is ``Bridge.enqueue``. ``validate`` (default: ``validate_event``, the rules
+        the Bridge applies) runs on every event of a request before the first one reaches the
+        sink, so one invalid event cannot leave its siblings half-stored."""
+        if validate is None:
+            from capi_bridge.validation import validate_event
+
+            def validate(event: Mapping[str, Any]) -> Sequence[str]:
+                return validate_event(event, now=self._clock())
+
+        self.settings = settings
+        self.sink = sink
+        self.validate = validate
+        self.signer = signer or PageSigner.from_settings(settings, clock=clock)
+        self.proxies = proxies or TrustedProxies.from_settings(settings)
+        self.limiter = rate_limiter or RateLimiter(settings.rate_limit)
+        self.consent_required = consent_required
+        self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
+        self._clock = clock
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` is one of this endpoint's routes (adapters route on it)."""
+        return path in (self.settings.endpoint_path, self.settings.script_path)
+
+    def handle(self, request: RequestView, body: bytes = b"") -> Response:
+        """Answer one request to a route of ours; never raises."""
+        try:
+            if request.path == self.settings.script_path:
+                return script_response(request)
+            if request.path != self.settings.endpoint_path:
+                return _error(404, "not_found", "no such capi-bridge route")
+            client = self.proxies.client_ip(request)
+            wait = self.limiter.wait_time(str(client) if client else "unknown")
+            if wait:
+                return _error(
+                    429,
+                    "rate_limited",
+                    "too many requests from this client; retry later",
+                    headers=[("Retry-After", str(math.ceil(wait)))],
+                )
+            if request.method == "GET":
+                return self._refresh(request)
+            if request.method != "POST":
+                return _error(
+                    405,
+                    "method_not_allowed",
+                    "use POST (or GET to refresh a token)",
+                    headers=[("Allow", "GET, POST")],
+                )
+            return self._post(request, body)
+        except Rejected as exc:
+            return _error(exc.status, exc.code, exc.message, exc.field)
+        except Exception as exc:  # a bug of ours: log where (not the message: it may hold
+            # request data), still answer as bad input
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            logger.error(
+                "unexpected %s at %s:%s while handling a browser request",
+                type(exc).__name__,
+                frame.filename,
+                frame.lineno,
+            )
+            return _error(400, "unprocessable", "the request could not be processed")
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _host_allowed(self, netloc: str, request: RequestView) -> bool:
+        if normalize_host(netloc) == normalize_host(request.host):
+            return True
+        name = urlsplit(f"//{netloc}").hostname or ""
+        for allowed in self.settings.allowed_hosts:
+            allowed = allowed.lower()
+            if allowed == "*" or name == allowed.lstrip("."):
+                return True
+            if allowed.startswith(".") and name.endswith(allowed):
+                return True
+        return False
+
+    def _check_origin(self, request: RequestView, *, required: bool) -> None:
+        """Same-site check: browsers send ``Origin`` on every POST, ``Referer`` on most GETs."""
+        origin = request.headers.get("origin")
+        source = origin if origin and origin != "null" else request.headers.get("referer")
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise Rejected(403, "origin_forbidden", "cross-site requests are refused", "Origin")
+        if not source:
+            if required:
+                raise Rejected(403, "origin_missing", "no Origin or Referer header", "Origin")
+            return
+        parts = urlsplit(source)
+        if parts.scheme not in ("http", "https") or not self._host_allowed(parts.netloc, request):
+            raise Rejected(403, "origin_forbidden", "request from another site", "Origin")
+
+    def _verify(self, request: RequestView, token: Any, max_age: float | None = None) -> PageClaims:
+        try:
+            return self.signer.verify(token, host=request.host, max_age=max_age)
+        except TokenError as exc:
+            raise Rejected(403, exc.code, str(exc), "token") from None
+
+    def _page_url(self, raw: str | None, request: RequestView) -> str | None:
+        for candidate in (raw, request.headers.get("referer")):
+            if candidate and len(candidate) <= 2048:
+                parts = urlsplit(candidate)
+                if parts.scheme in ("http", "https") and self._host_allowed(parts.netloc, request):
+                    return candidate
+        return None
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def _refresh(self, request: RequestView) -> Response:
+        self._check_origin(request, required=False)
+        claims = self._verify(request, request.query_param("token"), REFRESH_MAX_AGE)
+        pv = request.query_param("pv")
+        if pv is not None and not EVENT_ID.fullmatch(pv):
+            raise Rejected(400, "event_id_invalid", "pv is not a well-formed event id", "pv")
+        page_view_id = pv or claims.page_view_id
+        token = self.signer.issue(host=request.host, page_view_id=page_view_id)
+        identity = resolve_identity(
+            request,
+            self.settings,
+            proxies=self.proxies,
+            consent=consent_given(request, required=self.consent_required),
+            write_cookies=True,
+            mint=False,  # the pixel may be minting its own right now: only refresh
+        )
+        return Response.json(
+            200,
+            {"token": token, "page_view_id": page_view_id, "ttl": int(self.signer.max_age)},
+            headers=[("Set-Cookie", cookie) for cookie in identity.cookies],
+        )
+
+    def _read_json(self, request: RequestView, body: bytes) -> dict[str, Any]:
+        declared = request.headers.get("content-length") or "0"
+        if len(body) > MAX_BODY_BYTES or (declared.isdigit() and int(declared) > MAX_BODY_BYTES):
+            raise Rejected(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype not in _CONTENT_TYPES:
+            raise Rejected(
+                415, "unsupported_media_type", "send text/plain or application/json", "Content-Type"
+            )
+        self._check_origin(request, required=True)
+        try:
+            data = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            raise Rejected(400, "malformed", "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise Rejected(400, "malformed", "the body must be a JSON object")
+        unknown = sorted(set(data) - _BODY_KEYS)
+        if unknown:
+            raise Rejected(400, "unknown_field", f"unexpected key {unknown[0]!r}", unknown[0])
+        return data
+
+    def _post(self, request: RequestView, body: bytes) -> Response:
+        data = self._read_json(request, body)
+        if "events" not in data:
+            if not isinstance(data.get("consent"), bool):
+                raise Rejected(400, "malformed", "send events, or consent true/false", "events")
+            self._verify(request, data.get("token"), REFRESH_MAX_AGE)
+            return Response.empty(204, headers=self._consent_cookies(request, data["consent"]))
+        claims = self._verify(request, data.get("token"))
+        now = self._clock()
+        events = check_events(data["events"], data.get("sent_at"), now=now, names=self.event_names)
+        for index, event in enumerate(events):
+            if event["event_name"] == "PageView" and event["event_id"] != claims.page_view_id:
+                raise Rejected(
+                    403,
+                    "page_view_not_bound",
+                    "a PageView needs the id its page token binds (GET a fresh token first)",
+                    f"events[{index}].event_id",
+                )
+        enriched = [self._enrich(request, event, claims) for event in events]
+        return self._store(enriched)
+
+    def _enrich(
+        self, request: RequestView, event: dict[str, Any], claims: PageClaims
+    ) -> dict[str, Any]:
+        page_url = self._page_url(event.pop("event_source_url", None), request)
+        identity = resolve_identity(
+            request,
+            self.settings,
+            proxies=self.proxies,
+            # without an _fbc cookie, a click id in the URL dates from the page, not from now
+            now_ms=int(claims.issued_at * 1000),
+            page_url=page_url,
+        )
+        out = {**event, "action_source": "website", "user_data": identity.user_data()}
+        if page_url:
+            out["event_source_url"] = page_url
+        return out
+
+    def _store(self, events: list[dict[str, Any]]) -> Response:
+        position = "events"
+        try:
+            for index, event in enumerate(events):
+                position = f"events[{index}]"
+                problems = self.validate(event)
+                if problems:
+                    raise InvalidEvent(problems)
+            for index, event in enumerate(events):
+                position = f"events[{index}]"
+                self.sink(event)
+        except InvalidEvent as exc:
+            return Response.json(
+                400,
+                {
+                    "error": {
+                        "code": "invalid_event",
+                        "message": "; ".join(exc.problems),
+                        "field": position,
+                        "problems": exc.problems,
+                    }
+                },
+            )
+        except Exception as exc:
+            logger.error("the event sink raised %s; answering 503", type(exc).__name__)
+            return _error(
+                503,
+                "unavailable",
+                "events cannot be stored right now",
+                headers=[("Retry-After", "30")],
+            )
+        return Response.json(202, {"accepted": len(events)})
+
+    def _consent_cookies(self, request: RequestView, granted: bool) -> list[tuple[str, str]]:
+        domain, _ = cookie_domain(request.host, self.settings.cookie_domain)
+        secure = self.proxies.scheme(request) == "https"
+        if granted:
+            values = [
+                set_cookie(
+                    CONSENT_COOKIE,
+                    "1",
+                    max_age=CONSENT_MAX_AGE,
+                    domain=domain,
+                    secure=secure,
+                    http_only=True,
+                )
+            ]
+        else:  # withdrawal: forget the choice and the identifiers it allowed
+            values = [
+                expire_cookie(name, domain=domain, secure=secure)
+                for name in (CONSENT_COOKIE, FBP_COOKIE, FBC_COOKIE)
+            ] + [expire_cookie(PAGE_COOKIE)]
+        return [("Set-Cookie", value) for value in values]
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

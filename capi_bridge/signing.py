@@ -1,0 +1,163 @@
+"""Signed page tokens: proof that an event post comes from a page this site served, recently.
+
+Every HTML page carries a token binding the pixel ids, the host and the page's PageView id,
+signed with ``secret_key`` (itsdangerous, HMAC-SHA1 over a salted key, timestamped). The mirror
+endpoint accepts events only with a valid, unexpired token for its own host, which keeps
+strangers from injecting conversions into the advertiser's pixel, and it accepts a PageView only
+with the id the token binds, which keeps a replayed token from inflating PageViews.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
+
+from capi_bridge.errors import CapiBridgeError, ConfigError
+
+SALT = "capi-bridge.page-token"
+#: Tokens longer than this are rejected unread (ours are ~150 characters).
+MAX_TOKEN_LENGTH = 1024
+#: Shortest ``secret_key`` accepted: HMAC keys shorter than this are guessable offline.
+MIN_SECRET_LENGTH = 16
+#: Clock difference tolerated between the servers that sign and verify.
+CLOCK_SKEW = 60.0
+
+
+class TokenError(CapiBridgeError):
+    """A page token was refused; ``code`` is the machine-readable reason sent to the browser."""
+
+    code = "token_invalid"
+
+
+class TokenForged(TokenError):
+    """The signature does not match: not made with this site's ``secret_key``, or altered."""
+
+    code = "token_forged"
+
+
+class TokenExpired(TokenError):
+    """The token is older than allowed; a cached page must fetch a fresh one."""
+
+    code = "token_expired"
+
+
+class TokenWrongSite(TokenError):
+    """A genuine token, but for another host or other pixels (a token replayed elsewhere)."""
+
+    code = "token_wrong_site"
+
+
+@dataclasses.dataclass(frozen=True)
+class PageClaims:
+    """What a verified token says about the page that carried it."""
+
+    pixel_ids: tuple[str, ...]
+    page_view_id: str | None
+    host: str
+    issued_at: float
+
+
+class _SigningSettings(Protocol):
+    @property
+    def secret_key(self) -> str | None: ...
+    @property
+    def pixel_ids(self) -> tuple[str, ...]: ...
+    @property
+    def token_max_age(self) -> float: ...
+
+
+def normalize_host(host: str) -> str:
+    """The host a token binds: lowercased, default ports dropped (browsers omit them)."""
+    host = host.strip().lower().rstrip(".")
+    for port in (":80", ":443"):
+        if host.endswith(port):
+            return host[: -len(port)]
+    return host
+
+
+class PageSigner:
+    """Issues and verifies page tokens for one site."""
+
+    def __init__(
+        self,
+        secret_key: str | None,
+        pixel_ids: Sequence[str],
+        *,
+        max_age: float = 7200.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not secret_key or not secret_key.strip():
+            raise ConfigError(
+                "CAPI_BRIDGE_SECRET_KEY",
+                "no secret key is set, so page tokens cannot be signed",
+                "set it to a long random string, e.g. the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))', "
+                "the same on every server of the site",
+            )
+        if len(secret_key) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                "CAPI_BRIDGE_SECRET_KEY",
+                f"the secret key is shorter than {MIN_SECRET_LENGTH} characters",
+                "use a random string of at least 32 characters",
+            )
+        self.pixel_ids = tuple(pixel_ids)
+        self.max_age = max_age
+        self._clock = clock
+        self._serializer = URLSafeTimedSerializer(secret_key, salt=SALT)
+
+    @classmethod
+    def from_settings(
+        cls, settings: _SigningSettings, *, clock: Callable[[], float] = time.time
+    ) -> PageSigner:
+        return cls(
+            settings.secret_key, settings.pixel_ids, max_age=settings.token_max_age, clock=clock
+        )
+
+    def issue(self, *, host: str, page_view_id: str | None) -> str:
+        """A token for a page served on ``host`` whose PageView id is ``page_view_id``."""
+        payload = {"p": list(self.pixel_ids), "v": page_view_id, "h": normalize_host(host)}
+        signer = self._serializer.make_signer(SALT)
+        assert isinstance(signer, TimestampSigner)
+        # itsdangerous stamps tokens with int(time.time()); stamp with our clock instead so
+        # tests (and the expiry check below) agree on what "now" is.
+        signer.get_timestamp = lambda: int(self._clock())  # type: ignore[method-assign]
+        return signer.sign(self._serializer.dump_payload(payload)).decode("ascii")
+
+    def verify(self, token: Any, *, host: str, max_age: float | None = None) -> PageClaims:
+        """The claims of a valid token for ``host``; raises a :class:`TokenError` subclass.
+
+        ``max_age`` defaults to ``token_max_age``; the endpoint passes a longer one when it
+        re-issues a token for a cached page, whose own token may have expired long ago.
+        """
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise TokenForged("the token is missing or malformed")
+        try:
+            payload, stamp = self._serializer.loads(token, return_timestamp=True)
+        except BadSignature:
+            raise TokenForged("the token's signature does not match this site's key") from None
+        issued = stamp.timestamp()
+        age = self._clock() - issued
+        if age > (self.max_age if max_age is None else max_age) or age < -CLOCK_SKEW:
+            raise TokenExpired("the page token has expired")
+        if not (
+            isinstance(payload, dict)
+            and isinstance(payload.get("p"), list)
+            and all(isinstance(p, str) for p in payload["p"])
+            and isinstance(payload.get("v"), (str, type(None)))
+            and isinstance(payload.get("h"), str)
+        ):
+            raise TokenForged("the token's payload is not a page token")
+        if payload["h"] != normalize_host(host):
+            raise TokenWrongSite("the token was issued for another site")
+        if not set(payload["p"]) & set(self.pixel_ids):
+            raise TokenWrongSite("the token was issued for other pixels")
+        return PageClaims(
+            pixel_ids=tuple(payload["p"]),
+            page_view_id=payload["v"],
+            host=payload["h"],
+            issued_at=issued,
+        )

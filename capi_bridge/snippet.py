@@ -1,0 +1,282 @@
+"""The pixel snippet: one inline ``<script>``, the capi-bridge.js tag and a ``<noscript>`` image.
+
+The inline script is Meta's base code loader, ``fbq('init')`` per pixel, the bridge
+configuration (endpoint, signed page token, the page's PageView id) and ``boot.js``, which
+fires ``fbq('track', 'PageView', {}, {eventID})``. The server copy of that PageView is *not*
+recorded here: capi-bridge.js reports it through the endpoint once the page has run (so
+crawlers without JavaScript, unshown prefetches and bots do not inflate server PageViews), and
+rendering stays free of I/O.
+
+Every value is escaped for where it lands: JSON inside a script has ``<``, ``>``, ``&`` and the
+line separators U+2028/U+2029 escaped, so no string can close the script, open an HTML comment
+or break a JavaScript string; attributes are HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import html
+import json
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from capi_bridge.cookies import (
+    CONSENT_COOKIE,
+    PAGE_COOKIE,
+    PAGE_COOKIE_MAX_AGE,
+    set_cookie,
+)
+from capi_bridge.events import new_event_id
+from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
+from capi_bridge.request import RequestView, Response
+from capi_bridge.signing import PageSigner
+
+#: Manual advanced-matching keys ``fbq('init')`` accepts (pixel-capi spec §1.3).
+ADVANCED_MATCHING_KEYS = frozenset(
+    {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
+)
+
+#: Meta's base code loader (pixel-capi spec §1.1), verbatim but for the script URL.
+_LOADER = (
+    "!function(f,b,e,v,n,t,s){if(f.fbq)return;n=f.fbq=function(){n.callMethod?"
+    "n.callMethod.apply(n,arguments):n.queue.push(arguments)};if(!f._fbq)f._fbq=n;n.push=n;"
+    "n.loaded=!0;n.version='2.0';n.queue=[];t=b.createElement(e);t.async=!0;t.src=v;"
+    "s=b.getElementsByTagName(e)[0];s.parentNode.insertBefore(t,s)}"
+    "(window,document,'script',{url});"
+)
+# The pixel's own history tracking sends PageViews without an eventID, which can never be
+# deduplicated; capiBridge.pageView() sends them with one instead, which the pixel must let
+# through (it otherwise drops a second PageView per page).
+_SPA = "fbq.disablePushState=true;fbq.allowDuplicatePageViews=true;"
+
+
+@functools.cache
+def _static(name: str) -> bytes:
+    return (resources.files("capi_bridge") / "static" / name).read_bytes()
+
+
+def script_bytes() -> bytes:
+    """The shipped, minified capi-bridge.js (served by the endpoint's script route)."""
+    return _static("capi-bridge.min.js")
+
+
+@functools.cache
+def script_version() -> str:
+    """A short content hash of capi-bridge.js: the ``?v=`` that makes its URL cacheable forever."""
+    return hashlib.sha256(script_bytes()).hexdigest()[:12]
+
+
+def script_response(request: RequestView) -> Response:
+    """capi-bridge.js for the script route: cached for a year under its ``?v=`` hash (a new
+    release changes the URL), for five minutes when requested without it."""
+    if request.method not in ("GET", "HEAD"):
+        body = b'{"error":{"code":"method_not_allowed","message":"use GET","field":null}}'
+        return Response(405, (("Allow", "GET, HEAD"), ("Content-Type", "application/json")), body)
+    version = script_version()
+    forever = request.query_param("v") == version
+    headers = (
+        ("Content-Type", "text/javascript; charset=utf-8"),
+        (
+            "Cache-Control",
+            "public, max-age=31536000, immutable" if forever else "public, max-age=300",
+        ),
+        ("ETag", f'"{version}"'),
+        ("X-Content-Type-Options", "nosniff"),
+    )
+    if f'"{version}"' in (request.headers.get("if-none-match") or ""):
+        return Response(304, headers)
+    body = script_bytes()
+    length = ("Content-Length", str(len(body)))
+    return Response(200, (*headers, length), b"" if request.method == "HEAD" else body)
+
+
+@functools.cache
+def _boot() -> str:
+    # The build's first line is a /*! sha256 */ comment; pages need only the code.
+    return _static("boot.min.js").decode().split("\n", 1)[1].strip()
+
+
+def script_json(value: Any) -> str:
+    """JSON that is inert inside an HTML ``<script>`` element and valid JavaScript."""
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+class _SnippetSettings(Protocol):
+    @property
+    def pixel_ids(self) -> tuple[str, ...]: ...
+    @property
+    def endpoint_path(self) -> str: ...
+    @property
+    def script_path(self) -> str: ...
+    @property
+    def pixel_script_url(self) -> str: ...
+    @property
+    def token_max_age(self) -> float: ...
+    @property
+    def data_processing_options(self) -> tuple[str, ...]: ...
+    @property
+    def data_processing_options_country(self) -> int | None: ...
+    @property
+    def data_processing_options_state(self) -> int | None: ...
+
+
+def render_snippet(
+    settings: _SnippetSettings,
+    *,
+    page_view_id: str,
+    token: str,
+    issued_at: float,
+    nonce: str | None = None,
+    advanced_matching: Mapping[str, str] | None = None,
+    consent: bool = True,
+) -> str:
+    """The markup for one page (a pure function: no I/O, no clock, no randomness).
+
+    ``consent=False`` renders Meta's documented consent pattern: ``fbq('consent','revoke')``
+    before ``init`` (the pixel then holds every call until ``capiBridge.consent(true)``), the
+    bridge holds its mirror the same way, and the ``<noscript>`` image, which cannot be
+    consent-gated, is left out.
+    """
+    nonce_attr = f' nonce="{_attr(nonce)}"' if nonce else ""
+    matching = dict(advanced_matching or {})
+    unknown = set(matching) - ADVANCED_MATCHING_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown advanced-matching keys {sorted(unknown)}; "
+            f"use {sorted(ADVANCED_MATCHING_KEYS)}"
+        )
+    matching = {k: str(v) for k, v in matching.items() if v not in (None, "")}
+    lines = [_LOADER.replace("{url}", script_json(settings.pixel_script_url)), _SPA]
+    if not consent:
+        lines.append("fbq('consent','revoke');")
+    if settings.data_processing_options:
+        args: list[Any] = [list(settings.data_processing_options)]
+        if settings.data_processing_options_country is not None:
+            args += [
+                settings.data_processing_options_country,
+                settings.data_processing_options_state,
+            ]
+        lines.append(f"fbq('dataProcessingOptions',{script_json(args)[1:-1]});")
+    for pixel_id in settings.pixel_ids:
+        extra = f",{script_json(matching)}" if matching else ""
+        lines.append(f"fbq('init',{script_json(pixel_id)}{extra});")
+    config = {
+        "endpoint": settings.endpoint_path,
+        "token": token,
+        "pv": page_view_id,
+        "iat": int(issued_at),
+        "ttl": int(settings.token_max_age),
+        "hold": not consent,
+    }
+    lines.append(f"window.capiBridgeConfig={script_json(config)};")
+    lines.append(_boot())
+    src = f"{settings.script_path}?v={script_version()}"
+    parts = [
+        f"<script{nonce_attr}>{''.join(lines)}</script>",
+        f'<script async src="{_attr(src)}"{nonce_attr}></script>',
+    ]
+    if consent:
+        images = "".join(
+            '<img height="1" width="1" style="display:none" alt="" src="{}">'.format(
+                _attr(
+                    "https://www.facebook.com/tr?"
+                    + urlencode({"id": pid, "ev": "PageView", "eid": page_view_id, "noscript": "1"})
+                )
+            )
+            for pid in settings.pixel_ids
+        )
+        parts.append(f"<noscript>{images}</noscript>")
+    return "".join(parts)
+
+
+def consent_given(request: RequestView, *, required: bool) -> bool:
+    """Whether cookies and events are allowed for this visitor.
+
+    ``required=False`` (no consent banner on the site) always allows; otherwise the visitor
+    must have granted consent through ``capiBridge.consent(true)`` (the consent cookie).
+    """
+    return not required or request.cookies.get(CONSENT_COOKIE) == "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class PageTags:
+    """What an adapter adds to one HTML response."""
+
+    html: str
+    page_view_id: str
+    token: str
+    identity: Identity
+    #: ``Set-Cookie`` header values (fbp/fbc minted or refreshed, the fresh-page marker).
+    set_cookies: tuple[str, ...]
+
+
+class PageRenderer:
+    """Builds :class:`PageTags` for HTML responses; create once, call per page."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        signer: PageSigner | None = None,
+        proxies: TrustedProxies | None = None,
+        consent_required: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.signer = signer or PageSigner.from_settings(settings, clock=clock)
+        self.proxies = proxies or TrustedProxies.from_settings(settings)
+        self.consent_required = consent_required
+        self._clock = clock
+
+    def render(
+        self,
+        request: RequestView,
+        *,
+        nonce: str | None = None,
+        advanced_matching: Mapping[str, str] | None = None,
+        consent: bool | None = None,
+        page_view_id: str | None = None,
+    ) -> PageTags:
+        """Tags and cookies for the page answering ``request``.
+
+        ``consent=None`` reads the consent cookie when ``consent_required``; pass the app's
+        own decision (its CMP) to override. The fresh-page marker cookie lets boot.js tell this
+        response from a cached copy of it (``PAGE_COOKIE`` holds the id the page carries).
+        """
+        now = self._clock()
+        allowed = (
+            consent_given(request, required=self.consent_required) if consent is None else consent
+        )
+        pv = page_view_id or new_event_id()
+        identity = resolve_identity(
+            request,
+            self.settings,
+            proxies=self.proxies,
+            now_ms=int(now * 1000),
+            consent=allowed,
+            write_cookies=True,
+        )
+        token = self.signer.issue(host=request.host, page_view_id=pv)
+        markup = render_snippet(
+            self.settings,
+            page_view_id=pv,
+            token=token,
+            issued_at=now,
+            nonce=nonce,
+            advanced_matching=advanced_matching,
+            consent=allowed,
+        )
+        cookies = identity.cookies
+        if allowed:
+            cookies += (set_cookie(PAGE_COOKIE, pv, max_age=PAGE_COOKIE_MAX_AGE),)
+        return PageTags(markup, pv, token, identity, cookies)

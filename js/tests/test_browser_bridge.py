@@ -1,0 +1,168 @@
+"""capi-bridge.js in real headless Chromium: every event reaches the pixel and the endpoint
+with the same name and id, including when fbevents.js is blocked, on cached pages, on SPA
+route changes and after consent is granted."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def _sent(page: Any, event: str, count: int = 1) -> list[dict[str, Any]]:
+    """Waits until the pixel stub has sent ``count`` of ``event``, and returns them."""
+    page.wait_for_function(
+        "([e, n]) => (window.__fbqSent || []).filter(s => s.event === e).length >= n",
+        arg=[event, count],
+    )
+    hits: list[dict[str, Any]] = page.evaluate(
+        "e => window.__fbqSent.filter(s => s.event === e)", event
+    )
+    return hits
+
+
+def _has_n(n: int, events: list[Mapping[str, Any]]) -> bool:
+    return len(events) == n
+
+
+def _baked_id(page: Any) -> str:
+    html: str = page.content()
+    match = re.search(r'"pv":"([^"]+)"', html)
+    assert match, "no PageView id in the page's config"
+    return match.group(1)
+
+
+def test_page_view_and_track_share_name_and_id(site: Any, new_page: Any) -> None:
+    page = new_page()
+    page.goto(site.url + "/")
+    baked = _baked_id(page)
+    site.sink.wait_for(lambda events: any(e["event_name"] == "PageView" for e in events))
+    [pixel_pv] = _sent(page, "PageView")
+    [server_pv] = site.sink.named("PageView")
+    assert pixel_pv["eventID"] == server_pv["event_id"] == baked
+    # The server set _fbp on the very first response: both copies carry the same one.
+    assert pixel_pv["fbp"] and pixel_pv["fbp"] == server_pv["user_data"]["fbp"]
+    assert server_pv["user_data"]["client_user_agent"]
+    assert server_pv["event_source_url"] == site.url + "/"
+
+    event_id = page.evaluate(
+        "capiBridge.track('Purchase', {value: 12.5, currency: 'EUR', content_ids: ['a1']})"
+    )
+    custom_id = page.evaluate("capiBridge.track('NewsletterOpen')")
+    assert UUID.fullmatch(event_id) and UUID.fullmatch(custom_id)
+    site.sink.wait_for(lambda events: len(events) == 3)
+    [pixel_purchase] = _sent(page, "Purchase")
+    [server_purchase] = site.sink.named("Purchase")
+    assert pixel_purchase["method"] == "track"
+    assert pixel_purchase["eventID"] == server_purchase["event_id"] == event_id
+    assert server_purchase["custom_data"] == {
+        "value": 12.5,
+        "currency": "EUR",
+        "content_ids": ["a1"],
+    }
+    [pixel_custom] = _sent(page, "NewsletterOpen")
+    assert pixel_custom["method"] == "trackCustom" and pixel_custom["eventID"] == custom_id
+    assert site.sink.named("NewsletterOpen")[0]["event_id"] == custom_id
+
+    # One pixel call and one endpoint request per track().
+    calls = page.evaluate("window.__fbqCalls.filter(c => c[0].startsWith('track'))")
+    assert [c[1] for c in calls] == ["PageView", "Purchase", "NewsletterOpen"]
+    posted = [e["event_id"] for post in site.sink.posts for e in post.get("events", [])]
+    assert posted == [baked, event_id, custom_id]
+    assert site.sink.refreshes == []  # a fresh page's token already vouches for its PageView
+
+
+def test_endpoint_still_gets_events_when_fbevents_is_blocked(site: Any, new_page: Any) -> None:
+    page = new_page(block_pixel=True)
+    page.goto(site.url + "/")
+    baked = _baked_id(page)
+    event_id = page.evaluate("capiBridge.track('Lead')")
+    site.sink.wait_for(lambda events: len(events) == 2)
+    assert [(e["event_name"], e["event_id"]) for e in site.sink.events] == [
+        ("PageView", baked),
+        ("Lead", event_id),
+    ]
+    assert page.evaluate("window.__fbqCalls === undefined")  # the pixel never ran
+    assert site.sink.events[1]["user_data"]["fbp"].startswith("fb.0.")  # server-set, IP host
+
+
+def test_calls_made_before_the_script_loads_are_kept(site: Any, new_page: Any) -> None:
+    page = new_page()
+    page.goto(site.url + "/early")
+    early = page.evaluate("window.earlyId")
+    assert UUID.fullmatch(early)
+    site.sink.wait_for(lambda events: len(events) == 2)
+    [hit] = _sent(page, "ViewContent")
+    assert hit["eventID"] == early == site.sink.named("ViewContent")[0]["event_id"]
+
+
+def test_cached_page_mints_a_fresh_id_per_view(site: Any, new_page: Any) -> None:
+    ids = []
+    for visitor in range(2):
+        page = new_page()
+        if visitor:  # the getRandomValues fallback of browsers without crypto.randomUUID
+            page.add_init_script("delete Crypto.prototype.randomUUID")
+        page.goto(site.url + "/cached")
+        baked = _baked_id(page)
+        site.sink.wait_for(functools.partial(_has_n, visitor + 1))
+        [pixel_pv] = _sent(page, "PageView")
+        server_pv = site.sink.named("PageView")[visitor]
+        assert pixel_pv["eventID"] == server_pv["event_id"] != baked
+        assert UUID.fullmatch(server_pv["event_id"])
+        ids.append(server_pv["event_id"])
+        # the fresh id was bound to a fresh token by the endpoint before it was mirrored
+        assert f"pv={server_pv['event_id']}" in site.sink.refreshes[visitor]
+    assert ids[0] != ids[1]
+
+
+def test_cached_page_with_expired_token_refreshes_it(site: Any, new_page: Any) -> None:
+    page = new_page()
+    page.goto(site.url + "/stale")
+    event_id = page.evaluate("capiBridge.track('AddToCart', {content_ids: ['x']})")
+    site.sink.wait_for(lambda events: len(events) == 2)
+    assert site.sink.named("AddToCart")[0]["event_id"] == event_id
+    [pixel_pv] = _sent(page, "PageView")
+    assert site.sink.named("PageView")[0]["event_id"] == pixel_pv["eventID"]
+
+
+def test_spa_page_view_carries_an_id_on_both_sides(site: Any, new_page: Any) -> None:
+    page = new_page()
+    page.goto(site.url + "/")
+    site.sink.wait_for(lambda events: len(events) == 1)
+    page.evaluate("history.pushState({}, '', '/products/42')")
+    route_id = page.evaluate("capiBridge.pageView()")
+    site.sink.wait_for(lambda events: len(events) == 2)
+    hits = _sent(page, "PageView", 2)
+    assert hits[1]["eventID"] == route_id
+    server = site.sink.named("PageView")[1]
+    assert server["event_id"] == route_id
+    assert server["event_source_url"] == site.url + "/products/42"
+    # The pixel's own history listener is off: no PageView without an id.
+    assert all(hit["eventID"] for hit in page.evaluate("window.__fbqSent"))
+
+
+def test_consent_holds_both_copies_until_granted(site: Any, new_page: Any) -> None:
+    page = new_page()
+    response = page.goto(site.url + "/hold")
+    assert response is not None and "set-cookie" not in response.headers
+    page.wait_for_function("window.capiBridge && window.capiBridge.ready")
+    lead = page.evaluate("capiBridge.track('Lead')")
+    page.wait_for_function("(window.__fbqCalls || []).length >= 4")  # consent, init, 2 tracks
+    assert page.evaluate("window.__fbqSent.length") == 0
+    assert site.sink.events == []
+    page.evaluate("capiBridge.consent(true)")
+    site.sink.wait_for(lambda events: len(events) == 2)
+    sent = page.evaluate("window.__fbqSent.map(s => [s.event, s.eventID])")
+    assert sent == [[e["event_name"], e["event_id"]] for e in site.sink.events]
+    assert sent[1] == ["Lead", lead]
+    page.wait_for_function("document.cookie.includes('_fbp=')")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["capib_consent"]["value"] == "1" and cookies["capib_consent"]["httpOnly"]
+    assert all(hit["pixel"] == site.pixel_id for hit in page.evaluate("window.__fbqSent"))

@@ -1,0 +1,658 @@
+"""The mirror endpoint: accepted events, every 4xx reason, tokens, rate limit, script route,
+and property-based fuzzing (no 5xx, nothing stored without a valid token)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capi_bridge.endpoint import MAX_BODY_BYTES, BrowserEndpoint, RateLimiter
+from capi_bridge.errors import InvalidEvent
+from capi_bridge.request import RequestView, Response
+from capi_bridge.settings import Settings
+from capi_bridge.signing import PageSigner
+from capi_bridge.snippet import script_bytes, script_version
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "shop.example.com"
+NOW = 1_800_000_000.0
+PV = "0f8fad5b-d9cb-469f-a165-70867728950e"
+FBP = "fb.1.1596403881668.1116446470"
+UA = "Mozilla/5.0 (X11; Linux x86_64)"
+
+
+class Sink:
+    """An in-memory stand-in for ``Bridge.enqueue``."""
+
+    def __init__(self) -> None:
+        self.events: list[Mapping[str, Any]] = []
+        self.error: Exception | None = None
+
+    def __call__(self, event: Mapping[str, Any]) -> str:
+        if self.error is not None:
+            raise self.error
+        self.events.append(event)
+        return str(event["event_id"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SETTINGS = Settings(
+    pixel_id="111",
+    access_token="t",
+    secret_key="endpoint-test-secret-key-123456",
+    custom_events=("NewsletterOpen",),
+    allowed_hosts=(".example.com",),
+    trusted_proxies=1,
+    rate_limit=600,
+)
+
+
+class Env:
+    def __init__(self, **overrides: Any) -> None:
+        self.clock = Clock()
+        self.sink = Sink()
+        self.signer = PageSigner.from_settings(SETTINGS, clock=self.clock)
+        overrides.setdefault("rate_limiter", RateLimiter(600, clock=self.clock))
+        self.endpoint = BrowserEndpoint(
+            SETTINGS, self.sink, signer=self.signer, clock=self.clock, **overrides
+        )
+
+    def token(self, pv: str | None = PV, host: str = HOST) -> str:
+        return self.signer.issue(host=host, page_view_id=pv)
+
+    def call(
+        self,
+        body: bytes | Mapping[str, Any] = b"",
+        *,
+        method: str = "POST",
+        headers: Mapping[str, str | None] | None = None,
+        query: str = "",
+        path: str = SETTINGS.endpoint_path,
+        peer: str = "10.0.0.1",
+    ) -> Response:
+        raw = json.dumps(body).encode() if isinstance(body, Mapping) else body
+        base: dict[str, str | None] = {
+            "Content-Type": "text/plain;charset=UTF-8",
+            "Origin": f"https://{HOST}",
+            "User-Agent": UA,
+            "Cookie": f"_fbp={FBP}",
+            "X-Forwarded-For": "2001:4860:4860::8888",
+            "X-Forwarded-Proto": "https",
+        }
+        base.update(headers or {})
+        request = RequestView.build(
+            method,
+            "http",
+            HOST,
+            path,
+            query,
+            {k: v for k, v in base.items() if v is not None},
+            peer,
+        )
+        return self.endpoint.handle(request, raw)
+
+    def events(self, *events: Mapping[str, Any], **extra: Any) -> Response:
+        return self.call(
+            {"token": self.token(), "sent_at": NOW * 1000, "events": list(events), **extra}
+        )
+
+
+def event(
+    name: str = "Lead", event_id: str = "8c1a9b52-4f7e-4e1a-9a53-0d5c1a2b3c4d", **kw: Any
+) -> dict[str, Any]:
+    return {
+        "event_name": name,
+        "event_id": event_id,
+        "event_time": int(NOW) - 5,
+        "event_source_url": f"https://{HOST}/product/1?fbclid=AbC_1",
+        "referrer_url": "https://www.facebook.com/",
+        **kw,
+    }
+
+
+def error_of(reply: Response) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(reply.body)["error"]
+    return data
+
+
+@pytest.fixture
+def env() -> Env:
+    return Env()
+
+
+# --- accepted ---------------------------------------------------------------------------------
+
+
+def test_events_are_enriched_and_handed_to_the_sink(env: Env) -> None:
+    purchase = event(
+        "Purchase", custom_data={"value": 12.5, "currency": "EUR", "content_ids": ["a"]}
+    )
+    reply = env.events(event("PageView", PV), purchase)
+    assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 2})
+    page_view, stored = env.sink.events
+    assert page_view["event_id"] == PV
+    assert stored == {
+        "event_name": "Purchase",
+        "event_id": purchase["event_id"],
+        "event_time": int(NOW) - 5,
+        "action_source": "website",
+        "event_source_url": f"https://{HOST}/product/1?fbclid=AbC_1",
+        "referrer_url": "https://www.facebook.com/",
+        "custom_data": {"value": 12.5, "currency": "EUR", "content_ids": ["a"]},
+        "user_data": {
+            "client_ip_address": "2001:4860:4860::8888",
+            "client_user_agent": UA,
+            "fbp": FBP,
+            # no _fbc cookie: built from the page's fbclid, dated when the page was served
+            "fbc": f"fb.1.{int(NOW * 1000)}.AbC_1",
+        },
+    }
+
+
+def test_custom_events_from_settings_and_application_json(env: Env) -> None:
+    reply = env.call(
+        {"token": env.token(), "events": [event("NewsletterOpen")]},
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status == 202 and env.sink.events[0]["event_name"] == "NewsletterOpen"
+
+
+def test_event_time_is_corrected_for_the_browser_clock(env: Env) -> None:
+    # The browser clock is 10 minutes fast; the event happened 30 s before it was sent.
+    sent_at = (NOW + 600) * 1000
+    env.events(event(event_time=int(NOW + 600 - 30)), sent_at=sent_at)
+    assert env.sink.events[-1]["event_time"] == int(NOW) - 30
+    env.call({"token": env.token(), "events": [event(event_time=int(NOW) - 86400)]})
+    assert env.sink.events[-1]["event_time"] == int(NOW)  # implausible: receive time
+    env.call({"token": env.token(), "events": [event(event_time=int(NOW) + 3600)]})
+    assert env.sink.events[-1]["event_time"] == int(NOW)
+    env.call({"token": env.token(), "events": [{"event_name": "Lead", "event_id": "abcdefgh"}]})
+    assert env.sink.events[-1]["event_time"] == int(NOW)
+
+
+def test_foreign_event_source_url_falls_back_to_the_referer(env: Env) -> None:
+    reply = env.call(
+        {"token": env.token(), "events": [event(event_source_url="https://evil.example.net/")]},
+        headers={"Referer": f"https://{HOST}/cart"},
+    )
+    assert reply.status == 202 and env.sink.events[0]["event_source_url"] == f"https://{HOST}/cart"
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def test_forged_expired_replayed_and_missing_tokens_are_refused(env: Env) -> None:
+    good = env.token()
+    forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    other_site = env.token(host="other.example.org")
+    cases = {
+        "token_forged": forged,
+        "token_wrong_site": other_site,
+    }
+    for code, token in cases.items():
+        reply = env.call({"token": token, "events": [event()]})
+        assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (
+            403,
+            code,
+            "token",
+        )
+    assert error_of(env.call({"events": [event()]}))["code"] == "token_forged"
+    env.clock.now = NOW + SETTINGS.token_max_age + 1
+    reply = env.call({"token": good, "events": [event()]})
+    assert (reply.status, error_of(reply)["code"]) == (403, "token_expired")
+    assert env.sink.events == []
+
+
+def test_page_view_needs_the_id_its_token_binds(env: Env) -> None:
+    reply = env.events(event("PageView", "11111111-2222-4333-8444-555555555555"))
+    assert (reply.status, error_of(reply)["code"]) == (403, "page_view_not_bound")
+    assert error_of(reply)["field"] == "events[0].event_id"
+    # a replayed token cannot carry more PageViews; the bound one posted twice is harmless
+    assert env.events(event("PageView", PV)).status == 202
+    assert env.events(event("PageView", PV)).status == 202
+    assert {(e["event_name"], e["event_id"]) for e in env.sink.events} == {("PageView", PV)}
+
+
+def test_refresh_binds_a_browser_minted_page_view(env: Env) -> None:
+    old = env.token()
+    env.clock.now = NOW + 5 * 86400  # a cached page, days old
+    fresh_pv = "5b0d6c3e-1111-4222-8333-944444444444"
+    reply = env.call(method="GET", query=f"token={old}&pv={fresh_pv}", headers={"Origin": None})
+    assert reply.status == 200 and reply.header("cache-control") == "no-store"
+    data = json.loads(reply.body)
+    assert data["page_view_id"] == fresh_pv and data["ttl"] == 7200
+    assert env.signer.verify(data["token"], host=HOST).page_view_id == fresh_pv
+    reply = env.call({"token": data["token"], "events": [event("PageView", fresh_pv)]})
+    assert reply.status == 202
+    # the existing _fbp is refreshed server-side (Safari's cap), nothing is minted
+    set_cookies = [v for k, v in reply.headers if k == "Set-Cookie"]
+    assert set_cookies == []
+    refreshed = env.call(method="GET", query=f"token={data['token']}")
+    assert json.loads(refreshed.body)["page_view_id"] == fresh_pv
+    assert refreshed.header("Set-Cookie") is not None
+    assert str(refreshed.header("Set-Cookie")).startswith(f"_fbp={FBP};")
+    no_cookie = env.call(method="GET", query=f"token={data['token']}", headers={"Cookie": None})
+    assert [k for k, _ in no_cookie.headers if k == "Set-Cookie"] == []
+
+
+def test_refresh_refusals(env: Env) -> None:
+    token = env.token()
+    bad_pv = env.call(method="GET", query=f"token={token}&pv=no")
+    assert (bad_pv.status, error_of(bad_pv)["field"]) == (400, "pv")
+    assert env.call(method="GET").status == 403
+    cross = env.call(method="GET", query=f"token={token}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert error_of(cross)["code"] == "origin_forbidden"
+    env.clock.now = NOW + 31 * 86400
+    assert error_of(env.call(method="GET", query=f"token={token}"))["code"] == "token_expired"
+
+
+# --- consent ----------------------------------------------------------------------------------
+
+
+def test_consent_messages_set_and_clear_the_cookie(env: Env) -> None:
+    page_token = env.token()
+    granted = env.call({"token": page_token, "consent": True})
+    assert granted.status == 204 and granted.body == b""
+    [cookie] = [v for k, v in granted.headers if k == "Set-Cookie"]
+    assert cookie.startswith("capib_consent=1; Max-Age=15552000; Path=/; Domain=example.com")
+    assert cookie.endswith("Secure; HttpOnly")
+    env.clock.now = NOW + 3 * 3600  # page token expired; consent still accepted from the page
+    revoked = env.call({"token": page_token, "consent": False})
+    names = [v.split("=")[0] for k, v in revoked.headers if k == "Set-Cookie"]
+    assert revoked.status == 204 and names == ["capib_consent", "_fbp", "_fbc", "_capib_pv"]
+    assert all("Max-Age=0" in v for k, v in revoked.headers if k == "Set-Cookie")
+    assert env.call({"token": env.token(), "consent": "yes"}).status == 400
+    assert env.call({"token": "forged", "consent": True}).status == 403
+    assert env.sink.events == []
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed"),
+        (b"\xff\xfe", 400, "malformed"),
+        (b"[1, 2]", 400, "malformed"),
+        (b'{"token": "x", "events": [], "extra": 1}', 400, "unknown_field"),
+        (b'{"value": NaN}', 400, "malformed"),
+        (b"[" * 50_000 + b"]" * 10_000, 400, "malformed"),
+        (b"9" * 5000, 400, "malformed"),
+    ],
+)
+def test_malformed_bodies(env: Env, body: bytes, status: int, code: str) -> None:
+    reply = env.call(body)
+    assert (reply.status, error_of(reply)["code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("events", "status", "code", "field"),
+    [
+        ([], 400, "malformed", "events"),
+        ("x", 400, "malformed", "events"),
+        ([event()] * 21, 413, "too_many_events", "events"),
+        ([1], 400, "malformed", "events[0]"),
+        ([event(extra=1)], 400, "unknown_field", "events[0].extra"),
+        ([event("Hack")], 400, "event_not_allowed", "events[0].event_name"),
+        ([event(event_name=7)], 400, "event_not_allowed", "events[0].event_name"),
+        ([event(event_id="short")], 400, "invalid_field", "events[0].event_id"),
+        ([event(event_id="x" * 65)], 400, "invalid_field", "events[0].event_id"),
+        ([event(event_id="bad id!!")], 400, "invalid_field", "events[0].event_id"),
+        ([event(custom_data=[1])], 400, "invalid_field", "events[0].custom_data"),
+        (
+            [event(custom_data={"value": "ten"})],
+            400,
+            "invalid_field",
+            "events[0].custom_data.value",
+        ),
+        ([event(custom_data={"value": True})], 400, "invalid_field", "events[0].custom_data.value"),
+        (
+            [event(custom_data={"num_items": -1})],
+            400,
+            "invalid_field",
+            "events[0].custom_data.num_items",
+        ),
+        (
+            [event(custom_data={"currency": 1})],
+            400,
+            "invalid_field",
+            "events[0].custom_data.currency",
+        ),
+        (
+            [event(custom_data={"contents": [{"quantity": 1}]})],
+            400,
+            "invalid_field",
+            "events[0].custom_data.contents[0].id",
+        ),
+        (
+            [event(custom_data={"nested": {"a": 1}})],
+            400,
+            "invalid_field",
+            "events[0].custom_data.nested",
+        ),
+        ([event(custom_data={"s": "x" * 1001})], 400, "invalid_field", "events[0].custom_data.s"),
+        ([event(custom_data={"bad key": 1})], 400, "invalid_field", "events[0].custom_data"),
+        (
+            [event(custom_data={f"k{i}": i for i in range(51)})],
+            400,
+            "invalid_field",
+            "events[0].custom_data",
+        ),
+        ([event(event_source_url=5)], 400, "invalid_field", "events[0].event_source_url"),
+        ([event(), event("Purchase", custom_data={"value": 1})], 400, "invalid_event", "events[1]"),
+    ],
+)
+def test_bad_events_are_refused_and_nothing_is_stored(
+    env: Env, events: Any, status: int, code: str, field: str
+) -> None:
+    reply = env.call({"token": env.token(), "events": events})
+    assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (
+        status,
+        code,
+        field,
+    )
+    assert env.sink.events == []
+
+
+def test_meta_reasons_are_returned(env: Env) -> None:
+    reply = env.events(event("Purchase", custom_data={"value": 3}))
+    assert error_of(reply)["problems"] == [
+        "custom_data.currency is required for Purchase (ISO 4217, e.g. USD)"
+    ]
+
+
+def test_sink_invalid_event_is_a_400(env: Env) -> None:
+    env.sink.error = InvalidEvent(["event_time is too old"])
+    reply = env.events(event())
+    assert (reply.status, error_of(reply)["message"]) == (400, "event_time is too old")
+
+
+def test_a_failing_sink_is_a_503_and_logs_no_payload(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.sink.error = OSError("disk full while writing jsmith@example.com")
+    with caplog.at_level(logging.DEBUG, logger="capi_bridge"):
+        reply = env.events(event())
+    assert (reply.status, reply.header("Retry-After")) == (503, "30")
+    assert error_of(reply)["code"] == "unavailable"
+    assert "OSError" in caplog.text and "jsmith" not in caplog.text and UA not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        ({"Content-Type": None}, 415, "unsupported_media_type"),
+        ({"Origin": "https://evil.example.net"}, 403, "origin_forbidden"),
+        ({"Origin": "https://shop.example.com.evil.net"}, 403, "origin_forbidden"),
+        ({"Origin": None}, 403, "origin_missing"),
+        ({"Origin": "null"}, 403, "origin_missing"),
+        ({"Origin": "javascript:alert(1)"}, 403, "origin_forbidden"),
+        ({"Content-Length": str(MAX_BODY_BYTES + 1)}, 413, "body_too_large"),
+    ],
+)
+def test_request_level_refusals(env: Env, headers: dict[str, Any], status: int, code: str) -> None:
+    reply = env.call({"token": env.token(), "events": [event()]}, headers=headers)
+    assert (reply.status, error_of(reply)["code"]) == (status, code)
+    assert env.sink.events == []
+
+
+def test_origin_checks_accept_the_site(env: Env) -> None:
+    accepted: list[dict[str, str | None]] = [
+        {"Origin": "https://www.example.com"},  # allowed_hosts ".example.com"
+        {"Origin": "https://example.com"},
+        {"Origin": None, "Referer": f"https://{HOST}/page"},
+        {"Origin": "null", "Referer": f"https://{HOST}/page"},
+    ]
+    for headers in accepted:
+        assert env.call({"token": env.token(), "events": [event()]}, headers=headers).status == 202
+
+
+def test_body_too_large(env: Env) -> None:
+    reply = env.call(b"x" * (MAX_BODY_BYTES + 1), headers={"Content-Length": None})
+    assert (reply.status, error_of(reply)["code"]) == (413, "body_too_large")
+
+
+def test_methods_and_paths(env: Env) -> None:
+    reply = env.call(method="PUT")
+    assert (reply.status, reply.header("Allow")) == (405, "GET, POST")
+    assert env.call(path="/elsewhere").status == 404
+    assert env.endpoint.handles(SETTINGS.endpoint_path) and env.endpoint.handles(
+        SETTINGS.script_path
+    )
+    assert not env.endpoint.handles("/")
+
+
+def test_rate_limit_per_client() -> None:
+    clock = Clock()
+    env = Env(rate_limiter=RateLimiter(3, clock=clock))
+    assert [env.call(method="GET").status for _ in range(3)] == [403, 403, 403]
+    limited = env.call(method="GET")
+    assert (limited.status, limited.header("Retry-After"), error_of(limited)["code"]) == (
+        429,
+        "20",
+        "rate_limited",
+    )
+    other = env.call(method="GET", headers={"X-Forwarded-For": "8.8.4.4"})
+    assert other.status == 403  # another client has its own bucket
+    clock.now += 20
+    assert env.call(method="GET").status == 403
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    limiter = RateLimiter(1, max_clients=100, clock=lambda: 0.0)
+    for i in range(1000):
+        limiter.wait_time(f"client-{i}")
+    assert len(limiter._buckets) == 100
+    assert limiter.wait_time("client-999") > 0  # recent clients are remembered
+
+
+# --- the script route -------------------------------------------------------------------------
+
+
+def test_script_route(env: Env) -> None:
+    versioned = env.call(method="GET", path=SETTINGS.script_path, query=f"v={script_version()}")
+    assert versioned.status == 200 and versioned.body == script_bytes()
+    assert versioned.header("Content-Type") == "text/javascript; charset=utf-8"
+    assert versioned.header("Cache-Control") == "public, max-age=31536000, immutable"
+    assert versioned.header("X-Content-Type-Options") == "nosniff"
+    plain = env.call(method="GET", path=SETTINGS.script_path)
+    assert plain.header("Cache-Control") == "public, max-age=300"
+    etag = str(plain.header("ETag"))
+    cached = env.call(method="GET", path=SETTINGS.script_path, headers={"If-None-Match": etag})
+    assert cached.status == 304 and cached.body == b""
+    head = env.call(method="HEAD", path=SETTINGS.script_path)
+    assert head.body == b"" and head.header("Content-Length") == str(len(script_bytes()))
+    assert env.call(method="POST", path=SETTINGS.script_path).status == 405
+
+
+@pytest.mark.parametrize("name", ["capi-bridge", "boot"])
+def test_shipped_build_is_not_stale(name: str) -> None:
+    source = (ROOT / "js" / f"{name}.js").read_bytes()
+    built = (ROOT / "capi_bridge" / "static" / f"{name}.min.js").read_text()
+    header = built.split("\n", 1)[0]
+    assert header == f"/*! capi-bridge {name}.js sha256:{hashlib.sha256(source).hexdigest()} */", (
+        "the shipped build is stale: run `npm ci && npm run build` in js/"
+    )
+
+
+def test_shipped_script_size_budget() -> None:
+    code = script_bytes().split(b"\n", 1)[1]
+    assert len(gzip.compress(code, compresslevel=9)) <= 1536
+
+
+# --- fuzzing ----------------------------------------------------------------------------------
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+event_keys = st.sampled_from(
+    ["event_name", "event_id", "event_time", "custom_data", "event_source_url", "referrer_url", "x"]
+)
+custom_values = st.one_of(
+    json_values,
+    st.sampled_from([1, 9.99, "19.90", "EUR", "usd", ["a", 1], [{"id": "a", "quantity": 2}], True]),
+)
+custom_data = st.dictionaries(
+    st.sampled_from(["value", "currency", "contents", "content_ids", "num_items", "status", "k"])
+    | st.text(max_size=8),
+    custom_values,
+    max_size=5,
+)
+
+
+def mostly(draw: st.DrawFn, valid: Any, fuzz: st.SearchStrategy[Any]) -> Any:
+    """The valid value 9 times in 10, so fuzzing reaches the checks behind the first ones."""
+    return valid if draw(st.integers(0, 9)) else draw(fuzz)
+
+
+@st.composite
+def fuzz_event(draw: st.DrawFn) -> dict[str, Any]:
+    names = st.sampled_from(["Lead", "Purchase", "PageView", "ViewContent", "NewsletterOpen", "X"])
+    ids = st.sampled_from([PV, "8c1a9b52-4f7e-4e1a-9a53-0d5c1a2b3c4d", "abcdefgh", "a b"])
+    data: dict[str, Any] = {
+        "event_name": draw(names),
+        "event_id": draw(ids),
+        "event_time": mostly(draw, int(NOW) - 5, json_values),
+        "event_source_url": mostly(draw, f"https://{HOST}/p?fbclid=Ab_1", json_values),
+    }
+    if draw(st.booleans()):
+        data["custom_data"] = mostly(draw, {"value": 5, "currency": "EUR"}, custom_data)
+    if not draw(st.integers(0, 3)):
+        data.update(draw(st.dictionaries(event_keys, json_values, max_size=2)))
+    return data
+
+
+TOKENS = ["valid", "valid", "valid", "forged", "expired", "other_site", "missing", "junk"]
+text_values = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
+
+
+@st.composite
+def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
+    body_kind = draw(st.sampled_from(["bytes", "json", "shaped", "shaped", "shaped", "shaped"]))
+    if body_kind == "bytes":
+        body: Any = draw(st.binary(max_size=300))
+    elif body_kind == "json":
+        body = json.dumps(draw(json_values)).encode()
+    else:
+        body = {"token": draw(st.sampled_from(TOKENS))}
+        if draw(st.integers(0, 5)):
+            body["events"] = mostly(
+                draw, draw(st.lists(fuzz_event(), min_size=1, max_size=3)), json_values
+            )
+        if not draw(st.integers(0, 4)):
+            body["consent"] = mostly(draw, draw(st.booleans()), json_values)
+        if draw(st.booleans()):
+            body["sent_at"] = mostly(draw, NOW * 1000, json_values)
+    content_types = st.sampled_from(
+        ["application/json", "text/html", "multipart/form-data; boundary=x", None]
+    )
+    headers = {
+        "Content-Type": mostly(draw, "text/plain;charset=UTF-8", content_types | text_values),
+        "Origin": mostly(
+            draw,
+            f"https://{HOST}",
+            st.sampled_from(["https://evil.net", "null", None]) | text_values,
+        ),
+        "Content-Length": mostly(
+            draw, None, st.sampled_from(["0", "-1", "abc", "99999999"]) | text_values
+        ),
+        "X-Forwarded-For": mostly(draw, "8.8.8.8", st.sampled_from(["junk", None]) | text_values),
+        "Cookie": mostly(
+            draw, f"_fbp={FBP}", st.sampled_from(["_fbc=fb.1.1.x", None]) | text_values
+        ),
+        "Referer": mostly(draw, None, st.just(f"https://{HOST}/?fbclid=x") | text_values),
+        "User-Agent": mostly(draw, UA, st.none() | text_values),
+    }
+    method = mostly(draw, "POST", st.sampled_from(["GET", "GET", "PUT", "HEAD", "OPTIONS"]))
+    return {
+        "method": method,
+        "body": body,
+        "headers": headers,
+        "query": mostly(
+            draw, "token=valid", st.sampled_from(["", "pv=abc"]) | st.text(max_size=40)
+        ),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(fuzz_requests())
+def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str, Any]) -> None:
+    env = Env()
+    tokens = {
+        "valid": env.token(),
+        "forged": env.token()[:-3] + "xyz",
+        "expired": PageSigner.from_settings(SETTINGS, clock=lambda: NOW - 9000).issue(
+            host=HOST, page_view_id=PV
+        ),
+        "other_site": env.token(host="evil.net"),
+        "junk": "\x00<script>",
+    }
+    body = req["body"]
+    token_kind = None
+    if isinstance(body, dict):
+        token_kind = body.pop("token")
+        if token_kind in tokens:
+            body["token"] = tokens[token_kind]
+        body = json.dumps(body).encode()
+    query = req["query"].replace("token=valid", f"token={tokens['valid']}&pv={PV}")
+    errors = _Errors()
+    logging.getLogger("capi_bridge").addHandler(errors)
+    try:
+        reply = env.call(body, method=req["method"], headers=req["headers"], query=query)
+    finally:
+        logging.getLogger("capi_bridge").removeHandler(errors)
+    assert reply.status < 500
+    assert errors.records == [], [r.getMessage() for r in errors.records]
+    if reply.status >= 400:
+        assert set(json.loads(reply.body)["error"]) >= {"code", "message", "field"}
+    if env.sink.events:
+        assert token_kind == "valid" and reply.status == 202
+        assert json.loads(reply.body) == {"accepted": len(env.sink.events)}
+
+
+def test_an_internal_error_is_a_400_and_logs_no_request_data(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import capi_bridge.endpoint as module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("jsmith@example.com")
+
+    monkeypatch.setattr(module, "check_events", broken)
+    with caplog.at_level(logging.DEBUG, logger="capi_bridge"):
+        reply = env.events(event())
+    assert (reply.status, error_of(reply)["code"]) == (400, "unprocessable")
+    assert "KeyError" in caplog.text and "jsmith" not in caplog.text
+    assert env.sink.events == []
