@@ -146,6 +146,15 @@ class Settings:
     custom_events: tuple[str, ...] = ()
     token_max_age: float = 7200.0
     rate_limit: int = 120
+    forwarded_header: str = "x-forwarded-for"
+
+    # --- consent, test events, adapters -------------------------------------------------------
+    consent: str = "granted"
+    consent_cookie: str = "capib_consent"
+    held_ttl: float = 86400.0
+    scoped_test_events: bool = False
+    auto_inject: bool = True
+    advanced_matching: bool = False
 
     def __post_init__(self) -> None:
         ids = _str_tuple(self.pixel_id)
@@ -160,6 +169,8 @@ class Settings:
             object.__setattr__(self, "trusted_proxies", _str_tuple(proxies))
         object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
         object.__setattr__(self, "outbox_synchronous", str(self.outbox_synchronous).upper())
+        object.__setattr__(self, "forwarded_header", str(self.forwarded_header).lower())
+        object.__setattr__(self, "consent", str(self.consent).lower())
         self._validate()
 
     @property
@@ -211,6 +222,7 @@ class Settings:
         self._validate_ldu()
         self._validate_numbers()
         self._validate_proxies()
+        self._validate_choices()
         for name in ("endpoint_path", "script_path"):
             value = getattr(self, name)
             if not value.startswith("/"):
@@ -266,6 +278,7 @@ class Settings:
             "dedup_window": 0 <= self.dedup_window <= 30 * 86400,
             "token_max_age": self.token_max_age > 0,
             "rate_limit": self.rate_limit > 0,
+            "held_ttl": 0 < self.held_ttl <= 7 * 86400,
         }
         for name, ok in checks.items():
             if not ok:
@@ -280,6 +293,32 @@ class Settings:
                 f"{self.outbox_synchronous!r} is not NORMAL or FULL",
                 "use NORMAL (survives a crash of the app; a power loss may lose the last "
                 "commits) or FULL (fsync on every enqueue, several times slower)",
+            )
+
+    @property
+    def consent_required(self) -> bool:
+        """Whether events wait for the visitor's consent (``consent = "required"``)."""
+        return self.consent == "required"
+
+    def _validate_choices(self) -> None:
+        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise ConfigError(
+                env("forwarded_header"),
+                f"{self.forwarded_header!r} is not x-forwarded-for or forwarded",
+                "name the one header your proxies write (nginx, ALB, Cloudflare: x-forwarded-for)",
+            )
+        if self.consent not in ("granted", "required"):
+            raise ConfigError(
+                env("consent"),
+                f"{self.consent!r} is not granted or required",
+                "use required when the site asks visitors for consent (a CMP banner), "
+                "granted otherwise",
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", self.consent_cookie):
+            raise ConfigError(
+                env("consent_cookie"),
+                f"{self.consent_cookie!r} is not a cookie name",
+                "use letters, digits, '_' or '-' (the cookie your consent banner sets)",
             )
 
     def _validate_proxies(self) -> None:
