@@ -10,6 +10,12 @@ costs one local SQLite commit and no network I/O, the same as a cache write. Whe
 busy (another process holding the write lock) that commit can wait, so ``aenqueue`` and friends
 run the same work in a thread (``asyncio.to_thread``) and never block the event loop.
 
+Consent: ``enqueue(..., hold=key)`` stores an event *held* under ``key`` (the browser's per-tab
+id) while its visitor has not consented: validated and hashed like any event, deduplicated by
+its key, but not sent. ``release(key)`` sends the held events with their original time and id
+when the visitor consents, ``forget(key)`` deletes them when they refuse, and the dispatcher
+drops those that waited longer than ``held_ttl``.
+
 Lifecycle: the dispatcher starts lazily on the first ``enqueue``/``flush`` of each process, so a
 ``Bridge`` built before a fork (gunicorn ``--preload``) works in every worker. ``close()`` and
 interpreter exit (an ``atexit`` hook in :mod:`capi_bridge.delivery`) flush within a bound; what
@@ -44,6 +50,8 @@ EventLike = Event | Mapping[str, Any]
 
 # One encoder, built once: json.dumps() with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
+#: Longest hold key accepted (the browser sends 16-64 characters; apps may use their own keys).
+MAX_HOLD_KEY = 128
 
 #: Objects kept referenced after fork() so the child never closes what the parent uses.
 _INHERITED: list[object] = []
@@ -84,6 +92,7 @@ class Bridge:
         *,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
+        hold: str | None = None,
     ) -> str:
         """Validate, hash and durably store ``event``; returns its ``event_id``.
 
@@ -92,10 +101,13 @@ class Bridge:
         problem when Meta would refuse it, and :class:`~capi_bridge.outbox.OutboxUnavailable`
         when the outbox cannot store it (answer 503); nothing is stored then. The same
         (pixel, event_name, event_id) stored again within the dedup window is not sent twice.
+        With ``hold`` the event waits for consent under that key: see :meth:`release`.
         """
+        if hold is not None:
+            _check_hold_key(hold, "hold")
         now = time.time()
         rows, event_id = self._rows(event, pixel_id, test_event_code, now)
-        self._store(rows, now)
+        self._store(rows, now, hold)
         return event_id
 
     def enqueue_many(
@@ -104,12 +116,15 @@ class Bridge:
         *,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
+        hold: str | None = None,
     ) -> list[str]:
         """Like :meth:`enqueue` for a bulk import, in one transaction: all stored or none.
 
         Every event is checked first; :class:`InvalidEvent` lists the problems of all invalid
         ones, each prefixed with its position.
         """
+        if hold is not None:
+            _check_hold_key(hold, "hold")
         now = time.time()
         rows: list[NewRow] = []
         ids: list[str] = []
@@ -125,15 +140,53 @@ class Bridge:
         if problems:
             raise InvalidEvent(problems)
         if rows:
-            self._store(rows, now)
+            self._store(rows, now, hold)
         return ids
 
-    def _store(self, rows: list[NewRow], now: float) -> None:
+    def _store(self, rows: list[NewRow], now: float, hold: str | None) -> None:
         try:
-            self.outbox.insert(rows, now)
+            self.outbox.insert(rows, now, hold=hold)
         except sqlite3.Error as exc:  # disk full, read-only file, lock held for 10 s...
             raise OutboxUnavailable(self.outbox.path, exc) from exc
-        self._notify(len(rows))
+        if hold is None:
+            self._notify(len(rows))
+        else:  # nothing to send, but some dispatcher must expire what is never released
+            self._running()
+
+    # --- consent ------------------------------------------------------------------------------
+
+    def release(self, hold_key: str) -> int:
+        """Consent given: send the events held under ``hold_key``; returns how many (rows, one
+        per pixel).
+
+        They go out with their original ``event_time`` and ``event_id`` (the browser copy the
+        pixel replays carries the same id, so Meta deduplicates the pair), due now, in any
+        process's dispatcher. Those past Meta's 7-day window are dead-lettered as expired.
+        Unknown or already released keys release nothing.
+        """
+        _check_hold_key(hold_key, "hold_key")
+        try:
+            count = self.outbox.release(hold_key, time.time())
+        except sqlite3.Error as exc:
+            raise OutboxUnavailable(self.outbox.path, exc) from exc
+        if count:
+            self._notify(count)
+        logger.debug("released %d held events", count)  # never the key: it names a visitor
+        return count
+
+    def forget(self, hold_key: str) -> int:
+        """Consent refused: delete the events held under ``hold_key``; returns how many rows.
+
+        They are never sent, and their keys are forgotten with them (a later consent in a
+        new session starts from nothing).
+        """
+        _check_hold_key(hold_key, "hold_key")
+        try:
+            count = self.outbox.forget_held(hold_key)
+        except sqlite3.Error as exc:
+            raise OutboxUnavailable(self.outbox.path, exc) from exc
+        logger.debug("forgot %d held events", count)
+        return count
 
     def _rows(
         self, event: EventLike, pixel_id: str | None, test_code: str | None, now: float
@@ -173,13 +226,17 @@ class Bridge:
 
     # --- delivery -----------------------------------------------------------------------------
 
-    def _notify(self, count: int) -> None:
+    def _running(self) -> Dispatcher | None:
+        """This process's dispatcher, started if need be (None once closed)."""
         dispatcher = self._dispatcher
         if dispatcher is None or dispatcher.pid != os.getpid():
             dispatcher = self._start()
-            if dispatcher is None:
-                return
-        dispatcher.notify(count)
+        return dispatcher
+
+    def _notify(self, count: int) -> None:
+        dispatcher = self._running()
+        if dispatcher is not None:
+            dispatcher.notify(count)
 
     def _start(self) -> Dispatcher | None:
         """Start this process's dispatcher (lazily, so it is born after any fork)."""
@@ -199,7 +256,9 @@ class Bridge:
 
         True when every event in the outbox at the time of the call has been delivered or
         dead-lettered; False when some remain (Meta down, circuit open, time up). Events
-        already backing off are not hurried: flush never makes delivery hammer Meta.
+        already backing off are not hurried: flush never makes delivery hammer Meta. Held
+        events are not waited for: until :meth:`release` they are not accepted for delivery
+        (they may wait up to ``held_ttl`` for a consent that never comes).
         """
         dispatcher = self._start()
         if dispatcher is None:
@@ -234,10 +293,11 @@ class Bridge:
         *,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
+        hold: str | None = None,
     ) -> str:
         """:meth:`enqueue` in a worker thread: the event loop never waits on the SQLite lock."""
         return await asyncio.to_thread(
-            self.enqueue, event, pixel_id=pixel_id, test_event_code=test_event_code
+            self.enqueue, event, pixel_id=pixel_id, test_event_code=test_event_code, hold=hold
         )
 
     async def aenqueue_many(
@@ -246,10 +306,21 @@ class Bridge:
         *,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
+        hold: str | None = None,
     ) -> list[str]:
         return await asyncio.to_thread(
-            self.enqueue_many, list(events), pixel_id=pixel_id, test_event_code=test_event_code
+            self.enqueue_many,
+            list(events),
+            pixel_id=pixel_id,
+            test_event_code=test_event_code,
+            hold=hold,
         )
+
+    async def arelease(self, hold_key: str) -> int:
+        return await asyncio.to_thread(self.release, hold_key)
+
+    async def aforget(self, hold_key: str) -> int:
+        return await asyncio.to_thread(self.forget, hold_key)
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         return await asyncio.to_thread(self.flush, timeout)
@@ -265,6 +336,16 @@ class Bridge:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_hold_key(key: object, name: str) -> None:
+    """A hold key is an opaque, non-empty string; anything else is a programming error."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_HOLD_KEY:
+        raise ValueError(
+            f"{name} must be a non-empty string of at most {MAX_HOLD_KEY} characters (the "
+            f"browser's hold id, or your own per-visitor key), not a {type(key).__name__}"
+            + (f" of length {len(key)}" if isinstance(key, str) else "")
+        )
 
 
 def _after_fork(ref: weakref.ref[Bridge]) -> None:

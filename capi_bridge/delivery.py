@@ -41,6 +41,8 @@ FAIR_SHARE = 8
 EXPIRY_MARGIN = 60.0
 CHECKPOINT_EVERY = 0.5
 FORGET_EVERY = 600.0
+#: How often held events past ``held_ttl`` are dropped (a minute late is no harm).
+EXPIRE_HELD_EVERY = 60.0
 
 
 #: Dispatchers running in this process. The interpreter-exit flush works from here, not from
@@ -108,6 +110,7 @@ class Dispatcher:
         self._client: GraphClient | None = None
         self._next_checkpoint = 0.0
         self._next_forget = 0.0
+        self._next_expire_held = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"capi-bridge-dispatcher-{self.pid}", daemon=True
         )
@@ -223,6 +226,7 @@ class Dispatcher:
         with self._lock:
             self._unsent = 0
             self._idle = True
+        self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         now = self.clock()
         next_at = now + IDLE_POLL
         leases.ingest(self.outbox)
@@ -314,6 +318,21 @@ class Dispatcher:
                     result.fbtrace_id,
                 )
         return None
+
+    def _expire_held(self) -> None:
+        """Drop held events that waited longer than ``held_ttl`` for consent: never sent."""
+        now = time.monotonic()
+        if now < self._next_expire_held:
+            return
+        self._next_expire_held = now + EXPIRE_HELD_EVERY
+        ttl = float(self.settings.held_ttl)
+        dropped = self.outbox.expire_held(self.clock() - ttl)
+        if dropped:
+            logger.info(
+                "dropped %d held events that waited more than %.0f s for consent (held_ttl)",
+                dropped,
+                ttl,
+            )
 
     def _housekeeping(self) -> None:
         """Checkpoint the WAL and forget keys past the dedup window: never on the enqueue path."""

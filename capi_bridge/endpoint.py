@@ -1,13 +1,19 @@
 """The mirror endpoint: browser events in, enriched server events out to the sink.
 
 ``POST {endpoint_path}`` (text/plain or application/json) takes
-``{"token", "sent_at", "events": [{event_name, event_id, event_time, custom_data,
-event_source_url, referrer_url}]}`` or a consent message ``{"token", "consent": bool}``;
+``{"token", "sent_at", "hold", "events": [{event_name, event_id, event_time, custom_data,
+event_source_url, referrer_url}]}`` or a consent message ``{"token", "consent": bool, "hold"}``;
 ``GET {endpoint_path}?token=...[&pv=<id>]`` re-issues a token (a cached page's, or one close to
 expiry) and binds a PageView id minted in the browser; ``GET {script_path}`` serves
 capi-bridge.js. Every request is checked in full before the sink sees anything, so a rejected
 request stores nothing, and bad input always gets a 4xx with a JSON reason, never a 5xx: the
 only 5xx is 503 when the sink itself fails (a full disk, a closed outbox).
+
+Consent is decided by the server from the request (the consent cookie, or the app's
+``consent_check``), never from a flag the browser sends. Without it, events are still taken,
+but stored *held* under ``hold``, a random id the browser keeps for the tab session: the consent
+message then releases (``consent: true``) or forgets (``false``) that browser's held events.
+No response sets a cookie while consent is missing.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from capi_bridge.browser_payload import EVENT_ID, Rejected, check_events
@@ -39,7 +46,7 @@ from capi_bridge.events import STANDARD_EVENTS
 from capi_bridge.identity import TrustedProxies, resolve_identity
 from capi_bridge.request import RequestView, Response
 from capi_bridge.signing import PageClaims, PageSigner, TokenError, normalize_host
-from capi_bridge.snippet import consent_given, script_response
+from capi_bridge.snippet import ConsentCheck, consent_given, script_response
 
 logger = logging.getLogger("capi_bridge.endpoint")
 
@@ -50,9 +57,19 @@ REFRESH_MAX_AGE = 30 * 86400.0
 #: Clients whose rate-limit buckets are remembered; the least recently seen are forgotten.
 MAX_TRACKED_CLIENTS = 10_000
 _CONTENT_TYPES = ("text/plain", "application/json")
-_BODY_KEYS = frozenset({"token", "events", "consent", "sent_at"})
+_BODY_KEYS = frozenset({"token", "events", "consent", "sent_at", "hold"})
+#: The browser's hold id: random, per tab session (capi-bridge.js sends a UUID).
+HOLD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_HOLD_FORMAT = "16 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
 
-Sink = Callable[[Mapping[str, Any]], object]
+
+class Sink(Protocol):
+    """Where accepted events go: ``Bridge.enqueue`` fits. ``hold`` is the key to store the
+    event under until consent (``None``: consent given, send it)."""
+
+    def __call__(self, event: Mapping[str, Any], /, *, hold: str | None = ...) -> object: ...
+
+
 #: Returns Meta's reasons to reject an event (empty when valid), or raises ``InvalidEvent``.
 Validator = Callable[[Mapping[str, Any]], "Sequence[str] | None"]
 
@@ -113,12 +130,21 @@ class BrowserEndpoint:
         signer: PageSigner | None = None,
         proxies: TrustedProxies | None = None,
         rate_limiter: RateLimiter | None = None,
-        consent_required: bool = False,
+        consent_required: bool | None = None,
+        consent_check: ConsentCheck | None = None,
+        release: Callable[[str], int] | None = None,
+        forget: Callable[[str], int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``sink`` is ``Bridge.enqueue``. ``validate`` (default: ``validate_event``, the rules
         the Bridge applies) runs on every event of a request before the first one reaches the
-        sink, so one invalid event cannot leave its siblings half-stored."""
+        sink, so one invalid event cannot leave its siblings half-stored.
+
+        Consent follows ``settings.consent_required`` and the ``settings.consent_cookie``
+        cookie; ``consent_required`` overrides the setting, and ``consent_check`` (the app's
+        own CMP logic), when given, decides alone. ``release`` and ``forget`` are
+        ``Bridge.release`` and ``Bridge.forget``: the consent message calls them with the
+        browser's hold id."""
         if validate is None:
             from capi_bridge.validation import validate_event
 
@@ -131,9 +157,21 @@ class BrowserEndpoint:
         self.signer = signer or PageSigner.from_settings(settings, clock=clock)
         self.proxies = proxies or TrustedProxies.from_settings(settings)
         self.limiter = rate_limiter or RateLimiter(settings.rate_limit)
+        if consent_required is None:
+            consent_required = bool(getattr(settings, "consent_required", False))
         self.consent_required = consent_required
+        self.consent_check = consent_check
+        self.consent_cookie = str(getattr(settings, "consent_cookie", CONSENT_COOKIE))
+        self.release = release
+        self.forget = forget
         self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
         self._clock = clock
+        if (consent_required or consent_check is not None) and release is None:
+            logger.warning(
+                "consent is required but BrowserEndpoint got no release callable: events held "
+                "for consent will never be sent. Pass release=bridge.release, "
+                "forget=bridge.forget"
+            )
 
     def handles(self, path: str) -> bool:
         """Whether ``path`` is one of this endpoint's routes (adapters route on it)."""
@@ -212,6 +250,15 @@ class BrowserEndpoint:
         except TokenError as exc:
             raise Rejected(403, exc.code, str(exc), "token") from None
 
+    def consent(self, request: RequestView) -> bool:
+        """Whether this request's visitor allows events to be sent and cookies to be set."""
+        return consent_given(
+            request,
+            required=self.consent_required,
+            cookie=self.consent_cookie,
+            check=self.consent_check,
+        )
+
     def _page_url(self, raw: str | None, request: RequestView) -> str | None:
         for candidate in (raw, request.headers.get("referer")):
             if candidate and len(candidate) <= 2048:
@@ -234,7 +281,7 @@ class BrowserEndpoint:
             request,
             self.settings,
             proxies=self.proxies,
-            consent=consent_given(request, required=self.consent_required),
+            consent=self.consent(request),
             write_cookies=True,
             mint=False,  # the pixel may be minting its own right now: only refresh
         )
@@ -268,11 +315,9 @@ class BrowserEndpoint:
     def _post(self, request: RequestView, body: bytes) -> Response:
         data = self._read_json(request, body)
         if "events" not in data:
-            if not isinstance(data.get("consent"), bool):
-                raise Rejected(400, "malformed", "send events, or consent true/false", "events")
-            self._verify(request, data.get("token"), REFRESH_MAX_AGE)
-            return Response.empty(204, headers=self._consent_cookies(request, data["consent"]))
+            return self._consent_message(request, data)
         claims = self._verify(request, data.get("token"))
+        hold = None if self.consent(request) else _hold_id(data.get("hold"), required=True)
         now = self._clock()
         events = check_events(data["events"], data.get("sent_at"), now=now, names=self.event_names)
         for index, event in enumerate(events):
@@ -284,7 +329,37 @@ class BrowserEndpoint:
                     f"events[{index}].event_id",
                 )
         enriched = [self._enrich(request, event, claims) for event in events]
-        return self._store(enriched)
+        return self._store(enriched, hold)
+
+    def _consent_message(self, request: RequestView, data: dict[str, Any]) -> Response:
+        """Record the visitor's choice (cookies) and release or forget their held events.
+
+        The choice is recorded even when the outbox fails (503): it is the visitor's, and the
+        held events then simply wait (and expire) instead of being sent.
+        """
+        granted = data.get("consent")
+        if not isinstance(granted, bool):
+            raise Rejected(400, "malformed", "send events, or consent true/false", "events")
+        self._verify(request, data.get("token"), REFRESH_MAX_AGE)
+        hold = _hold_id(data.get("hold"), required=False)
+        cookies = self._consent_cookies(request, granted)
+        action = self.release if granted else self.forget
+        if hold is not None and action is not None:
+            try:
+                action(hold)
+            except Exception as exc:
+                logger.error(
+                    "%s of held events raised %s; answering 503",
+                    "release" if granted else "forget",
+                    type(exc).__name__,
+                )
+                return _error(
+                    503,
+                    "unavailable",
+                    "the consent choice is recorded but held events cannot be updated now",
+                    headers=[("Retry-After", "30"), *cookies],
+                )
+        return Response.empty(204, headers=cookies)
 
     def _enrich(
         self, request: RequestView, event: dict[str, Any], claims: PageClaims
@@ -303,7 +378,7 @@ class BrowserEndpoint:
             out["event_source_url"] = page_url
         return out
 
-    def _store(self, events: list[dict[str, Any]]) -> Response:
+    def _store(self, events: list[dict[str, Any]], hold: str | None) -> Response:
         position = "events"
         try:
             for index, event in enumerate(events):
@@ -313,7 +388,7 @@ class BrowserEndpoint:
                     raise InvalidEvent(problems)
             for index, event in enumerate(events):
                 position = f"events[{index}]"
-                self.sink(event)
+                self.sink(event, hold=hold)
         except InvalidEvent as exc:
             return Response.json(
                 400,
@@ -342,7 +417,7 @@ class BrowserEndpoint:
         if granted:
             values = [
                 set_cookie(
-                    CONSENT_COOKIE,
+                    self.consent_cookie,
                     "1",
                     max_age=CONSENT_MAX_AGE,
                     domain=domain,
@@ -353,9 +428,26 @@ class BrowserEndpoint:
         else:  # withdrawal: forget the choice and the identifiers it allowed
             values = [
                 expire_cookie(name, domain=domain, secure=secure)
-                for name in (CONSENT_COOKIE, FBP_COOKIE, FBC_COOKIE)
+                for name in (self.consent_cookie, FBP_COOKIE, FBC_COOKIE)
             ] + [expire_cookie(PAGE_COOKIE)]
         return [("Set-Cookie", value) for value in values]
+
+
+def _hold_id(value: Any, *, required: bool) -> str | None:
+    """The body's ``hold`` id, checked: the key held events are stored and released under."""
+    if value is None:
+        if not required:
+            return None
+        raise Rejected(
+            400,
+            "hold_missing",
+            "consent is required and not given: send the browser's hold id "
+            f"({_HOLD_FORMAT}) so these events wait for consent",
+            "hold",
+        )
+    if not isinstance(value, str) or not HOLD_ID.fullmatch(value):
+        raise Rejected(400, "hold_invalid", f"hold must be {_HOLD_FORMAT}", "hold")
+    return value
 
 
 def _no_constants(name: str) -> Any:

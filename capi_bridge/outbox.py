@@ -24,11 +24,15 @@ Design, in the order it matters for speed and safety:
 * **Fork safety.** One connection per thread per process; a connection inherited through
   ``fork()`` is never used nor closed in the child (closing it could disturb the parent's WAL).
 
-Row states: 3 fresh, 0 pending (claimable), 1 delivered, 2 dead; room is left for later states
-(e.g. "held for consent"). Rowids only grow: the row with the highest id is never deleted, so
-SQLite never reuses an id below the ingestion cursor. Leasing and settling rows is in
-:mod:`capi_bridge.leases`; administration (stats, dead letters, purge) in
-:mod:`capi_bridge.outbox_admin`.
+Row states: 3 fresh, 0 pending (claimable), 1 delivered, 2 dead, 4 held. A *held* row waits
+for the visitor's consent under a ``hold_key`` (the browser's per-tab id): it takes its
+idempotency key like any row but is never ingested, claimed or sent. ``Outbox.release`` makes
+it pending with its original payload; ``forget_held`` (consent refused) and ``expire_held``
+(waited longer than ``held_ttl``) delete it. Rowids only grow: settling and purging never
+delete the row with the highest id, and when dropping held rows removes it the ingestion cursor
+is lowered in the same transaction, so SQLite never gives a new row an id the cursor has passed.
+Leasing and settling rows is in :mod:`capi_bridge.leases`; administration (stats, dead letters,
+purge) in :mod:`capi_bridge.outbox_admin`.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ logger = logging.getLogger("capi_bridge.outbox")
 _T = TypeVar("_T")
 _SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) share the low byte
 
-PENDING, DELIVERED, DEAD, FRESH = 0, 1, 2, 3
-SCHEMA_VERSION = 1
+PENDING, DELIVERED, DEAD, FRESH, HELD = 0, 1, 2, 3, 4
+#: 1: the first release; 2: held rows (``hold_key``, index ``outbox_held``, ``held_expired``).
+SCHEMA_VERSION = 2
 #: How long a writer waits for another one before an enqueue fails loudly.
 BUSY_TIMEOUT = 10.0
 #: Above this many WAL frames (4 KiB each) the dispatcher forces the WAL back to its start.
@@ -74,6 +79,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     lease_owner TEXT,
     lease_until REAL,
     payload     TEXT,                      -- hashed wire JSON; NULL once settled
+    hold_key    TEXT,                      -- held rows (state 4): who must consent first
     UNIQUE (pixel_id, event_name, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (pixel_id, test_code, due) WHERE state = 0;
@@ -103,12 +109,19 @@ CREATE TABLE IF NOT EXISTS pauses (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('deduplicated', 0);
+INSERT OR IGNORE INTO counters VALUES ('held_expired', 0);
 INSERT OR IGNORE INTO meta VALUES ('ingested', '0');
 """
+# Created after the version-1 upgrade has added hold_key (see Outbox._install).
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_held ON outbox (hold_key) WHERE state = 4"
 
 INSERT_SQL = (
     "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
     " due, payload, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3)"
+)
+HELD_INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    " due, payload, state, hold_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?)"
 )
 _COUNT_DEDUP = "UPDATE counters SET value = value + ? WHERE name = 'deduplicated'"
 
@@ -129,6 +142,20 @@ class OutboxUnavailable(CapiBridgeError):
             f"the outbox at {path} cannot store events ({cause}); nothing was stored. Fix: "
             "check free disk space and that the app's user can write the file and its directory"
         )
+
+
+def _lower_cursor(conn: sqlite3.Connection) -> None:
+    """After deleting rows that may include the highest id: keep the cursor at most max(id).
+
+    SQLite gives a new row ``max(id) + 1``; had the deleted highest row been at the cursor, the
+    next fresh row would get an id the cursor has passed and never be ingested. The cursor is
+    only lowered when it is above the new maximum, so every row is below the old cursor and
+    already past ingestion: nothing fresh is skipped or ingested twice.
+    """
+    conn.execute(
+        "UPDATE meta SET value = CAST(min(CAST(value AS INTEGER),"
+        " coalesce((SELECT max(id) FROM outbox), 0)) AS TEXT) WHERE key = 'ingested'"
+    )
 
 
 class _Connection(sqlite3.Connection):
@@ -168,6 +195,8 @@ class Outbox:
             self._create()
         elif not os.path.exists(self.path):
             raise FileNotFoundError(f"no outbox at {self.path}")
+        else:  # a reader (the CLI) may open a file no upgraded app process has opened yet
+            self._install(new=False)
         ref = weakref.ref(self)
 
         def after_fork_in_child() -> None:
@@ -227,12 +256,35 @@ class Outbox:
         mode = self.query("PRAGMA journal_mode = WAL")[0][0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{self.path}: cannot enable WAL (got {mode})")
-        if self.query("PRAGMA user_version")[0][0] != SCHEMA_VERSION:
-            with self.write() as c:
-                for statement in _SCHEMA.split(";\n"):
-                    if statement.strip():
-                        c.execute(statement)
-                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._install(new=True)
+
+    def _install(self, *, new: bool) -> None:
+        """Create the schema, or upgrade an older outbox in place (its rows are kept).
+
+        Every step is idempotent and runs under the write lock, so workers starting together
+        upgrade once. ``new=False`` leaves a file that is not an outbox (version 0) alone: a
+        mistyped ``--path`` must not grow our tables. A newer version is left as it is.
+        """
+        version = int(self.query("PRAGMA user_version")[0][0])
+        if version >= SCHEMA_VERSION or (version == 0 and not new):
+            return
+        with self.write() as c:
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    c.execute(statement)
+            columns = {row[1] for row in c.execute("PRAGMA table_info(outbox)")}
+            if "hold_key" not in columns:  # version 1
+                c.execute("ALTER TABLE outbox ADD COLUMN hold_key TEXT")
+            c.execute(_HELD_INDEX)
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version:
+            logger.info(
+                "capi-bridge outbox at %s upgraded from schema %d to %d",
+                self.path,
+                version,
+                SCHEMA_VERSION,
+            )
+        else:
             logger.info("capi-bridge outbox ready at %s", self.path)
 
     @staticmethod
@@ -263,30 +315,84 @@ class Outbox:
 
     # --- enqueue ------------------------------------------------------------------------------
 
-    def insert(self, rows: Sequence[NewRow], now: float) -> int:
+    def insert(self, rows: Sequence[NewRow], now: float, *, hold: str | None = None) -> int:
         """Store rows durably (committed on return); returns how many were new.
 
         A single row is one autocommit statement, the cheapest durable write SQLite has.
+        With ``hold`` the rows are stored held under that key (see :meth:`release`).
         """
+        sql = INSERT_SQL if hold is None else HELD_INSERT_SQL
+        extra: tuple[str, ...] = () if hold is None else (hold,)
         conn = self.conn()
         if len(rows) == 1:
             pixel_id, name, event_id, test_code, expires, payload = rows[0]
-            values = (pixel_id, name, event_id, test_code, expires, now, now, payload)
+            values = (pixel_id, name, event_id, test_code, expires, now, now, payload, *extra)
             try:
-                added = conn.execute(INSERT_SQL, values).rowcount
+                added = conn.execute(sql, values).rowcount
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
-                added = self._retry(lambda: conn.execute(INSERT_SQL, values)).rowcount
+                added = self._retry(lambda: conn.execute(sql, values)).rowcount
             if added == 0:
                 self._retry(lambda: conn.execute(_COUNT_DEDUP, (1,)))
             return added
         with self.write() as c:
-            cur = c.executemany(INSERT_SQL, [(*r[:5], now, now, r[5]) for r in rows])
+            cur = c.executemany(sql, [(*r[:5], now, now, r[5], *extra) for r in rows])
             added = cur.rowcount
             if added < len(rows):
                 c.execute(_COUNT_DEDUP, (len(rows) - added,))
         return added
+
+    # --- held rows ----------------------------------------------------------------------------
+
+    def release(self, hold_key: str, now: float) -> int:
+        """Make the rows held under ``hold_key`` pending, due ``now``; returns how many.
+
+        They keep their payload (so their original event_time and event_id) and their id: an
+        id at or below the ingestion cursor is fine, because they go straight to the claimable
+        state instead of through ingestion. Expired ones are dead-lettered by the dispatcher
+        at claim time, like any event past Meta's window.
+        """
+        with self.write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET state = 0, hold_key = NULL, due = ?, attempts = 0,"
+                " lease_owner = NULL, lease_until = NULL WHERE state = 4 AND hold_key = ?",
+                (now, hold_key),
+            ).rowcount
+
+    def forget_held(self, hold_key: str) -> int:
+        """Delete the rows held under ``hold_key`` (consent refused); returns how many.
+
+        Deleted, not settled: their keys go too, so the same event may still be sent should
+        the visitor consent later.
+        """
+        return self._drop_held("hold_key = ?", hold_key, counter=None)
+
+    def expire_held(self, created_before: float) -> int:
+        """Delete held rows stored before ``created_before`` (waited too long for consent);
+        they are counted in ``held_expired``. Returns how many."""
+        return self._drop_held("created < ?", created_before, counter="held_expired")
+
+    def _drop_held(self, where: str, param: object, *, counter: str | None) -> int:
+        """Delete held rows matching ``where``, ``_CHUNK`` x 10 per short transaction, so
+        enqueues never wait long behind a big expiry."""
+        limit, removed = _CHUNK * 10, 0
+        while True:
+            with self.write() as c:
+                n = c.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
+                    f" WHERE state = 4 AND {where} LIMIT ?)",
+                    (param, limit),
+                ).rowcount
+                if n:
+                    _lower_cursor(c)
+                    if counter is not None:
+                        c.execute(
+                            "UPDATE counters SET value = value + ? WHERE name = ?", (n, counter)
+                        )
+            removed += n
+            if n < limit:
+                return removed
 
     # --- housekeeping (dispatcher thread only) ------------------------------------------------
 

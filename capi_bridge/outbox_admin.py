@@ -44,8 +44,12 @@ class OutboxStats:
     """A snapshot of the outbox, across all processes sharing it.
 
     ``pending`` (never tried), ``retrying`` (tried, waiting for the next attempt) and
-    ``in_flight`` (leased by a dispatcher right now) partition the events not yet settled;
-    ``delivered``, ``dead`` and ``deduplicated`` are totals since the outbox was created.
+    ``in_flight`` (leased by a dispatcher right now) partition the events accepted for delivery
+    and not yet settled; ``delivered``, ``dead`` and ``deduplicated`` are totals since the outbox
+    was created. ``held`` events wait for a visitor's consent: they are not accepted for delivery
+    (not in ``undelivered``, ``flush()`` does not wait for them) until released;
+    ``held_expired`` counts those dropped after waiting ``held_ttl``. Counts are rows, one per
+    pixel an event goes to.
     """
 
     path: str
@@ -58,6 +62,8 @@ class OutboxStats:
     oldest_pending_age: float | None
     paused: tuple[Pause, ...]
     last_error: LastError | None
+    held: int = 0
+    held_expired: int = 0
 
     @property
     def undelivered(self) -> int:
@@ -103,7 +109,7 @@ def _decode_last_error(text: str | None) -> LastError | None:
 
 
 def read_stats(outbox: Outbox, now: float) -> OutboxStats:
-    """Counts from the partial index of unsettled rows plus the durable counters."""
+    """Counts from the partial indexes of unsettled and held rows plus the durable counters."""
     total, in_flight, retrying, oldest = outbox.query(
         "SELECT count(*), coalesce(sum(lease_until > ?1), 0),"
         " coalesce(sum(attempts > 0 AND (lease_until IS NULL OR lease_until <= ?1)), 0),"
@@ -116,6 +122,7 @@ def read_stats(outbox: Outbox, now: float) -> OutboxStats:
     )[0]
     total += fresh
     oldest = min((t for t in (oldest, oldest_fresh) if t is not None), default=None)
+    held = outbox.query("SELECT count(*) FROM outbox INDEXED BY outbox_held WHERE state = 4")
     counters = dict(outbox.query("SELECT name, value FROM counters"))
     dead = outbox.query("SELECT count(*) FROM dead_letters")[0][0]
     pauses = tuple(
@@ -137,6 +144,8 @@ def read_stats(outbox: Outbox, now: float) -> OutboxStats:
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
         paused=pauses,
         last_error=_decode_last_error(last[0][0] if last else None),
+        held=int(held[0][0]),
+        held_expired=int(counters.get("held_expired", 0)),
     )
 
 
@@ -166,7 +175,9 @@ def retry_dead(outbox: Outbox, ids: Sequence[int] | None, now: float) -> int:
                 f" expires, ?1, ?1, payload FROM dead_letters WHERE id IN ({marks})"
                 " ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET state = 0,"
                 " payload = excluded.payload, due = excluded.due, attempts = 0,"
-                " lease_owner = NULL, lease_until = NULL",
+                " lease_owner = NULL, lease_until = NULL"
+                # a held row with that key waits for consent; a retry must not send it
+                " WHERE outbox.state != 4",
                 (now, *part),
             ).rowcount
             conn.execute(

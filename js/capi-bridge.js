@@ -11,25 +11,43 @@
     ' SubmitApplication Subscribe ViewContent ';
   // token: proves the page came from this site; bound: the PageView id it vouches for.
   var token = c.token, bound = c.cached ? 0 : c.pv, t0 = c.t || Date.now();
-  var ok = !c.hold, busy = 0, queue = [], id = stub.id;
+  // ok: the server said the visitor consented. Until then events are still posted, marked with
+  // the tab session's hold id: the server keeps them in its outbox (not sent to Meta) until
+  // consent(true) releases them, so they survive navigation, unlike the pixel's own queue.
+  var ok = !c.hold, busy = 0, queue = [], id = stub.id, hold;
 
   function fb() {
     if (w.fbq) w.fbq.apply(w, arguments);
   }
 
+  // The hold id lives in sessionStorage (strictly necessary first-party storage, never sent to
+  // Meta), so held events of every page of this tab are released together; in memory when
+  // storage is unavailable. make: create one if there is none.
+  function hid(make) {
+    try {
+      hold = hold || sessionStorage.capib_hold || (make ? (sessionStorage.capib_hold = id()) : hold);
+    } catch (e) {
+      hold = hold || (make ? id() : hold);
+    }
+    return hold;
+  }
+
   // text/plain keeps the request "simple": no CORS preflight, and sendBeacon survives unload.
-  function post(body) {
+  // done: wait for the answer (fetch) and call it then.
+  function post(body, done) {
     body.token = token;
     body.sent_at = Date.now();
     body = JSON.stringify(body);
-    if (!(N.sendBeacon && N.sendBeacon(c.endpoint, body))) {
+    if (done || !(N.sendBeacon && N.sendBeacon(c.endpoint, body))) {
       fetch(c.endpoint, {
         method: 'POST',
         body: body,
         keepalive: true,
         credentials: 'same-origin',
         headers: { 'Content-Type': 'text/plain' }
-      }).catch(function () {});
+      })
+        .catch(function () {})
+        .then(done);
     }
   }
 
@@ -41,9 +59,9 @@
   // route change) and a token close to expiry first get a fresh token from the endpoint.
   function pump() {
     var e = queue[0], batch = [];
-    if (busy || !ok || !e) return;
+    if (busy || !e) return;
     if (unbound(e) || Date.now() - t0 > (c.ttl - 60) * 1e3) {
-      busy = 1;
+      busy++;
       fetch(c.endpoint + '?token=' + encodeURIComponent(token) + (unbound(e) ? '&pv=' + e.event_id : ''), {
         credentials: 'same-origin',
         cache: 'no-store'
@@ -63,13 +81,13 @@
         )
         .then(function () {
           t0 = Date.now();
-          busy = 0;
+          busy--;
           pump();
         });
       return;
     }
     while (queue[0] && batch.length < 20 && !unbound(queue[0])) batch.push(queue.shift());
-    post({ events: batch });
+    post({ events: batch, hold: ok ? void 0 : hid(1) });
     pump();
   }
 
@@ -102,12 +120,17 @@
       mirror('PageView', i);
       return i;
     },
-    // Mirrors the pixel's consent lock: nothing is sent to the endpoint until granted.
+    // Unlocks (or locks) the pixel, and has the server release (or delete) this tab's held
+    // events and set (or clear) the consent cookie. Later events wait for its answer, so they
+    // carry the cookie the server decides on.
     consent: function (g) {
       ok = !!g;
       fb('consent', ok ? 'grant' : 'revoke');
-      post({ consent: ok });
-      pump();
+      busy++;
+      post({ consent: ok, hold: hid() }, function () {
+        busy--;
+        pump();
+      });
     }
   });
 
@@ -115,4 +138,11 @@
   stub.q.forEach(function (a) {
     api[a[0]].apply(api, a.slice(1));
   });
+  // Consent arrived since this tab's events were held (a banner's cookie, another page): release
+  // them, and any that reached the server after an earlier release; then the id is done with.
+  if (!c.hold && hid()) {
+    post({ consent: ok, hold: hold });
+    sessionStorage.removeItem('capib_hold');
+    hold = null;
+  }
 })(window, document, navigator);

@@ -59,6 +59,23 @@ def test_stats_text_and_json(filled: str, capsys: pytest.CaptureFixture[str]) ->
     assert (data["pending"], data["delivered"], data["dead"], data["deduplicated"]) == (1, 2, 2, 1)
 
 
+def test_stats_show_events_held_for_consent(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outbox = Outbox(filled)
+    now = time.time()
+    held = [("111", "Lead", f"held-{i}", "", now + 86400, "{}") for i in range(3)]
+    outbox.insert(held, now, hold="tab-session-id-0001")
+    stale = ("111", "Lead", "stale", "", now + 86400, "{}")
+    outbox.insert([stale], now - 7200, hold="tab-session-id-0002")
+    assert outbox.expire_held(now - 3600) == 1
+    code, out = run(capsys, "stats", "--path", filled)
+    assert code == 0 and "held         3 (waiting for consent; 1 expired)" in out
+    assert "pending      1" in out  # held events are not pending delivery
+    data = json.loads(run(capsys, "stats", "--path", filled, "--json")[1])
+    assert (data["held"], data["held_expired"], data["undelivered"]) == (3, 1, 1)
+
+
 def test_path_from_the_environment(
     filled: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

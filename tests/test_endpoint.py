@@ -3,6 +3,7 @@ and property-based fuzzing (no 5xx, nothing stored without a valid token)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capi_bridge.endpoint import MAX_BODY_BYTES, BrowserEndpoint, RateLimiter
+from capi_bridge.endpoint import HOLD_ID, MAX_BODY_BYTES, BrowserEndpoint, RateLimiter
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
@@ -31,16 +32,18 @@ UA = "Mozilla/5.0 (X11; Linux x86_64)"
 
 
 class Sink:
-    """An in-memory stand-in for ``Bridge.enqueue``."""
+    """An in-memory stand-in for ``Bridge.enqueue``; ``holds`` has each event's hold key."""
 
     def __init__(self) -> None:
         self.events: list[Mapping[str, Any]] = []
+        self.holds: list[str | None] = []
         self.error: Exception | None = None
 
-    def __call__(self, event: Mapping[str, Any]) -> str:
+    def __call__(self, event: Mapping[str, Any], *, hold: str | None = None) -> str:
         if self.error is not None:
             raise self.error
         self.events.append(event)
+        self.holds.append(hold)
         return str(event["event_id"])
 
 
@@ -63,14 +66,41 @@ SETTINGS = Settings(
 )
 
 
+#: A site with a consent banner: events wait for consent.
+REQUIRED = dataclasses.replace(SETTINGS, consent="required")
+HOLD = "5b0d6c3e-7777-4222-8333-944444444444"
+
+
+class Consents:
+    """Stand-ins for ``Bridge.release`` / ``Bridge.forget``: the keys they were called with."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+        self.forgotten: list[str] = []
+        self.error: Exception | None = None
+
+    def release(self, key: str) -> int:
+        if self.error is not None:
+            raise self.error
+        self.released.append(key)
+        return 2
+
+    def forget(self, key: str) -> int:
+        self.forgotten.append(key)
+        return 2
+
+
 class Env:
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, settings: Settings = SETTINGS, **overrides: Any) -> None:
         self.clock = Clock()
         self.sink = Sink()
-        self.signer = PageSigner.from_settings(SETTINGS, clock=self.clock)
+        self.consents = Consents()
+        self.signer = PageSigner.from_settings(settings, clock=self.clock)
         overrides.setdefault("rate_limiter", RateLimiter(600, clock=self.clock))
+        overrides.setdefault("release", self.consents.release)
+        overrides.setdefault("forget", self.consents.forget)
         self.endpoint = BrowserEndpoint(
-            SETTINGS, self.sink, signer=self.signer, clock=self.clock, **overrides
+            settings, self.sink, signer=self.signer, clock=self.clock, **overrides
         )
 
     def token(self, pv: str | None = PV, host: str = HOST) -> str:
@@ -280,6 +310,106 @@ def test_consent_messages_set_and_clear_the_cookie(env: Env) -> None:
     assert env.call({"token": env.token(), "consent": "yes"}).status == 400
     assert env.call({"token": "forged", "consent": True}).status == 403
     assert env.sink.events == []
+
+
+def set_cookie_names(reply: Response) -> list[str]:
+    return [v.split("=")[0] for k, v in reply.headers if k == "Set-Cookie"]
+
+
+def test_without_consent_events_are_held_under_the_browsers_hold_id() -> None:
+    env = Env(REQUIRED)
+    reply = env.events(event("PageView", PV), event(), hold=HOLD)
+    assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 2})
+    assert env.sink.holds == [HOLD, HOLD]
+    assert env.sink.events[1]["user_data"]["fbp"] == FBP  # enriched as usual, for later
+    assert set_cookie_names(reply) == []
+    refreshed = env.call(method="GET", query=f"token={env.token()}")  # _fbp is not re-set
+    assert refreshed.status == 200 and set_cookie_names(refreshed) == []
+
+
+@pytest.mark.parametrize(
+    ("hold", "code"),
+    [
+        (None, "hold_missing"),
+        ("too-short", "hold_invalid"),
+        ("x" * 65, "hold_invalid"),
+        ("a tab session id with spaces", "hold_invalid"),
+        (12345678901234567890, "hold_invalid"),
+    ],
+)
+def test_held_events_need_a_well_formed_hold_id(hold: Any, code: str) -> None:
+    env = Env(REQUIRED)
+    extra = {} if hold is None else {"hold": hold}
+    reply = env.events(event(), **extra)
+    assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (400, code, "hold")
+    assert "16 to 64 characters" in error_of(reply)["message"]
+    assert env.sink.events == []
+
+
+def test_with_the_consent_cookie_events_are_not_held() -> None:
+    env = Env(REQUIRED)
+    consented = {"Cookie": f"_fbp={FBP}; capib_consent=1"}
+    reply = env.call(
+        {"token": env.token(), "events": [event()], "hold": "ignored"}, headers=consented
+    )
+    assert reply.status == 202 and env.sink.holds == [None]
+    named = Env(dataclasses.replace(REQUIRED, consent_cookie="cmp_marketing"))
+    named.events(event(), hold=HOLD)  # capib_consent is not the cookie this site uses...
+    named.call({"token": named.token(), "events": [event()]}, headers=consented)
+    assert named.sink.holds == [HOLD]
+    named.call({"token": named.token(), "events": [event()]}, headers={"Cookie": "cmp_marketing=1"})
+    assert named.sink.holds == [HOLD, None]  # ...this one is
+    assert Env(REQUIRED, consent_required=False).events(event()).status == 202  # override
+
+
+def test_an_apps_consent_check_decides_alone() -> None:
+    def cmp_allows_marketing(request: RequestView) -> bool:
+        return "marketing" in request.cookies.get("cmp", "").split(",")
+
+    env = Env(SETTINGS, consent_check=cmp_allows_marketing)  # even with consent "granted"
+    env.events(event(), hold=HOLD)
+    env.call(
+        {"token": env.token(), "events": [event()], "hold": HOLD},
+        headers={"Cookie": "capib_consent=1; cmp=analytics"},
+    )
+    env.call(
+        {"token": env.token(), "events": [event()]}, headers={"Cookie": "cmp=analytics,marketing"}
+    )
+    assert env.sink.holds == [HOLD, HOLD, None]
+    refreshed = env.call(method="GET", query=f"token={env.token()}")
+    assert set_cookie_names(refreshed) == []
+
+
+def test_consent_messages_release_or_forget_the_tabs_held_events() -> None:
+    env = Env(dataclasses.replace(REQUIRED, consent_cookie="cmp_marketing"))
+    granted = env.call({"token": env.token(), "consent": True, "hold": HOLD})
+    assert granted.status == 204 and env.consents.released == [HOLD]
+    assert set_cookie_names(granted) == ["cmp_marketing"]
+    refused = env.call({"token": env.token(), "consent": False, "hold": HOLD})
+    assert refused.status == 204 and env.consents.forgotten == [HOLD]
+    assert set_cookie_names(refused) == ["cmp_marketing", "_fbp", "_fbc", "_capib_pv"]
+    assert env.call({"token": env.token(), "consent": True}).status == 204  # nothing held
+    bad = env.call({"token": env.token(), "consent": True, "hold": "../../etc"})
+    assert (bad.status, error_of(bad)["code"]) == (400, "hold_invalid")
+    forged = env.call({"token": "forged", "consent": True, "hold": HOLD})
+    assert forged.status == 403
+    assert (env.consents.released, env.consents.forgotten) == ([HOLD], [HOLD])
+
+
+def test_a_failing_release_still_records_the_choice(caplog: pytest.LogCaptureFixture) -> None:
+    env = Env(REQUIRED)
+    env.consents.error = OSError("disk full")
+    with caplog.at_level(logging.ERROR, logger="capi_bridge"):
+        reply = env.call({"token": env.token(), "consent": True, "hold": HOLD})
+    assert (reply.status, error_of(reply)["code"]) == (503, "unavailable")
+    assert reply.header("Retry-After") == "30" and set_cookie_names(reply) == ["capib_consent"]
+    assert "OSError" in caplog.text and HOLD not in caplog.text
+
+
+def test_an_endpoint_that_cannot_release_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="capi_bridge"):
+        Env(REQUIRED, release=None, forget=None)
+    assert "release=bridge.release" in caplog.text
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -575,6 +705,8 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
             body["consent"] = mostly(draw, draw(st.booleans()), json_values)
         if draw(st.booleans()):
             body["sent_at"] = mostly(draw, NOW * 1000, json_values)
+        if draw(st.booleans()):
+            body["hold"] = mostly(draw, HOLD, json_values)
     content_types = st.sampled_from(
         ["application/json", "text/html", "multipart/form-data; boundary=x", None]
     )
@@ -597,6 +729,7 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
     }
     method = mostly(draw, "POST", st.sampled_from(["GET", "GET", "PUT", "HEAD", "OPTIONS"]))
     return {
+        "required": draw(st.booleans()),  # a site that asks for consent
         "method": method,
         "body": body,
         "headers": headers,
@@ -609,7 +742,7 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
 @settings(max_examples=400, deadline=None)
 @given(fuzz_requests())
 def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str, Any]) -> None:
-    env = Env()
+    env = Env(REQUIRED if req["required"] else SETTINGS)
     tokens = {
         "valid": env.token(),
         "forged": env.token()[:-3] + "xyz",
@@ -621,6 +754,7 @@ def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str
     }
     body = req["body"]
     token_kind = None
+    granting = isinstance(body, dict) and body.get("consent") is True
     if isinstance(body, dict):
         token_kind = body.pop("token")
         if token_kind in tokens:
@@ -640,6 +774,11 @@ def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str
     if env.sink.events:
         assert token_kind == "valid" and reply.status == 202
         assert json.loads(reply.body) == {"accepted": len(env.sink.events)}
+    consented = "capib_consent=1" in str(req["headers"].get("Cookie"))
+    if req["required"] and not consented:
+        assert all(h is not None and HOLD_ID.fullmatch(h) for h in env.sink.holds)
+        if not granting:  # no cookie is set (expiring one on withdrawal is fine)
+            assert all("Max-Age=0" in v for k, v in reply.headers if k == "Set-Cookie")
 
 
 def test_an_internal_error_is_a_400_and_logs_no_request_data(

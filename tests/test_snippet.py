@@ -208,3 +208,19 @@ def test_renderer_sets_no_cookie_without_consent() -> None:
     granted = renderer.render(page_request("capib_consent=1"))
     assert [c.split("=")[0] for c in granted.set_cookies] == ["_fbp", "_capib_pv"]
     assert PageRenderer(SETTINGS).render(page_request(), consent=False).set_cookies == ()
+
+
+def test_renderer_takes_consent_rules_from_settings_or_the_app() -> None:
+    site = dataclasses.replace(SETTINGS, consent="required", consent_cookie="cmp_ok")
+    renderer = PageRenderer(site)
+    assert config_of(renderer.render(page_request("capib_consent=1")).html)["hold"] is True
+    granted = renderer.render(page_request("cmp_ok=1"))
+    assert config_of(granted.html)["hold"] is False and granted.set_cookies
+    assert PageRenderer(site, consent_required=False).render(page_request()).set_cookies
+
+    def cmp(request: RequestView) -> bool:  # the app's own consent logic decides alone
+        return request.cookies.get("cmp") == "all"
+
+    checked = PageRenderer(SETTINGS, consent_check=cmp)
+    assert checked.render(page_request("capib_consent=1")).set_cookies == ()
+    assert config_of(checked.render(page_request("cmp=all")).html)["hold"] is False

@@ -1,6 +1,7 @@
 """capi-bridge.js in real headless Chromium: every event reaches the pixel and the endpoint
 with the same name and id, including when fbevents.js is blocked, on cached pages, on SPA
-route changes and after consent is granted."""
+route changes; and, where consent is required, held in the outbox until the visitor grants it
+(across pages), deleted when they refuse."""
 
 from __future__ import annotations
 
@@ -148,21 +149,104 @@ def test_spa_page_view_carries_an_id_on_both_sides(site: Any, new_page: Any) -> 
     assert all(hit["eventID"] for hit in page.evaluate("window.__fbqSent"))
 
 
-def test_consent_holds_both_copies_until_granted(site: Any, new_page: Any) -> None:
-    page = new_page()
-    response = page.goto(site.url + "/hold")
-    assert response is not None and "set-cookie" not in response.headers
+def _held_site(site: Any) -> tuple[Any, Any]:
+    assert site.bridge is not None and site.graph is not None
+    return site.bridge, site.graph
+
+
+def _ready(page: Any) -> None:
     page.wait_for_function("window.capiBridge && window.capiBridge.ready")
+
+
+def _triples(events: list[Mapping[str, Any]]) -> set[tuple[str, str, int]]:
+    return {(e["event_name"], e["event_id"], e["event_time"]) for e in events}
+
+
+def test_without_consent_events_wait_in_the_outbox_until_granted(
+    consent_site: Any, consent_page: Any
+) -> None:
+    bridge, graph = _held_site(consent_site)
+    sink = consent_site.sink
+    page = consent_page()
+    response = page.goto(consent_site.url + "/")
+    assert response is not None and "set-cookie" not in response.headers
+    _ready(page)
     lead = page.evaluate("capiBridge.track('Lead')")
-    page.wait_for_function("(window.__fbqCalls || []).length >= 4")  # consent, init, 2 tracks
-    assert page.evaluate("window.__fbqSent.length") == 0
-    assert site.sink.events == []
+    sink.wait_for(functools.partial(_has_n, 2))  # posted at once, not kept in the page
+    hold = page.evaluate("sessionStorage.getItem('capib_hold')")
+    assert UUID.fullmatch(hold) and sink.holds == [hold, hold]
+    page_view = sink.events[0]["event_id"]
+    assert bridge.stats().held == 2
+    assert bridge.flush(10) and graph.events == []  # nothing reaches Meta...
+    assert page.evaluate("window.__fbqSent.length") == 0  # ...from either side
+    assert page.context.cookies() == []
+
     page.evaluate("capiBridge.consent(true)")
-    site.sink.wait_for(lambda events: len(events) == 2)
-    sent = page.evaluate("window.__fbqSent.map(s => [s.event, s.eventID])")
-    assert sent == [[e["event_name"], e["event_id"]] for e in site.sink.events]
-    assert sent[1] == ["Lead", lead]
-    page.wait_for_function("document.cookie.includes('_fbp=')")
+    assert graph.wait_for_events(2, timeout=10)
+    assert _triples(graph.events) == _triples(sink.events)  # original ids and times
+    pixel = page.evaluate("window.__fbqSent.map(s => [s.event, s.eventID])")
+    assert pixel == [["PageView", page_view], ["Lead", lead]]
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["capib_consent"]["value"] == "1" and cookies["capib_consent"]["httpOnly"]
-    assert all(hit["pixel"] == site.pixel_id for hit in page.evaluate("window.__fbqSent"))
+    contact = page.evaluate("capiBridge.track('Contact')")  # consented now: sent, not held
+    assert graph.wait_for_events(3, timeout=10)
+    sink.wait_for(functools.partial(_has_n, 3))  # the sink records after the outbox commit
+    assert sink.holds[-1] is None and graph.events[-1]["event_id"] == contact
+    assert bridge.stats().held == 0
+
+
+def test_the_hold_id_carries_held_events_across_pages(consent_site: Any, consent_page: Any) -> None:
+    bridge, graph = _held_site(consent_site)
+    sink = consent_site.sink
+    page = consent_page()
+    page.goto(consent_site.url + "/")
+    _ready(page)
+    viewed = page.evaluate("capiBridge.track('ViewContent', {content_ids: ['sku-1']})")
+    sink.wait_for(functools.partial(_has_n, 2))
+    page.goto(consent_site.url + "/checkout")  # the pixel's own queue dies here; ours does not
+    _ready(page)
+    sink.wait_for(functools.partial(_has_n, 3))
+    assert len(set(sink.holds)) == 1 and sink.holds[0] is not None
+    assert bridge.flush(10) and graph.events == []
+    page.evaluate("capiBridge.consent(true)")
+    assert graph.wait_for_events(3, timeout=10)
+    names = sorted((e["event_name"], e["event_id"]) for e in graph.events)
+    assert [n for n, _ in names] == ["PageView", "PageView", "ViewContent"]
+    assert viewed in {i for _, i in names} and _triples(graph.events) == _triples(sink.events)
+
+
+def test_refusing_consent_deletes_the_held_events(consent_site: Any, consent_page: Any) -> None:
+    bridge, graph = _held_site(consent_site)
+    sink = consent_site.sink
+    page = consent_page()
+    page.goto(consent_site.url + "/")
+    _ready(page)
+    page.evaluate("capiBridge.track('Lead')")
+    sink.wait_for(functools.partial(_has_n, 2))
+    assert bridge.stats().held == 2
+    page.evaluate("capiBridge.consent(false)")
+    sink.wait_answered(lambda body, status: body.get("consent") is False and status == 204)
+    assert bridge.stats().held == 0
+    assert bridge.flush(10) and graph.events == []
+
+
+def test_a_banner_cookie_releases_the_tabs_held_events_on_the_next_page(
+    consent_site: Any, consent_page: Any
+) -> None:
+    """A consent banner may only set the consent cookie, never calling capiBridge.consent():
+    the next page, rendered with consent, releases what this tab held."""
+    bridge, graph = _held_site(consent_site)
+    sink = consent_site.sink
+    page = consent_page()
+    page.goto(consent_site.url + "/")
+    _ready(page)
+    sink.wait_for(functools.partial(_has_n, 1))
+    page.evaluate("document.cookie = 'capib_consent=1; Path=/; SameSite=Lax'")
+    page.goto(consent_site.url + "/thanks")
+    _ready(page)
+    assert graph.wait_for_events(2, timeout=10)
+    sink.wait_for(functools.partial(_has_n, 2))
+    assert sink.holds[0] is not None and sink.holds[1] is None  # this page was not held
+    assert _triples(graph.events) == _triples(sink.events)
+    assert page.evaluate("sessionStorage.getItem('capib_hold')") is None  # done with
+    assert bridge.stats().held == 0
