@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_fake_graph(sub)
     _add_outbox(sub)
+    _add_test_link(sub)
     return parser
 
 
@@ -54,6 +55,41 @@ def _cmd_fake_graph(args: argparse.Namespace) -> int:
     return serve_forever(host=args.host, port=args.port, token=args.token, pixels=args.pixel)
 
 
+# --- test-link ------------------------------------------------------------------------------
+
+
+def _add_test_link(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "test-link",
+        help="print a signed link that sends one browser's events to a test event code",
+    )
+    p.add_argument("url", help="a page of your site, e.g. https://shop.example/")
+    p.add_argument("--code", required=True, help="the test event code from Events Manager")
+    p.set_defaults(func=_cmd_test_link)
+
+
+def _cmd_test_link(args: argparse.Namespace) -> int:
+    import os
+
+    from capi_bridge.pages import TEST_COOKIE_MAX_AGE, TEST_LINK_MAX_AGE, make_test_link
+    from capi_bridge.settings import ENV_PREFIX
+
+    secret = os.environ.get(ENV_PREFIX + "SECRET_KEY")
+    if not secret:
+        print("capi-bridge: CAPI_BRIDGE_SECRET_KEY is not set; export the site's secret key.")
+        return 1
+    if not args.url.startswith(("http://", "https://")):
+        print(f"capi-bridge: {args.url!r} is not an http(s) URL; give a page of your site.")
+        return 1
+    print(make_test_link(secret, args.url, args.code))
+    print(
+        f"Open it within {TEST_LINK_MAX_AGE // 3600} h: that browser's events then go to test "
+        f"code {args.code} for {TEST_COOKIE_MAX_AGE // 60} min "
+        "(the site needs CAPI_BRIDGE_SCOPED_TEST_EVENTS=true). Watch Events Manager > Test events."
+    )
+    return 0
+
+
 # --- outbox ---------------------------------------------------------------------------------
 
 
@@ -65,7 +101,9 @@ def _add_outbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     actions.required = True
     path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)"
 
-    stats = actions.add_parser("stats", help="pending, in flight, delivered, dead, last error")
+    stats = actions.add_parser(
+        "stats", help="pending, in flight, delivered, dead, held, last error"
+    )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=_cmd_outbox_stats)
 
@@ -139,6 +177,7 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
     print(f"  delivered    {stats.delivered}")
     print(f"  dead         {stats.dead}")
     print(f"  deduplicated {stats.deduplicated}")
+    print(f"  held         {stats.held} (waiting for consent; {stats.held_expired} expired)")
     print(f"  oldest pending {_when(stats.oldest_pending_age)}")
     for pause in stats.paused:
         print(

@@ -76,6 +76,7 @@ def _warn_uncovered(domain: str) -> None:
     logger.warning("cookie_domain %r does not cover a request host; using the heuristic", domain)
 
 
+@functools.lru_cache(maxsize=1024)  # a site has a handful of hosts; this runs on every page
 def cookie_domain(host: str, override: str | None = None) -> tuple[str | None, int]:
     """``(Domain attribute, subdomain index)`` for first-party cookies on ``host``.
 

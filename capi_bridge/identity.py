@@ -57,6 +57,7 @@ class _IdentitySettings(Protocol):
     def cookie_domain(self) -> str | None: ...
 
 
+@functools.lru_cache(maxsize=4096)  # proxies and returning visitors repeat; ~5 µs a parse
 def parse_ip(raw: str | None) -> IPAddress | None:
     """An address from a forwarding-header entry or peer: ports, brackets, zone ids and the
     ``::ffff:`` IPv4-mapped prefix removed; ``None`` for ``unknown``, obfuscated ids or junk."""
@@ -144,7 +145,7 @@ class TrustedProxies:
     def _peer_trusted(self, request: RequestView) -> bool:
         if self.hops:
             return True
-        return self._trusts(parse_ip(request.client_addr))
+        return bool(self.networks) and self._trusts(parse_ip(request.client_addr))
 
     def _entries(self, request: RequestView) -> list[str]:
         value = request.headers.get(self.header)

@@ -11,7 +11,7 @@ every ASCII-compatible charset and nothing is decoded or re-encoded (the flask-d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 #: New Relic's RUM injector gives up after 64 KiB; a page whose ``</head>`` is further away is
 #: passed through untouched rather than held in memory.
@@ -27,16 +27,12 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _OVERLAP = 256
 
 
-def may_be_page_view(method: str, request_headers: Mapping[str, str]) -> bool:
-    """Can this request produce a page the browser renders? Decided before the app runs.
-
-    ``Sec-Fetch-Dest`` tells fetch/XHR calls, images and scripts apart from navigations; those
-    requests skip the middleware entirely, which keeps API endpoints at zero overhead.
-    """
-    if method != "GET":
-        return False
-    dest = request_headers.get("sec-fetch-dest")
-    return dest is None or dest in ("document", "iframe", "")
+def is_navigation(sec_fetch_dest: str | None) -> bool:
+    """Can this request be a navigation (a page load or a form post)? Decided before the app
+    runs, from ``Sec-Fetch-Dest``: fetch/XHR calls, images and scripts skip the middleware
+    entirely, which keeps API endpoints at zero overhead. Browsers too old to send the header,
+    and non-browser clients, count as navigations (the snippet is inert without JavaScript)."""
+    return sec_fetch_dest is None or sec_fetch_dest in ("document", "iframe", "")
 
 
 def should_inject(status: int, headers: Iterable[tuple[str, str]]) -> bool:

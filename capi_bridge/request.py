@@ -85,12 +85,14 @@ class RequestView:
         host: str,
         path: str,
         query_string: str = "",
-        headers: Iterable[tuple[str, str]] | Mapping[str, str] = (),
+        headers: Headers | Iterable[tuple[str, str]] | Mapping[str, str] = (),
         client_addr: str | None = None,
     ) -> RequestView:
         """A view from parts; cookies are read from the ``Cookie`` header."""
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        hdrs = Headers(items)
+        if isinstance(headers, Headers):
+            hdrs = headers
+        else:
+            hdrs = Headers(headers.items() if isinstance(headers, Mapping) else headers)
         return cls(
             method=method.upper(),
             scheme=scheme.lower(),
@@ -156,7 +158,7 @@ class RequestView:
             host=host or "localhost",
             path=str(scope.get("path") or "/"),
             query_string=bytes(raw_query).decode("latin-1"),
-            headers=items,
+            headers=hdrs,
             client_addr=str(client[0]) if client else None,
         )
 

@@ -176,7 +176,8 @@ class Settings:
     @property
     def pixel_ids(self) -> tuple[str, ...]:
         """The configured pixel ids, always as a tuple."""
-        return _str_tuple(self.pixel_id)
+        pixel_id = self.pixel_id
+        return (pixel_id,) if isinstance(pixel_id, str) else tuple(pixel_id)
 
     def _validate(self) -> None:
         ids = self.pixel_ids

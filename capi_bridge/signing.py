@@ -10,15 +10,18 @@ with the id the token binds, which keeps a replayed token from inflating PageVie
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 from capi_bridge.errors import CapiBridgeError, ConfigError
 
 SALT = "capi-bridge.page-token"
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 #: Tokens longer than this are rejected unread (ours are ~150 characters).
 MAX_TOKEN_LENGTH = 1024
 #: Shortest ``secret_key`` accepted: HMAC keys shorter than this are guessable offline.
@@ -79,6 +82,19 @@ def normalize_host(host: str) -> str:
     return host
 
 
+class _KeyedSigner(TimestampSigner):
+    """itsdangerous derives the HMAC key from secret and salt on every signature; a page
+    signer signs with one key all its life, so derive it once."""
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        if secret_key is not None:
+            return super().derive_key(secret_key)
+        key: bytes | None = self.__dict__.get("_derived")
+        if key is None:
+            key = self.__dict__["_derived"] = super().derive_key()
+        return key
+
+
 class PageSigner:
     """Issues and verifies page tokens for one site."""
 
@@ -108,6 +124,12 @@ class PageSigner:
         self.max_age = max_age
         self._clock = clock
         self._serializer = URLSafeTimedSerializer(secret_key, salt=SALT)
+        # One signer for every page (making one derives its key: an HMAC per call otherwise).
+        # itsdangerous stamps tokens with int(time.time()); stamp with our clock instead so
+        # tests (and the expiry check in verify) agree on what "now" is.
+        signer = _KeyedSigner(secret_key, salt=SALT)
+        signer.get_timestamp = lambda: int(self._clock())  # type: ignore[method-assign]
+        self._signer = signer
 
     @classmethod
     def from_settings(
@@ -120,12 +142,10 @@ class PageSigner:
     def issue(self, *, host: str, page_view_id: str | None) -> str:
         """A token for a page served on ``host`` whose PageView id is ``page_view_id``."""
         payload = {"p": list(self.pixel_ids), "v": page_view_id, "h": normalize_host(host)}
-        signer = self._serializer.make_signer(SALT)
-        assert isinstance(signer, TimestampSigner)
-        # itsdangerous stamps tokens with int(time.time()); stamp with our clock instead so
-        # tests (and the expiry check below) agree on what "now" is.
-        signer.get_timestamp = lambda: int(self._clock())  # type: ignore[method-assign]
-        return signer.sign(self._serializer.dump_payload(payload)).decode("ascii")
+        # The serializer's own dump_payload tries zlib on every token (~20 µs per page) to
+        # save a few bytes; its loads() reads the uncompressed form just the same.
+        body = base64_encode(_COMPACT.encode(payload).encode("utf-8"))
+        return self._signer.sign(body).decode("ascii")
 
     def verify(self, token: Any, *, host: str, max_age: float | None = None) -> PageClaims:
         """The claims of a valid token for ``host``; raises a :class:`TokenError` subclass.
@@ -161,3 +181,29 @@ class PageSigner:
             host=payload["h"],
             issued_at=issued,
         )
+
+
+#: Salts of the other signed values (a value signed for one use never verifies for another).
+PENDING_EVENTS_SALT = "capi-bridge.server-events"
+TEST_CODE_SALT = "capi-bridge.test-event-code"
+
+
+class SignedValues:
+    """Small signed, timestamped values for cookies and links: server events waiting for the
+    next page, scoped test event codes. Verification never raises: a missing, forged, expired
+    or oversized value is simply absent (``None``), because the request must go on."""
+
+    def __init__(self, secret_key: str, salt: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret_key, salt=salt)
+
+    def dumps(self, value: Any) -> str:
+        text = self._serializer.dumps(value)
+        return text if isinstance(text, str) else text.decode("ascii")
+
+    def loads(self, text: str | None, max_age: float) -> Any:
+        if not text or len(text) > 3000:
+            return None
+        try:
+            return self._serializer.loads(text, max_age=int(max_age))
+        except BadSignature:  # SignatureExpired is a subclass
+            return None

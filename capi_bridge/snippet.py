@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from capi_bridge.cookies import (
     CONSENT_COOKIE,
@@ -112,6 +112,8 @@ def _attr(value: str) -> str:
 
 
 class _SnippetSettings(Protocol):
+    def __hash__(self) -> int: ...  # frozen Settings: the site-wide parts are cached per site
+
     @property
     def pixel_ids(self) -> tuple[str, ...]: ...
     @property
@@ -144,8 +146,8 @@ def render_snippet(
 
     ``consent=False`` renders Meta's documented consent pattern: ``fbq('consent','revoke')``
     before ``init`` (the pixel then holds every call until ``capiBridge.consent(true)``), the
-    bridge holds its mirror the same way, and the ``<noscript>`` image, which cannot be
-    consent-gated, is left out.
+    bridge posts its mirror marked to be held in the outbox until then, and the ``<noscript>``
+    image, which cannot be consent-gated, is left out.
     """
     nonce_attr = f' nonce="{_attr(nonce)}"' if nonce else ""
     matching = dict(advanced_matching or {})
@@ -155,7 +157,41 @@ def render_snippet(
             f"unknown advanced-matching keys {sorted(unknown)}; "
             f"use {sorted(ADVANCED_MATCHING_KEYS)}"
         )
-    matching = {k: str(v) for k, v in matching.items() if v not in (None, "")}
+    fields = tuple(sorted((k, str(v)) for k, v in matching.items() if v not in (None, "")))
+    config = {
+        "endpoint": settings.endpoint_path,
+        "token": token,
+        "pv": page_view_id,
+        "iat": int(issued_at),
+        "ttl": int(settings.token_max_age),
+        "hold": not consent,
+    }
+    parts = [
+        # data-capi-bridge marks a page that already holds the snippet (see injection.MARKER)
+        f"<script data-capi-bridge{nonce_attr}>",
+        _prelude(settings, consent, fields),
+        f"window.capiBridgeConfig={script_json(config)};",
+        _boot(),
+        f'</script><script async src="{_script_src(settings)}"{nonce_attr}></script>',
+    ]
+    if consent:
+        eid = quote(page_view_id, safe="")
+        parts.append("<noscript>")
+        parts.extend(
+            '<img height="1" width="1" style="display:none" alt="" src="https://www.facebook.com'
+            f'/tr?id={quote(pid, safe="")}&amp;ev=PageView&amp;eid={eid}&amp;noscript=1">'
+            for pid in settings.pixel_ids
+        )
+        parts.append("</noscript>")
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _prelude(
+    settings: _SnippetSettings, consent: bool, matching: tuple[tuple[str, str], ...]
+) -> str:
+    """The part of the inline script that is the same on every page of a site (per consent
+    state and advanced-matching data): built once, not per page view."""
     lines = [_LOADER.replace("{url}", script_json(settings.pixel_script_url)), _SPA]
     if not consent:
         lines.append("fbq('consent','revoke');")
@@ -167,45 +203,38 @@ def render_snippet(
                 settings.data_processing_options_state,
             ]
         lines.append(f"fbq('dataProcessingOptions',{script_json(args)[1:-1]});")
-    for pixel_id in settings.pixel_ids:
-        extra = f",{script_json(matching)}" if matching else ""
-        lines.append(f"fbq('init',{script_json(pixel_id)}{extra});")
-    config = {
-        "endpoint": settings.endpoint_path,
-        "token": token,
-        "pv": page_view_id,
-        "iat": int(issued_at),
-        "ttl": int(settings.token_max_age),
-        "hold": not consent,
-    }
-    lines.append(f"window.capiBridgeConfig={script_json(config)};")
-    lines.append(_boot())
-    src = f"{settings.script_path}?v={script_version()}"
-    parts = [
-        f"<script{nonce_attr}>{''.join(lines)}</script>",
-        f'<script async src="{_attr(src)}"{nonce_attr}></script>',
-    ]
-    if consent:
-        images = "".join(
-            '<img height="1" width="1" style="display:none" alt="" src="{}">'.format(
-                _attr(
-                    "https://www.facebook.com/tr?"
-                    + urlencode({"id": pid, "ev": "PageView", "eid": page_view_id, "noscript": "1"})
-                )
-            )
-            for pid in settings.pixel_ids
-        )
-        parts.append(f"<noscript>{images}</noscript>")
-    return "".join(parts)
+    extra = f",{script_json(dict(matching))}" if matching else ""
+    lines.extend(f"fbq('init',{script_json(pid)}{extra});" for pid in settings.pixel_ids)
+    return "".join(lines)
 
 
-def consent_given(request: RequestView, *, required: bool) -> bool:
+@functools.lru_cache(maxsize=16)
+def _script_src(settings: _SnippetSettings) -> str:
+    return _attr(f"{settings.script_path}?v={script_version()}")
+
+
+#: An app's own consent decision for a request (its CMP's cookie, a user preference...).
+ConsentCheck = Callable[[RequestView], bool]
+
+
+def consent_given(
+    request: RequestView,
+    *,
+    required: bool,
+    cookie: str = CONSENT_COOKIE,
+    check: ConsentCheck | None = None,
+) -> bool:
     """Whether cookies and events are allowed for this visitor.
 
-    ``required=False`` (no consent banner on the site) always allows; otherwise the visitor
-    must have granted consent through ``capiBridge.consent(true)`` (the consent cookie).
+    ``check``, the app's own consent logic, decides alone when given (so an app passing one
+    cannot forget to also turn ``required`` on). Otherwise ``required=False`` (no consent
+    banner on the site) always allows, and ``required=True`` needs the consent cookie
+    (``settings.consent_cookie``: set by ``capiBridge.consent(true)`` or the site's banner)
+    to be ``1``.
     """
-    return not required or request.cookies.get(CONSENT_COOKIE) == "1"
+    if check is not None:
+        return bool(check(request))
+    return not required or request.cookies.get(cookie) == "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,13 +258,21 @@ class PageRenderer:
         *,
         signer: PageSigner | None = None,
         proxies: TrustedProxies | None = None,
-        consent_required: bool = False,
+        consent_required: bool | None = None,
+        consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """Consent rules as in :class:`~capi_bridge.endpoint.BrowserEndpoint`: from settings,
+        ``consent_required`` overriding ``settings.consent_required``, ``consent_check``
+        deciding alone when given."""
         self.settings = settings
         self.signer = signer or PageSigner.from_settings(settings, clock=clock)
         self.proxies = proxies or TrustedProxies.from_settings(settings)
+        if consent_required is None:
+            consent_required = bool(getattr(settings, "consent_required", False))
         self.consent_required = consent_required
+        self.consent_check = consent_check
+        self.consent_cookie = str(getattr(settings, "consent_cookie", CONSENT_COOKIE))
         self._clock = clock
 
     def render(
@@ -246,26 +283,35 @@ class PageRenderer:
         advanced_matching: Mapping[str, str] | None = None,
         consent: bool | None = None,
         page_view_id: str | None = None,
+        identity: Identity | None = None,
     ) -> PageTags:
         """Tags and cookies for the page answering ``request``.
 
-        ``consent=None`` reads the consent cookie when ``consent_required``; pass the app's
+        ``consent=None`` applies the renderer's consent rules (see ``__init__``); pass the app's
         own decision (its CMP) to override. The fresh-page marker cookie lets boot.js tell this
         response from a cached copy of it (``PAGE_COOKIE`` holds the id the page carries).
         """
         now = self._clock()
         allowed = (
-            consent_given(request, required=self.consent_required) if consent is None else consent
+            consent_given(
+                request,
+                required=self.consent_required,
+                cookie=self.consent_cookie,
+                check=self.consent_check,
+            )
+            if consent is None
+            else consent
         )
         pv = page_view_id or new_event_id()
-        identity = resolve_identity(
-            request,
-            self.settings,
-            proxies=self.proxies,
-            now_ms=int(now * 1000),
-            consent=allowed,
-            write_cookies=True,
-        )
+        if identity is None:  # given when the request already resolved it (server events)
+            identity = resolve_identity(
+                request,
+                self.settings,
+                proxies=self.proxies,
+                now_ms=int(now * 1000),
+                consent=allowed,
+                write_cookies=True,
+            )
         token = self.signer.issue(host=request.host, page_view_id=pv)
         markup = render_snippet(
             self.settings,

@@ -8,7 +8,7 @@ from capi_bridge.injection import (
     MARKER,
     Injector,
     inject_once,
-    may_be_page_view,
+    is_navigation,
     should_inject,
 )
 
@@ -109,17 +109,15 @@ def test_should_inject(status: int, headers: list[tuple[str, str]], expected: bo
 
 
 @pytest.mark.parametrize(
-    ("method", "dest", "expected"),
+    ("dest", "expected"),
     [
-        ("GET", None, True),
-        ("GET", "document", True),
-        ("GET", "iframe", True),
-        ("GET", "empty", False),  # fetch()/XHR
-        ("GET", "script", False),
-        ("HEAD", None, False),
-        ("POST", "document", False),
+        (None, True),  # old browsers, curl, crawlers: the snippet is inert without JavaScript
+        ("document", True),  # page loads and form posts
+        ("iframe", True),
+        ("empty", False),  # fetch()/XHR
+        ("script", False),
+        ("image", False),
     ],
 )
-def test_may_be_page_view(method: str, dest: str | None, expected: bool) -> None:
-    headers = {} if dest is None else {"sec-fetch-dest": dest}
-    assert may_be_page_view(method, headers) is expected
+def test_is_navigation(dest: str | None, expected: bool) -> None:
+    assert is_navigation(dest) is expected

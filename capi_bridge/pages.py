@@ -1,0 +1,446 @@
+"""One request's view of the bridge, shared by every adapter (WSGI, ASGI, Flask, Starlette).
+
+:class:`PageBridge` is built once per app: it owns the :class:`~capi_bridge.bridge.Bridge`, the
+mirror endpoint and the page renderer. :class:`Page` is built per request that may be a
+navigation, lazily: nothing is resolved, signed or rendered until a view or the response needs
+it, which keeps requests that never render a page cheap. The adapters only move bytes; every
+decision about identity, cookies and server-originated events is made here, once.
+
+Server-originated events (``track()`` while handling a request, e.g. a confirmed payment) are
+enqueued at once with the request's identity, and their pixel twin is carried to the next page
+this browser renders in a signed cookie that lives ten minutes. That page fires
+``fbq('track', name, data, {eventID})`` with the same id, so Meta deduplicates the pair instead of
+counting the Purchase twice. No cookie of ours is set while consent is required and missing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import html
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from capi_bridge.bridge import Bridge
+from capi_bridge.cookies import expire_cookie, set_cookie
+from capi_bridge.endpoint import BrowserEndpoint
+from capi_bridge.events import STANDARD_EVENTS, new_event_id
+from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
+from capi_bridge.injection import is_navigation
+from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
+from capi_bridge.request import RequestView, Response
+from capi_bridge.settings import Settings
+from capi_bridge.signing import (
+    PENDING_EVENTS_SALT,
+    TEST_CODE_SALT,
+    PageSigner,
+    SignedValues,
+)
+from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, ConsentCheck, PageRenderer, script_json
+
+logger = logging.getLogger("capi_bridge.pages")
+
+#: Where the WSGI middleware leaves the request's :class:`Page` (``environ``), and the ASGI one
+#: leaves it and the :class:`PageBridge` (``scope["state"]``).
+PAGE_ENVIRON_KEY = "capi_bridge.page"
+PAGE_STATE_KEY = "capi_bridge.page"
+CORE_STATE_KEY = "capi_bridge"
+
+#: Carries server-originated events to the next rendered page (signed, short-lived).
+PENDING_COOKIE = "_capib_ev"
+PENDING_MAX_AGE = 600
+#: At most this many events wait for a page; custom_data larger than this is left out of the
+#: pixel copy (the server copy keeps it), so the cookie stays far below browsers' 4 KB limit.
+PENDING_LIMIT = 4
+PENDING_DATA_BYTES = 600
+#: Scoped test events: the signed link parameter and the cookie it turns into.
+TEST_PARAM = "capi_bridge_test"
+TEST_COOKIE = "_capib_test"
+TEST_LINK_MAX_AGE = 86400
+TEST_COOKIE_MAX_AGE = 3600
+
+#: The test event code of the endpoint request being handled (read by the endpoint's sink).
+_REQUEST_TEST_CODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "capi_bridge_test_code", default=None
+)
+
+
+#: Crawlers, link unfurlers, headless tools and HTTP libraries, by user agent. Real browsers
+#: never carry these words. (A request without one fails validation: Meta needs the user agent
+#: of website events.)
+_BOTS = re.compile(
+    r"bot\b|crawl|spider|slurp|facebookexternalhit|facebookcatalog|embedly|preview|"
+    r"headlesschrome|lighthouse|pagespeed|curl/|wget/|python-|httpx|okhttp|go-http|java/",
+    re.IGNORECASE,
+)
+
+
+def is_bot(user_agent: str | None) -> bool:
+    """Whether a request comes from a crawler or a non-browser client (see ``_BOTS``)."""
+    return bool(user_agent) and _BOTS.search(user_agent or "") is not None
+
+
+class PageBridge:
+    """The app-wide core the adapters wrap; create one per app (thread-safe)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bridge: Bridge | None = None,
+        consent_check: ConsentCheck | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.bridge = bridge if bridge is not None else Bridge(settings)
+        self.consent_check = consent_check
+        self.proxies = TrustedProxies.from_settings(settings)
+        self.signer = PageSigner.from_settings(settings, clock=clock)
+        self.renderer = PageRenderer(
+            settings,
+            signer=self.signer,
+            proxies=self.proxies,
+            consent_required=settings.consent_required,
+            consent_check=consent_check,
+            clock=clock,
+        )
+        self.endpoint = BrowserEndpoint(
+            settings,
+            self._sink,
+            signer=self.signer,
+            proxies=self.proxies,
+            consent_check=consent_check,
+            release=self.bridge.release,
+            forget=self.bridge.forget,
+            clock=clock,
+        )
+        assert settings.secret_key  # PageSigner refused to start without one
+        self._pending = SignedValues(settings.secret_key, PENDING_EVENTS_SALT)
+        self._tests = SignedValues(settings.secret_key, TEST_CODE_SALT)
+        self._clock = clock
+        if settings.test_event_code:
+            logger.warning(
+                "CAPI_BRIDGE_TEST_EVENT_CODE is set: every event goes to Events Manager's Test "
+                "events tab, none counts in production. Unset it before going live "
+                "(CAPI_BRIDGE_SCOPED_TEST_EVENTS=true and 'capi-bridge test-link' test one "
+                "browser instead)."
+            )
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def is_route(self, path: str) -> bool:
+        """Whether ``path`` is served by capi-bridge itself (endpoint, script)."""
+        return self.endpoint.handles(path)
+
+    def handle(self, request: RequestView, body: bytes = b"") -> Response:
+        """Answer a request to one of our routes; never raises (see ``BrowserEndpoint``).
+
+        Crawlers that run JavaScript (Googlebot renders pages) would mirror PageViews nobody
+        saw; their posts are acknowledged and dropped, so they neither count nor retry."""
+        if request.method == "POST" and is_bot(request.headers.get("user-agent")):
+            return Response.json(202, {"accepted": 0, "ignored": "crawler"})
+        reset = _REQUEST_TEST_CODE.set(self.test_code(request))
+        try:
+            return self.endpoint.handle(request, body)
+        finally:
+            _REQUEST_TEST_CODE.reset(reset)
+
+    def _sink(self, event: Mapping[str, Any], hold: str | None = None) -> None:
+        self.bridge.enqueue(event, test_event_code=_REQUEST_TEST_CODE.get(), hold=hold)
+
+    # --- per request --------------------------------------------------------------------------
+
+    def open_page(
+        self, request: RequestView | Callable[[], RequestView], *, navigation: bool = True
+    ) -> Page:
+        """The request's :class:`Page`. ``request`` may be a factory, called only if the page
+        needs it: a JSON response to a navigation then costs one small object, nothing more.
+        ``navigation=False`` (fetch/XHR) never sets cookies."""
+        return Page(self, request, navigation=navigation)
+
+    def consent(self, request: RequestView) -> bool:
+        """Whether this visitor's events may be sent and cookies set."""
+        if self.consent_check is not None:
+            return bool(self.consent_check(request))
+        if not self.settings.consent_required:
+            return True
+        return request.cookies.get(self.settings.consent_cookie) == "1"
+
+    def test_code(self, request: RequestView) -> str | None:
+        """The scoped test event code this browser carries (signed cookie or link), if any."""
+        if not self.settings.scoped_test_events:
+            return None
+        link = request.query_param(TEST_PARAM)
+        if link:
+            code = self._tests.loads(link, TEST_LINK_MAX_AGE)
+            if isinstance(code, str):
+                return code
+        code = self._tests.loads(request.cookies.get(TEST_COOKIE), TEST_COOKIE_MAX_AGE)
+        return code if isinstance(code, str) else None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the outbox at start-up, so a bad ``outbox_path`` fails before the first visitor.
+
+        The dispatcher itself starts with the first event of each process (fork-safe)."""
+        self.bridge.stats()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush what can be sent within ``timeout`` and stop the dispatcher."""
+        return self.bridge.close(timeout)
+
+
+class Page:
+    """One request's identity, user data, server events and (for a page) snippet and cookies."""
+
+    def __init__(
+        self,
+        core: PageBridge,
+        request: RequestView | Callable[[], RequestView],
+        *,
+        navigation: bool,
+    ) -> None:
+        self.core = core
+        self._request = request
+        self.navigation = navigation
+        #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
+        self.nonce: str | None = None
+        self.placed = False
+        self._user_data: dict[str, str] = {}
+        self._identity: Identity | None = None
+        self._consent: bool | None = None
+        self._html: str | None = None
+        self._page_cookies: tuple[str, ...] = ()
+        self._tracked: list[dict[str, Any]] = []
+        self._hold: str | None = None
+
+    @property
+    def request(self) -> RequestView:
+        request = self._request
+        if not isinstance(request, RequestView):
+            request = self._request = request()
+        return request
+
+    # --- what the app calls -------------------------------------------------------------------
+
+    @property
+    def consent(self) -> bool:
+        if self._consent is None:
+            self._consent = self.core.consent(self.request)
+        return self._consent
+
+    @property
+    def identity(self) -> Identity:
+        """Resolved once per request, so a server event and the page share one minted fbp."""
+        if self._identity is None:
+            self._identity = resolve_identity(
+                self.request,
+                self.core.settings,
+                proxies=self.core.proxies,
+                consent=self.consent,
+                write_cookies=self.navigation,
+            )
+        return self._identity
+
+    def identify(self, **user_data: Any) -> None:
+        """Attach the signed-in visitor's data (``em``, ``ph``, ``external_id``...) to every
+        event of this request. Values are normalized now (a bad one fails here, naming the
+        field) and hashed when the event is stored; raw values never leave the process."""
+        for field, value in user_data.items():
+            if value is None:
+                continue
+            if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
+                raise ValueError(
+                    f"identify(): {field!r} is not a Meta customer-information key; "
+                    f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
+                )
+            text = str(value)
+            self._user_data[field] = (
+                normalize(field, text, country=self._user_data.get("country"))
+                if field in HASHED_FIELDS
+                else text
+            )
+
+    def track(
+        self,
+        event_name: str,
+        *,
+        custom_data: Mapping[str, Any] | None = None,
+        user_data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        event_source_url: str | None = None,
+        pixel: bool = True,
+    ) -> str:
+        """Send a server-originated event through CAPI now; returns its event id.
+
+        With ``pixel=True`` (default) the next page this browser renders fires the pixel for
+        the same event with the same id, so the pair deduplicates. Raises ``InvalidEvent``
+        when Meta would refuse the event (nothing is stored).
+        """
+        eid = event_id or new_event_id()
+        identity = self.identity
+        event: dict[str, Any] = {
+            "event_name": event_name,
+            "event_id": eid,
+            "event_time": int(self.core._clock()),
+            "action_source": "website",
+            "event_source_url": event_source_url or identity.event_source_url,
+            "user_data": {**identity.user_data(), **self._user_data, **(user_data or {})},
+        }
+        if custom_data:
+            event["custom_data"] = dict(custom_data)
+        # Without consent the event waits in the outbox (never sent unless released).
+        hold = None if self.consent else self._hold_key()
+        self.core.bridge.enqueue(event, test_event_code=self.test_code, hold=hold)
+        if pixel and self.consent and self.navigation:
+            self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
+        return eid
+
+    @property
+    def test_code(self) -> str | None:
+        return self.core.test_code(self.request)
+
+    def _hold_key(self) -> str:
+        if self._hold is None:
+            header = self.request.headers.get("x-capi-bridge-hold", "")
+            self._hold = header if 16 <= len(header) <= 64 else secrets.token_urlsafe(18)
+        return self._hold
+
+    # --- what the adapters call ---------------------------------------------------------------
+
+    def render(self, nonce: str | None = None) -> str:
+        """The snippet (plus the pixel twins of earlier server events) for this page."""
+        if self._html is None:
+            matching = None
+            if self.core.settings.advanced_matching and self.consent:
+                matching = {k: v for k, v in self._user_data.items() if k in ADVANCED_MATCHING_KEYS}
+            tags = self.core.renderer.render(
+                self.request,
+                nonce=nonce or self.nonce,
+                advanced_matching=matching or None,
+                consent=self.consent,
+                identity=self.identity,
+            )
+            self._page_cookies = tags.set_cookies
+            self._html = tags.html + self._pixel_twins(nonce or self.nonce)
+        self.placed = True
+        return self._html
+
+    def snippet_bytes(self) -> bytes:
+        return self.render().encode("utf-8")
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers this response needs; call once, as the response starts.
+
+        Cheap when the request did nothing with the bridge (an image, a JSON call): no
+        cookie is parsed and nothing is signed."""
+        cookies: list[str] = []
+        if self._html is not None:
+            cookies.extend(self._page_cookies)
+        elif self._identity is not None:
+            cookies.extend(self._identity.cookies)  # e.g. a redirect after a server event
+        if self._tracked or (self._html is not None and self.consent):
+            cookies.extend(self._pending_cookie())
+        if self.core.settings.scoped_test_events:
+            cookies.extend(self._test_cookie())
+        return [("Set-Cookie", cookie) for cookie in cookies]
+
+    # --- cookies ------------------------------------------------------------------------------
+
+    def _incoming(self) -> list[dict[str, Any]]:
+        raw = self.request.cookies.get(PENDING_COOKIE)
+        data = self.core._pending.loads(raw, PENDING_MAX_AGE)
+        if not isinstance(data, list):
+            return []
+        return [
+            e
+            for e in data
+            if isinstance(e, dict)
+            and isinstance(e.get("n"), str)
+            and isinstance(e.get("i"), str)
+            and isinstance(e.get("d"), dict)
+        ]
+
+    def _pixel_twins(self, nonce: str | None) -> str:
+        if not self.consent:
+            return ""
+        calls = []
+        for event in self._incoming():
+            method = "track" if event["n"] in STANDARD_EVENTS else "trackCustom"
+            args = [method, event["n"], event["d"], {"eventID": event["i"]}]
+            calls.append(f"fbq({script_json(args)[1:-1]});")
+        if not calls:
+            return ""
+        attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
+        return f"<script{attr} data-capi-bridge-events>{''.join(calls)}</script>"
+
+    def _pending_cookie(self) -> list[str]:
+        """Carry this request's events to the next page, or consume what this page fired."""
+        incoming = self._incoming()
+        secure = self.core.proxies.scheme(self.request) == "https"
+        if self._tracked:
+            waiting = ([] if self._html is not None else incoming) + self._tracked
+            value = self.core._pending.dumps(waiting[-PENDING_LIMIT:])
+            return [
+                set_cookie(
+                    PENDING_COOKIE, value, max_age=PENDING_MAX_AGE, secure=secure, http_only=True
+                )
+            ]
+        if incoming:
+            return [expire_cookie(PENDING_COOKIE, secure=secure)]
+        return []
+
+    def _test_cookie(self) -> list[str]:
+        if not self.core.settings.scoped_test_events:
+            return []
+        link = self.request.query_param(TEST_PARAM)
+        code = self.core._tests.loads(link, TEST_LINK_MAX_AGE)
+        if not isinstance(code, str):
+            return []
+        secure = self.core.proxies.scheme(self.request) == "https"
+        value = self.core._tests.dumps(code)
+        cookie = set_cookie(
+            TEST_COOKIE, value, max_age=TEST_COOKIE_MAX_AGE, secure=secure, http_only=True
+        )
+        return [cookie]
+
+
+def page_in(
+    state: MutableMapping[str, Any],
+    core: PageBridge,
+    request: Callable[[], RequestView],
+    sec_fetch_dest: str | None,
+) -> Page:
+    """The request's :class:`Page`, kept in ``state`` (ASGI ``scope["state"]``), made on first
+    use: by the app (``track``, ``identify``, the template tag) or by the middleware when the
+    response turns out to be a page. Requests that never touch the bridge never build one."""
+    page = state.get(PAGE_STATE_KEY)
+    if not isinstance(page, Page):
+        page = core.open_page(request, navigation=is_navigation(sec_fetch_dest))
+        state[PAGE_STATE_KEY] = page
+    return page
+
+
+def make_test_link(secret_key: str, url: str, code: str) -> str:
+    """A link that routes one browser's events to ``code`` (Events Manager's Test events tab)
+    for an hour; valid for a day, and only on a site with ``scoped_test_events`` on."""
+    separator = "&" if "?" in url else "?"
+    token = SignedValues(secret_key, TEST_CODE_SALT).dumps(code)
+    return f"{url}{separator}{TEST_PARAM}={token}"
+
+
+def _small(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The custom_data the pixel twin carries: all of it, unless it would bloat the cookie."""
+    if not data:
+        return {}
+    out = dict(data)
+    if len(script_json(out)) > PENDING_DATA_BYTES:
+        keep: dict[str, Any] = {
+            k: out[k] for k in ("value", "currency", "content_type") if k in out
+        }
+        return keep
+    return out

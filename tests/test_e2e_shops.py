@@ -1,0 +1,353 @@
+"""The example shops end to end: real headless Chromium, real servers, the fake Graph API.
+
+Each shop (``examples/flask_app.py`` on a threaded WSGI server, ``examples/starlette_app.py`` on
+uvicorn) runs on loopback, configured only through ``CAPI_BRIDGE_*`` environment variables, like
+README says. Meta's fbevents.js is routed to the local stub, which records what the pixel would
+send (``window.__fbqSent``); the fake Graph API records what CAPI received. Tests wait on
+conditions (``wait_for_events``, ``wait_for_function``, ``flush``), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from capi_bridge.bridge import Bridge
+from capi_bridge.settings import Settings
+from capi_bridge.testing import FakeGraph
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CAPI_BRIDGE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+STUB = (resources.files("capi_bridge") / "static" / "fbevents-stub.js").read_bytes()
+# A desktop browser's user agent: headless Chromium announces itself as HeadlessChrome, which
+# capi-bridge (rightly) treats as a bot.
+DESKTOP_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/156.0.0.0 Safari/537.36"
+)
+PIXEL = "1234567890"
+ENDPOINT = "/capi-bridge/events"
+VISITOR_IP = "81.2.69.142"
+
+
+@dataclass
+class Shop:
+    url: str
+    graph: FakeGraph
+    settings: Settings
+
+    def flush(self) -> None:
+        """Deliver everything the app accepted (another process's dispatcher would do it too:
+        the outbox is shared through SQLite, so a second Bridge on the file is enough)."""
+        with Bridge(self.settings) as bridge:
+            assert bridge.flush(15)
+
+    def held(self) -> int:
+        with Bridge(self.settings) as bridge:
+            return bridge.stats().held
+
+    def capi(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.graph.events if e["event_name"] == name]
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _load_example(module: str) -> Any:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if module in sys.modules:
+        return importlib.reload(sys.modules[module])
+    return importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def _serve_flask(sock: socket.socket) -> Iterator[None]:
+    from werkzeug.serving import make_server
+
+    app = _load_example("examples.flask_app").create_app()
+    host, port = sock.getsockname()
+    sock.close()  # werkzeug binds its own; the port was free a moment ago and stays ours
+    server = make_server(host, port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        app.extensions["capi_bridge"].close(timeout=2)
+
+
+@contextlib.contextmanager
+def _serve_starlette(sock: socket.socket) -> Iterator[None]:
+    import uvicorn
+
+    app = _load_example("examples.starlette_app").create_app()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()  # connections wait in the socket's backlog until uvicorn has started
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(params=["flask", "starlette"])
+def make_shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Shop]]:
+    stack = contextlib.ExitStack()
+
+    def make(**extra: str) -> Shop:
+        graph = stack.enter_context(FakeGraph())
+        env = {
+            "CAPI_BRIDGE_PIXEL_ID": PIXEL,
+            "CAPI_BRIDGE_ACCESS_TOKEN": "test-token",
+            "CAPI_BRIDGE_SECRET_KEY": "e2e-tests-secret-key-0123456789abcdef",
+            "CAPI_BRIDGE_GRAPH_URL": graph.url,
+            "CAPI_BRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+            "CAPI_BRIDGE_LINGER": "0.02",
+            "CAPI_BRIDGE_RATE_LIMIT": "10000",
+            "CAPI_BRIDGE_TRUSTED_PROXIES": "1",
+            **{f"CAPI_BRIDGE_{k.upper()}": v for k, v in extra.items()},
+        }
+        sock = _free_socket()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        serve = _serve_flask if request.param == "flask" else _serve_starlette
+        # kept for the shop's lifetime: Starlette builds its middleware (reading the settings)
+        # when the server starts, not when the app object is made
+        stack.enter_context(_environment(env))
+        settings = Settings.from_env()
+        stack.enter_context(serve(sock))
+        return Shop(url, graph, settings)
+
+    with stack:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (tests/run installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def visitor(browser: Any) -> Iterator[Callable[..., Any]]:
+    """``visitor(block_pixel=False, user_agent=DESKTOP_UA)``: a new browser profile's page."""
+    contexts: list[Any] = []
+
+    def make(*, block_pixel: bool = False, user_agent: str = DESKTOP_UA) -> Any:
+        # As behind a reverse proxy (the shops trust one hop): a public client address, which
+        # Meta needs for matching when consent keeps cookies away.
+        context = browser.new_context(
+            user_agent=user_agent, extra_http_headers={"X-Forwarded-For": VISITOR_IP}
+        )
+        contexts.append(context)
+        if block_pixel:
+            context.route("**/fbevents.js", lambda route: route.abort("blockedbyclient"))
+        else:
+            context.route(
+                "**/fbevents.js",
+                lambda route: route.fulfill(status=200, content_type="text/javascript", body=STUB),
+            )
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def pixel_sent(page: Any, event: str, count: int = 1) -> list[dict[str, Any]]:
+    """What the pixel sent for ``event``, once it has sent ``count`` of them."""
+    page.wait_for_function(
+        "([e, n]) => (window.__fbqSent || []).filter(s => s.event === e).length >= n",
+        arg=[event, count],
+    )
+    sent: list[dict[str, Any]] = page.evaluate(
+        "e => window.__fbqSent.filter(s => s.event === e)", event
+    )
+    return sent
+
+
+def cookie(page: Any, name: str) -> str | None:
+    for item in page.context.cookies():
+        if item["name"] == name:
+            return str(item["value"])
+    return None
+
+
+def buy(page: Any, shop: Shop) -> dict[str, Any]:
+    """Add the first product to the cart, check out, land on the thank-you page; returns what
+    the pixel sent for AddToCart (read before the page is left)."""
+    page.goto(shop.url + "/product/mug-01")
+    page.click("#add-to-cart")
+    page.wait_for_selector("#added", state="visible")
+    [added] = pixel_sent(page, "AddToCart")
+    page.goto(shop.url + "/cart")
+    page.fill("#email", "Jane.Doe@Example.com")
+    page.click("#pay")
+    page.wait_for_selector("#thanks")
+    return added
+
+
+# --- the redundant setup --------------------------------------------------------------------
+
+
+def test_page_view_pairs_with_the_same_id_and_fbp(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    page = visitor()
+    page.goto(shop.url + "/")
+    [pixel] = pixel_sent(page, "PageView")
+    assert shop.graph.wait_for_events(1, timeout=10)
+    [server] = shop.capi("PageView")
+    assert pixel["eventID"] == server["event_id"]
+    # The server set _fbp on the very first response: browser and CAPI carry the same one.
+    assert cookie(page, "_fbp") == pixel["fbp"] == server["user_data"]["fbp"]
+    assert server["event_source_url"] == shop.url + "/"
+    assert server["user_data"]["client_ip_address"] == VISITOR_IP
+
+
+def test_fbclid_landing_gives_the_same_fbc_on_both_channels(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    page = visitor()
+    page.goto(shop.url + "/?fbclid=IwAR2xYz_AbC-123")
+    [pixel] = pixel_sent(page, "PageView")
+    assert shop.graph.wait_for_events(1, timeout=10)
+    [server] = shop.capi("PageView")
+    fbc = cookie(page, "_fbc")
+    assert fbc and fbc.endswith(".IwAR2xYz_AbC-123")
+    assert pixel["fbc"] == fbc == server["user_data"]["fbc"]
+
+
+def test_add_to_cart_and_server_purchase_pair(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    page = visitor()
+    pixel_cart = buy(page, shop)
+    [pixel_purchase] = pixel_sent(page, "Purchase")
+    shop.flush()
+    [server_cart] = shop.capi("AddToCart")
+    assert pixel_cart["eventID"] == server_cart["event_id"]
+    assert server_cart["custom_data"]["content_ids"] == ["mug-01"]
+    [server_purchase] = shop.capi("Purchase")
+    assert pixel_purchase["eventID"] == server_purchase["event_id"]
+    assert pixel_purchase["data"]["value"] == server_purchase["custom_data"]["value"] == 14.0
+    assert server_purchase["user_data"]["em"]  # hashed from the checkout form
+    # A reload of the thank-you page fires no second Purchase.
+    page.reload()
+    page.wait_for_selector("#thanks")
+    pixel_sent(page, "PageView")
+    assert page.evaluate("window.__fbqSent.filter(s => s.event === 'Purchase').length") == 0
+    shop.flush()
+    assert len(shop.capi("Purchase")) == 1
+
+
+def test_newsletter_lead_pairs(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    page = visitor()
+    page.goto(shop.url + "/newsletter")
+    page.fill("#lead-email", "reader@example.com")
+    page.click("#subscribe")
+    page.wait_for_selector("#subscribed")
+    [pixel] = pixel_sent(page, "Lead")
+    shop.flush()
+    [server] = shop.capi("Lead")
+    assert pixel["eventID"] == server["event_id"]
+
+
+def test_with_the_pixel_blocked_capi_still_gets_every_event(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    page = visitor(block_pixel=True)
+    page.goto(shop.url + "/product/mug-01")
+    page.click("#add-to-cart")
+    page.wait_for_selector("#added", state="visible")
+    page.goto(shop.url + "/cart")
+    page.fill("#email", "jane@example.com")
+    page.click("#pay")
+    page.wait_for_selector("#thanks")
+    assert shop.graph.wait_for_events(5, timeout=10), shop.graph.events
+    names = sorted(e["event_name"] for e in shop.graph.events)
+    # product, cart and thank-you PageViews; the AddToCart mirror; the server Purchase
+    assert names == ["AddToCart", "PageView", "PageView", "PageView", "Purchase"]
+
+
+def test_consent_required_holds_everything_until_granted(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop(consent="required")
+    page = visitor()
+    with page.expect_request_finished(lambda r: r.method == "POST" and ENDPOINT in r.url):
+        page.goto(shop.url + "/product/mug-01")  # the PageView, posted marked "hold"
+    with page.expect_request_finished(lambda r: r.method == "POST" and ENDPOINT in r.url):
+        page.click("#add-to-cart")
+    page.wait_for_selector("#added", state="visible")
+    assert page.evaluate("window.__fbqSent.length") == 0  # the pixel is revoked
+    assert {c["name"] for c in page.context.cookies()} <= {"cart"}  # no _fbp, no _fbc
+    shop.flush()
+    assert shop.graph.events == []
+    assert shop.held() == 2  # the PageView and the AddToCart, held in the outbox
+    page.click("#consent-accept")
+    [pixel_cart] = pixel_sent(page, "AddToCart")
+    assert shop.graph.wait_for_events(2, timeout=10)
+    ids = {e["event_name"]: e["event_id"] for e in shop.graph.events}
+    assert ids["AddToCart"] == pixel_cart["eventID"]
+    assert ids["PageView"] == pixel_sent(page, "PageView")[0]["eventID"]
+    assert shop.held() == 0
+
+
+def test_a_crawler_produces_no_server_page_view(make_shop: Any, visitor: Any) -> None:
+    shop = make_shop()
+    # A crawler without JavaScript fetches the page...
+    reply = httpx.get(shop.url + "/", headers={"User-Agent": "Googlebot/2.1"})
+    assert reply.status_code == 200 and "capiBridgeConfig" in reply.text
+    # ...and one that renders it runs the script, whose mirror is dropped.
+    page = visitor(
+        user_agent="Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    )
+    with page.expect_request_finished(lambda r: ENDPOINT in r.url):
+        page.goto(shop.url + "/")
+    # a real visitor afterwards is mirrored: the dispatcher is alive, the bot was dropped
+    human = visitor()
+    human.goto(shop.url + "/")
+    [pixel] = pixel_sent(human, "PageView")
+    assert shop.graph.wait_for_events(1, timeout=10)
+    shop.flush()
+    assert [e["event_id"] for e in shop.capi("PageView")] == [pixel["eventID"]]

@@ -1,0 +1,172 @@
+"""The per-request core the adapters share: scoped test events, crawlers, server events
+without consent, CSP nonces, and the cookie that carries server events to the next page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers.web import BROWSER, SECRET, events_body, new_id, pixel_twins
+
+from capi_bridge.pages import (
+    PENDING_COOKIE,
+    PENDING_LIMIT,
+    TEST_COOKIE,
+    PageBridge,
+    is_bot,
+    make_test_link,
+)
+from capi_bridge.request import RequestView
+from capi_bridge.testing import FakeGraph
+
+UA = BROWSER["User-Agent"]
+
+
+@pytest.fixture
+def make_core(delivery_settings: Any) -> Iterator[Any]:
+    cores: list[PageBridge] = []
+
+    def make(**overrides: Any) -> PageBridge:
+        core = PageBridge(delivery_settings(secret_key=SECRET, **overrides))
+        cores.append(core)
+        return core
+
+    yield make
+    for core in cores:
+        core.close(timeout=0)
+
+
+def view(
+    path: str = "/", *, method: str = "GET", cookies: dict[str, str] | None = None, **headers: str
+) -> RequestView:
+    path, _, query = path.partition("?")
+    items = {"user-agent": UA, "origin": "http://shop.test", **headers}
+    if cookies:
+        items["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return RequestView.build(method, "http", "shop.test", path, query, items, "81.2.69.142")
+
+
+def cookie_values(headers: list[tuple[str, str]]) -> dict[str, str]:
+    out = {}
+    for _, value in headers:
+        name, _, rest = value.partition("=")
+        out[name] = rest.split(";", 1)[0]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("agent", "bot"),
+    [
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", True),
+        ("facebookexternalhit/1.1", True),
+        ("Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0 Safari/537.36", True),
+        ("curl/8.5.0", True),
+        ("python-httpx/0.28", True),
+        (UA, False),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) Safari/604.1", False),
+    ],
+)
+def test_bot_detection(agent: str, bot: bool) -> None:
+    assert is_bot(agent) is bot
+
+
+def test_crawler_posts_are_acknowledged_and_dropped(make_core: Any, fake_graph: FakeGraph) -> None:
+    core = make_core()
+    page = core.open_page(view())
+    page.render()
+    token = page._html.split('"token":"')[1].split('"')[0]  # type: ignore[union-attr]
+    body = events_body(token, ("PageView", new_id()))
+    bot = view(method="POST", **{"user-agent": "Googlebot/2.1", "content-type": "text/plain"})
+    reply = core.handle(bot, body)
+    assert reply.status == 202
+    assert core.bridge.stats().pending == 0
+
+
+def test_scoped_test_code_needs_the_setting_and_a_valid_signature(make_core: Any) -> None:
+    link = make_test_link(SECRET, "http://shop.test/", "TEST123")
+    query = link.split("?", 1)[1]
+    off = make_core()
+    assert off.test_code(view("/?" + query)) is None
+    core = make_core(scoped_test_events=True)
+    assert core.test_code(view("/?" + query)) == "TEST123"
+    assert core.test_code(view("/?" + query[:-2] + "xx")) is None  # tampered
+    assert make_test_link("another-secret-key-0123456789", "http://shop.test/", "X") != link
+    page = core.open_page(view("/?" + query))
+    page.render()
+    cookie = cookie_values(page.response_headers())[TEST_COOKIE]
+    assert core.test_code(view(cookies={TEST_COOKIE: cookie})) == "TEST123"
+
+
+def test_scoped_test_code_reaches_meta_for_that_browser_only(
+    make_core: Any, fake_graph: FakeGraph
+) -> None:
+    core = make_core(scoped_test_events=True)
+    cookie = make_test_link(SECRET, "http://x/", "TEST9").split("=", 1)[1]
+    tester = core.open_page(view(cookies={TEST_COOKIE: cookie}))
+    tester.identify(external_id="u1")
+    tester.track("Lead")
+    visitor = core.open_page(view())
+    visitor.identify(external_id="u2")
+    visitor.track("Lead")
+    assert core.bridge.flush(10)
+    codes = sorted(str(e.get("test_event_code")) for e in fake_graph.events)
+    assert codes == ["None", "TEST9"]
+
+
+def test_server_event_without_consent_is_held_not_sent(
+    make_core: Any, fake_graph: FakeGraph
+) -> None:
+    core = make_core(consent="required")
+    page = core.open_page(view(method="POST"))
+    page.identify(em="jane@example.com")
+    page.track("Purchase", custom_data={"value": 1, "currency": "EUR"})
+    assert page.response_headers() == []  # no cookie at all without consent
+    assert core.bridge.flush(5)
+    assert fake_graph.events == []
+    assert core.bridge.stats().held == 1
+
+
+def test_nonce_lands_on_every_script_tag(make_core: Any) -> None:
+    core = make_core()
+    first = core.open_page(view(method="POST"))
+    first.track("Lead", user_data={"external_id": "u1"})
+    pending = cookie_values(first.response_headers())[PENDING_COOKIE]
+    page = core.open_page(view(cookies={PENDING_COOKIE: pending}))
+    page.nonce = "r4nd0m"
+    html = page.render()
+    assert html.count("<script") == html.count('nonce="r4nd0m"') == 3
+    assert len(pixel_twins(html)) == 1
+
+
+def test_pending_cookie_keeps_the_latest_events_only(make_core: Any) -> None:
+    core = make_core()
+    page = core.open_page(view(method="POST"))
+    ids = [page.track("Lead", user_data={"external_id": "u1"}) for _ in range(PENDING_LIMIT + 2)]
+    cookie = cookie_values(page.response_headers())[PENDING_COOKIE]
+    assert len(cookie) < 3000
+    shown = core.open_page(view(cookies={PENDING_COOKIE: cookie})).render()
+    assert [twin[3]["eventID"] for twin in pixel_twins(shown)] == ids[-PENDING_LIMIT:]
+
+
+def test_big_custom_data_is_trimmed_for_the_pixel_copy_only(
+    make_core: Any, fake_graph: FakeGraph
+) -> None:
+    core = make_core()
+    page = core.open_page(view(method="POST"))
+    contents = [{"id": f"sku-{i}", "quantity": 1} for i in range(60)]
+    custom = {"value": 9, "currency": "EUR", "contents": contents}
+    page.track("Purchase", custom_data=custom, user_data={"external_id": "u1"})
+    cookie = cookie_values(page.response_headers())[PENDING_COOKIE]
+    [twin] = pixel_twins(core.open_page(view(cookies={PENDING_COOKIE: cookie})).render())
+    assert twin[2] == {"value": 9, "currency": "EUR"}
+    assert core.bridge.flush(10)
+    assert len(fake_graph.events[0]["custom_data"]["contents"]) == 60
+
+
+def test_identify_rejects_unknown_keys_and_bad_values(make_core: Any) -> None:
+    page = make_core().open_page(view())
+    with pytest.raises(ValueError, match="'email' is not a Meta customer-information key"):
+        page.identify(email="a@b.c")
+    with pytest.raises(ValueError, match="em"):
+        page.identify(em="not-an-email")
