@@ -156,6 +156,10 @@ class Settings:
     auto_inject: bool = True
     advanced_matching: bool = False
 
+    # --- inspector and diagnostics ------------------------------------------------------------
+    inspector: bool = False
+    inspector_path: str = "/capi-bridge/inspector"
+
     def __post_init__(self) -> None:
         ids = _str_tuple(self.pixel_id)
         object.__setattr__(self, "pixel_id", ids[0] if len(ids) == 1 else ids)
@@ -224,7 +228,7 @@ class Settings:
         self._validate_numbers()
         self._validate_proxies()
         self._validate_choices()
-        for name in ("endpoint_path", "script_path"):
+        for name in ("endpoint_path", "script_path", "inspector_path"):
             value = getattr(self, name)
             if not value.startswith("/"):
                 raise ConfigError(env(name), f"{value!r} is not a path", "start it with '/'")
