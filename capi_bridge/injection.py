@@ -72,6 +72,18 @@ class Injector:
     def feed(self, chunk: bytes) -> bytes:
         if self.decided:
             return chunk
+        if not self._buffer:  # the usual case: </head> is in the first chunk; no copying
+            match = _INSERTION.search(chunk)
+            if match is not None:
+                self.decided = True
+                if MARKER in chunk[: match.end()]:
+                    return chunk
+                at = match.start() if match.group(0)[:2] == b"</" else match.end()
+                self.injected = True
+                return b"".join((chunk[:at], self.snippet, chunk[at:]))
+            self._buffer += chunk
+            self._scanned = len(chunk)
+            return self._give_up() if len(chunk) > self._limit else b""
         self._buffer += chunk
         start = max(0, self._scanned - _OVERLAP)
         match = _INSERTION.search(self._buffer, start)

@@ -101,9 +101,12 @@ def _boot() -> str:
     return _static("boot.min.js").decode().split("\n", 1)[1].strip()
 
 
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
 def script_json(value: Any) -> str:
     """JSON that is inert inside an HTML ``<script>`` element and valid JavaScript."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    text = _JSON.encode(value)  # one encoder: json.dumps with options builds one per call
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -112,8 +115,6 @@ def _attr(value: str) -> str:
 
 
 class _SnippetSettings(Protocol):
-    def __hash__(self) -> int: ...  # frozen Settings: the site-wide parts are cached per site
-
     @property
     def pixel_ids(self) -> tuple[str, ...]: ...
     @property
@@ -186,12 +187,30 @@ def render_snippet(
     return "".join(parts)
 
 
-@functools.lru_cache(maxsize=256)
+#: Site-wide parts of the snippet, keyed by the settings object's identity (hashing a frozen
+#: Settings hashes every field, which costs more than the lookup saves).
+_PRELUDES: dict[tuple[int, bool, tuple[tuple[str, str], ...]], tuple[object, str]] = {}
+
+
 def _prelude(
     settings: _SnippetSettings, consent: bool, matching: tuple[tuple[str, str], ...]
 ) -> str:
     """The part of the inline script that is the same on every page of a site (per consent
     state and advanced-matching data): built once, not per page view."""
+    key = (id(settings), consent, matching)
+    hit = _PRELUDES.get(key)
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    if len(_PRELUDES) > 256:  # advanced-matching data varies per visitor: stay bounded
+        _PRELUDES.clear()
+    text = _build_prelude(settings, consent, matching)
+    _PRELUDES[key] = (settings, text)
+    return text
+
+
+def _build_prelude(
+    settings: _SnippetSettings, consent: bool, matching: tuple[tuple[str, str], ...]
+) -> str:
     lines = [_LOADER.replace("{url}", script_json(settings.pixel_script_url)), _SPA]
     if not consent:
         lines.append("fbq('consent','revoke');")
@@ -208,7 +227,6 @@ def _prelude(
     return "".join(lines)
 
 
-@functools.lru_cache(maxsize=16)
 def _script_src(settings: _SnippetSettings) -> str:
     return _attr(f"{settings.script_path}?v={script_version()}")
 
