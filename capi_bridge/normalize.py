@@ -267,6 +267,7 @@ def _email(text: str, _country: str | None) -> str:
 _EXTENSION = re.compile(r"\s*(?:(?:ext|extn|extension|x)\.?|#)\s*\d{1,7}\s*$", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
 _TRUNK_IN_PARENS = re.compile(r"\(\s*0\s*\)")
+_NON_DIGITS = re.compile(r"[^0-9]+")
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15  # E.164
 
@@ -296,7 +297,10 @@ def _phone(text: str, country: str | None) -> str:
     international = text.startswith("+")
     if international:
         text = _TRUNK_IN_PARENS.sub("", text)  # "+44 (0)20 ..." writes the trunk 0 it drops
-    digits = "".join(str(unicodedata.decimal(char)) for char in text if char.isdecimal())
+    if text.isascii():
+        digits = _NON_DIGITS.sub("", text)
+    else:  # Arabic-Indic, full-width... digits read as their values
+        digits = "".join(str(unicodedata.decimal(char)) for char in text if char.isdecimal())
     if not digits.strip("0"):
         return ""  # "0000": nothing left, as in the Parameter Builder
     region, plan = _phone_plan(country) if country is not None else ("", None)
@@ -403,7 +407,10 @@ def _name(text: str, _country: str | None) -> str:
     decomposed ``é`` hash like a composed one. Digits and symbols (emoji) are kept, as the
     Parameter Builder keeps them.
     """
-    kept = "".join(char for char in text.lower() if not _drops_from_name(char))
+    lowered = text.lower()
+    if lowered.isascii():  # most names: one C-level pass, same rule (NFC is a no-op on ASCII)
+        return lowered.translate(_ASCII_NAME_DROPS)
+    kept = "".join(char for char in lowered if not _drops_from_name(char))
     return unicodedata.normalize("NFC", kept)
 
 
@@ -414,6 +421,10 @@ def _drops_from_name(char: str) -> bool:
         or char in _INVISIBLE
         or unicodedata.category(char) in _DROPPED_CATEGORIES
     )
+
+
+#: The same rule as _drops_from_name, precomputed for ASCII text.
+_ASCII_NAME_DROPS = {code: None for code in range(128) if _drops_from_name(chr(code))}
 
 
 # --------------------------------------------------------------------------------------------

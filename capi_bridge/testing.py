@@ -6,6 +6,8 @@ reaches Meta. It enforces what Meta enforces (pixel-capi.md §2-§3: whole-batch
 and deliberately does not import ``capi_bridge.validation``: a bug in our own guard must not be
 mirrored here, or the fake would agree with it. Faults (5xx, 429, slow answers, dropped
 connections, any Graph code) are queued through :meth:`FakeGraph.add_fault` or ``/_fake/faults``.
+``GET /fbevents.js`` answers with ``static/fbevents-stub.js``, Meta's pixel library stand-in, so
+a page runs its ``fbq`` calls without internet (:attr:`FakeGraph.pixel_script_url`).
 Production code never imports this module.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import secrets
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,6 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, {"events": fake.events})
         elif path == "/_fake/requests":
             self._reply(200, {"requests": fake.requests})
+        elif path in PIXEL_SCRIPT_PATHS:
+            self._read_body()
+            self._send_script(_pixel_stub())
         else:
             self._read_body()
             self._reply(*_error_reply(invalid("(#100) Unsupported get request.")))
@@ -190,6 +197,18 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append("Connection: close")
         self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
 
+    def _send_script(self, body: bytes) -> None:
+        """Meta's pixel library stand-in, so a page needs no internet to run its ``fbq`` calls."""
+        lines = [
+            "HTTP/1.1 200 OK",
+            "Content-Type: text/javascript; charset=UTF-8",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+        ]
+        if self.close_connection:
+            lines.append("Connection: close")
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+
     def _drop(self) -> None:
         """Abort the connection with a TCP reset and no reply (SO_LINGER 0, then close)."""
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -231,6 +250,15 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)  # a bug in the fake: show it
+
+
+#: Where the fake serves ``static/fbevents-stub.js`` (Meta's own path, and its locale form).
+PIXEL_SCRIPT_PATHS = frozenset({"/fbevents.js", "/en_US/fbevents.js"})
+
+
+@functools.cache
+def _pixel_stub() -> bytes:
+    return (resources.files("capi_bridge") / "static" / "fbevents-stub.js").read_bytes()
 
 
 def _trace_id() -> str:
@@ -358,6 +386,11 @@ class FakeGraph:
         host, port = self._server.server_address[:2]
         host = str(host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def pixel_script_url(self) -> str:
+        """The local stand-in for Meta's fbevents.js (``CAPI_BRIDGE_PIXEL_SCRIPT_URL``)."""
+        return self.url + "/fbevents.js"
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -501,6 +534,7 @@ def _banner(fake: FakeGraph, token: str | None, pixels: Iterable[str] | None) ->
             f"fake Graph API listening on {fake.url} ({accepts}; {pixel_text})",
             "point capi-bridge at it (never reaches Meta):",
             f"  export CAPI_BRIDGE_GRAPH_URL={fake.url}",
+            f"pixel library stand-in (no internet needed): {fake.pixel_script_url}",
             f"inspect: curl {fake.url}/_fake/events   |   curl {fake.url}/_fake/requests",
             f"faults:  curl -X POST {fake.url}/_fake/faults -d '{_EXAMPLE_FAULT}'",
             "press Ctrl-C to stop",

@@ -10,6 +10,7 @@ is written for speed: no regex compiled per call, no allocation on the happy pat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -206,6 +207,11 @@ def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
 def _valid_ip(value: object) -> bool:
     if not isinstance(value, str):
         return False
+    return _parses_as_ip(value)
+
+
+@functools.lru_cache(maxsize=4096)  # visitors and proxies repeat; ipaddress costs ~4 µs a call
+def _parses_as_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
