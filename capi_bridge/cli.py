@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fake_graph(sub)
     _add_outbox(sub)
     _add_test_link(sub)
+    _add_demo(sub)
+    _add_check(sub)
     return parser
 
 
@@ -53,6 +55,69 @@ def _cmd_fake_graph(args: argparse.Namespace) -> int:
     from capi_bridge.testing import serve_forever
 
     return serve_forever(host=args.host, port=args.port, token=args.token, pixels=args.pixel)
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the example shop against a local fake of Meta (no account, no internet)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="the shop's port on 127.0.0.1 (0 = any free port)"
+    )
+    p.add_argument(
+        "--framework",
+        choices=("flask", "starlette"),
+        default="flask",
+        help="which example shop to serve (default flask; starlette runs on uvicorn)",
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.perf_counter()
+    from capi_bridge.demo import run
+
+    return run(args.port, args.framework, started=started)
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="send one test event to Meta with your settings and explain the answer",
+    )
+    p.add_argument("--pixel-id", help="overrides CAPI_BRIDGE_PIXEL_ID")
+    p.add_argument(
+        "--access-token", help="overrides CAPI_BRIDGE_ACCESS_TOKEN (the environment is safer)"
+    )
+    p.add_argument(
+        "--test-event-code", help="overrides CAPI_BRIDGE_TEST_EVENT_CODE (required, one of them)"
+    )
+    p.add_argument("--graph-url", help="overrides CAPI_BRIDGE_GRAPH_URL")
+    p.add_argument(
+        "--url", help="the event_source_url to send (default: a page of CAPI_BRIDGE_ALLOWED_HOSTS)"
+    )
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from capi_bridge.check import run
+
+    return run(
+        pixel_id=args.pixel_id,
+        access_token=args.access_token,
+        test_event_code=args.test_event_code,
+        graph_url=args.graph_url,
+        url=args.url,
+    )
 
 
 # --- test-link ------------------------------------------------------------------------------
