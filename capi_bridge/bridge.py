@@ -33,16 +33,29 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from capi_bridge import leases
 from capi_bridge.delivery import Dispatcher
 from capi_bridge.errors import InvalidEvent, InvalidUserData
 from capi_bridge.events import Event, graph_event, new_event_id
+from capi_bridge.observations import (
+    SERVER_ORIGIN,
+    Observation,
+    ObservationBuffer,
+    Origin,
+    Tag,
+    describe,
+    tag,
+)
 from capi_bridge.outbox import NewRow, Outbox, OutboxUnavailable
 from capi_bridge.outbox_admin import OutboxStats, read_stats
 from capi_bridge.retry import RetryPolicy
 from capi_bridge.settings import Settings
 from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
+
+if TYPE_CHECKING:
+    from capi_bridge.diagnostics import Diagnostics
 
 logger = logging.getLogger("capi_bridge.bridge")
 
@@ -76,6 +89,8 @@ class Bridge:
                 )
                 self._dpo["data_processing_options_state"] = settings.data_processing_options_state
         self._dispatcher: Dispatcher | None = None
+        self._buffer = ObservationBuffer()
+        self._previews = settings.inspector
         self._lock = threading.Lock()
         self._closed = False
         ref = weakref.ref(self)
@@ -93,6 +108,7 @@ class Bridge:
         pixel_id: str | None = None,
         test_event_code: str | None = None,
         hold: str | None = None,
+        origin: Origin | None = None,
     ) -> str:
         """Validate, hash and durably store ``event``; returns its ``event_id``.
 
@@ -102,12 +118,13 @@ class Bridge:
         when the outbox cannot store it (answer 503); nothing is stored then. The same
         (pixel, event_name, event_id) stored again within the dedup window is not sent twice.
         With ``hold`` the event waits for consent under that key: see :meth:`release`.
+        ``origin`` says how it reached us, for the inspector (default: a server event).
         """
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
-        rows, event_id = self._rows(event, pixel_id, test_event_code, now)
-        self._store(rows, now, hold)
+        rows, event_id, tags = self._rows(event, pixel_id, test_event_code, now, origin)
+        self._store(rows, now, hold, tags)
         return event_id
 
     def enqueue_many(
@@ -117,6 +134,7 @@ class Bridge:
         pixel_id: str | None = None,
         test_event_code: str | None = None,
         hold: str | None = None,
+        origin: Origin | None = None,
     ) -> list[str]:
         """Like :meth:`enqueue` for a bulk import, in one transaction: all stored or none.
 
@@ -128,24 +146,28 @@ class Bridge:
         now = time.time()
         rows: list[NewRow] = []
         ids: list[str] = []
+        tags: list[Tag] = []
         problems: list[str] = []
         for index, event in enumerate(events):
             try:
-                event_rows, event_id = self._rows(event, pixel_id, test_event_code, now)
+                event_rows, event_id, event_tags = self._rows(
+                    event, pixel_id, test_event_code, now, origin
+                )
             except InvalidEvent as exc:
                 problems.extend(f"event {index}: {p}" for p in exc.problems)
                 continue
             rows.extend(event_rows)
             ids.append(event_id)
+            tags.extend(event_tags)
         if problems:
             raise InvalidEvent(problems)
         if rows:
-            self._store(rows, now, hold)
+            self._store(rows, now, hold, tags)
         return ids
 
-    def _store(self, rows: list[NewRow], now: float, hold: str | None) -> None:
+    def _store(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            self.outbox.insert(rows, now, hold=hold)
+            self.outbox.insert(rows, now, hold=hold, tags=tags)
         except sqlite3.Error as exc:  # disk full, read-only file, lock held for 10 s...
             raise OutboxUnavailable(self.outbox.path, exc) from exc
         if hold is None:
@@ -189,9 +211,16 @@ class Bridge:
         return count
 
     def _rows(
-        self, event: EventLike, pixel_id: str | None, test_code: str | None, now: float
-    ) -> tuple[list[NewRow], str]:
-        """The hashed wire JSON of ``event`` as one outbox row per target pixel."""
+        self,
+        event: EventLike,
+        pixel_id: str | None,
+        test_code: str | None,
+        now: float,
+        origin: Origin | None,
+    ) -> tuple[list[NewRow], str, list[Tag]]:
+        """The hashed wire JSON of ``event`` as one outbox row per target pixel, and the
+        observation each row carries (described from the hashed wire form: no raw data;
+        masked previews only while the inspector is on, the one reader that shows them)."""
         if pixel_id is not None and not (isinstance(pixel_id, str) and pixel_id.isdigit()):
             raise InvalidEvent([f"pixel_id {pixel_id!r} is not a pixel id (digits only)"])
         if isinstance(event, Event):
@@ -220,9 +249,11 @@ class Bridge:
         window = MAX_AGE_PHYSICAL_STORE if store else MAX_AGE_SECONDS
         expires = float(wire["event_time"] + window)
         code = test_code if test_code is not None else (self.settings.test_event_code or "")
-        if pixel_id is not None:
-            return [(pixel_id, name, event_id, code, expires, payload)], event_id
-        return [(pid, name, event_id, code, expires, payload) for pid in self._pixels], event_id
+        pixels = self._pixels if pixel_id is None else (pixel_id,)
+        described = describe(wire.get("user_data"), wire["event_time"], previews=self._previews)
+        seen = tag(origin or SERVER_ORIGIN, described)
+        rows = [(pid, name, event_id, code, expires, payload) for pid in pixels]
+        return rows, event_id, [seen] * len(pixels)
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -245,7 +276,9 @@ class Bridge:
                 return None
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.pid != os.getpid():
-                dispatcher = Dispatcher(self.settings, self.outbox, self.policy)
+                dispatcher = Dispatcher(
+                    self.settings, self.outbox, self.policy, observed=self._buffer
+                )
                 dispatcher.start()
                 self._dispatcher = dispatcher
                 logger.debug("delivery started in pid %d from %s", os.getpid(), self.outbox.path)
@@ -278,12 +311,51 @@ class Bridge:
         flushed = True
         if dispatcher is not None and dispatcher.pid == os.getpid() and dispatcher.alive:
             flushed = dispatcher.close(timeout)
+        left = self._buffer.drain()  # what the dispatcher had no time to write
+        try:
+            self.outbox.observe(left)
+        except sqlite3.Error as exc:
+            logger.warning("capi-bridge: %d observations not written at close: %s", len(left), exc)
         self.outbox.close()
         return flushed
 
     def stats(self) -> OutboxStats:
         """Counts across every process sharing the outbox, plus Meta's last error."""
         return read_stats(self.outbox, time.time())
+
+    # --- observations (inspector, diagnostics) -------------------------------------------------
+
+    def observe_later(self, observed: list[Observation]) -> None:
+        """Record observations without touching SQLite now (a page being rendered): this
+        process's dispatcher writes them within moments."""
+        if observed:
+            self._buffer.add(observed)
+            self._notify(0)
+
+    def observe(self, observed: list[Observation]) -> None:
+        """Record observations of events that were not enqueued (the mirror refused them)."""
+        try:
+            self.outbox.observe(observed)
+        except sqlite3.Error as exc:
+            raise OutboxUnavailable(self.outbox.path, exc) from exc
+
+    def diagnostics(self, window: float = 86400.0) -> Diagnostics:
+        """Per event name over the last ``window`` seconds, across every process: counts,
+        match-key shares, dedup coverage, fbc age, refusals and an estimated match quality
+        (see :mod:`capi_bridge.diagnostics`). Counts and key presence only, never user data."""
+        from capi_bridge.diagnostics import compute
+
+        self.write_observations()
+        return compute(self.outbox, time.time(), window)
+
+    def write_observations(self) -> None:
+        """File every observation not yet in ``observations``: those riding in fresh outbox
+        rows (any process's, by ingesting them now rather than at the dispatcher's next
+        pass) and this process's pixel twins; for readers that want the latest."""
+        leases.ingest(self.outbox)
+        rows = self._buffer.drain()
+        if rows:
+            self.outbox.observe(rows)
 
     # --- asyncio ------------------------------------------------------------------------------
 
@@ -330,6 +402,9 @@ class Bridge:
 
     async def astats(self) -> OutboxStats:
         return await asyncio.to_thread(self.stats)
+
+    async def adiagnostics(self, window: float = 86400.0) -> Diagnostics:
+        return await asyncio.to_thread(self.diagnostics, window)
 
     def __enter__(self) -> Bridge:
         return self

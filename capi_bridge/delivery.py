@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from capi_bridge import leases, outcomes
+from capi_bridge import leases, observation_log, outcomes
 from capi_bridge.graph import GraphClient, GraphError
 from capi_bridge.leases import Claim, Claimed, new_owner_id
+from capi_bridge.observations import RETENTION, ObservationBuffer
 from capi_bridge.outbox import Outbox
 from capi_bridge.retry import Action, RetryPolicy
 from capi_bridge.settings import Settings
@@ -92,11 +93,15 @@ class Dispatcher:
         outbox: Outbox,
         policy: RetryPolicy,
         *,
+        observed: ObservationBuffer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``observed`` holds observations noted where SQLite must not be touched (a page
+        being rendered); every pass writes them."""
         self.settings = settings
         self.outbox = outbox
         self.policy = policy
+        self.observed = observed if observed is not None else ObservationBuffer()
         self.clock = clock
         self.owner = new_owner_id()
         self.pid = os.getpid()
@@ -229,7 +234,8 @@ class Dispatcher:
         self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         now = self.clock()
         next_at = now + IDLE_POLL
-        leases.ingest(self.outbox)
+        leases.ingest(self.outbox)  # files the observations enqueued rows carry...
+        self.outbox.observe(self.observed.drain())  # ...then the later ones noted in memory
         for pixel_id, test_code in leases.groups(self.outbox):
             if self._stop.is_set():
                 break
@@ -307,7 +313,7 @@ class Dispatcher:
                 failure = GraphError(f"unexpected {type(exc).__name__} while sending")
                 rest = [r.id for part in (chunk, *stack) for r in part]
                 return outcomes.fail(self.outbox, self.policy, pixel_id, rest, failure, self.clock)
-            if leases.delivered(self.outbox, [r.id for r in chunk], pixel_id):
+            if leases.delivered(self.outbox, [r.id for r in chunk], pixel_id, result, self.clock()):
                 logger.info("pixel %s: delivery resumed, Meta accepts events again", pixel_id)
             if result.events_received != len(chunk):
                 logger.warning(
@@ -345,3 +351,6 @@ class Dispatcher:
             removed = self.outbox.forget_settled(self.clock() - self.settings.dedup_window)
             if removed:
                 logger.debug("forgot %d delivered keys past the dedup window", removed)
+            pruned = observation_log.prune(self.outbox, self.clock() - RETENTION)
+            if pruned:
+                logger.debug("pruned %d observations older than %.0f s", pruned, RETENTION)

@@ -18,7 +18,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from capi_bridge.graph import GraphResult
 from capi_bridge.outbox import Outbox, chunks
+from capi_bridge.outbox_schema import CLEAR_OBSERVED, FILE_OBSERVED_SQL
 
 _READY = (
     "SELECT id, due FROM outbox INDEXED BY outbox_ready WHERE state = 0 AND pixel_id = ?"
@@ -56,15 +58,18 @@ def ingest(outbox: Outbox, limit: int = 5000) -> int:
 
     Enqueue appends fresh rows outside any index but the idempotency key; this bulk ``UPDATE``
     on a rowid range does the index work off the request path, ``limit`` rows per short
-    transaction. The cursor only grows, and ids above it are all fresh or newer.
+    transaction. The cursor only grows, and ids above it are all fresh or newer. The
+    observations the rows carry are filed into ``observations`` in the same transaction.
     """
     moved = 0
+    fresh = "id > ? AND id <= ? AND state = 3"
     while outbox.max_id() > outbox.ingested():
         with outbox.write() as conn:
             low = int(conn.execute("SELECT value FROM meta WHERE key = 'ingested'").fetchone()[0])
             high = min(int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0]), low + limit)
+            conn.execute(FILE_OBSERVED_SQL + fresh + " ORDER BY id", (None, low, high))
             moved += conn.execute(
-                "UPDATE outbox SET state = 0 WHERE id > ? AND id <= ? AND state = 3", (low, high)
+                f"UPDATE outbox SET state = 0, {CLEAR_OBSERVED} WHERE {fresh}", (low, high)
             ).rowcount
             conn.execute("UPDATE meta SET value = ? WHERE key = 'ingested'", (str(high),))
     return moved
@@ -196,15 +201,37 @@ def reclaim_dead_owners(outbox: Outbox, host: str, is_alive: Callable[[int], boo
 # --- settling -----------------------------------------------------------------------------
 
 
-def delivered(outbox: Outbox, ids: Sequence[int], pixel_id: str) -> bool:
-    """Mark rows delivered (keys kept for dedup); returns True if a pause was lifted."""
+def delivered(
+    outbox: Outbox,
+    ids: Sequence[int],
+    pixel_id: str,
+    reply: GraphResult | None = None,
+    now: float | None = None,
+) -> bool:
+    """Mark rows delivered (keys kept for dedup); returns True if a pause was lifted.
+
+    Meta's ``reply`` (events_received, fbtrace_id) is kept in ``deliveries``, and each row
+    points at it, so the inspector can say "delivered, fbtrace_id ..." per event."""
     with outbox.write() as conn:
+        delivery = None
+        if reply is not None:
+            delivery = conn.execute(
+                "INSERT INTO deliveries (at, pixel_id, events, events_received, fbtrace_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    time.time() if now is None else now,
+                    pixel_id,
+                    len(ids),
+                    reply.events_received,
+                    reply.fbtrace_id,
+                ),
+            ).lastrowid
         count = 0
         for marks, part in chunks(ids):
             count += conn.execute(
-                "UPDATE outbox SET state = 1, payload = NULL, attempts = attempts + 1"
-                f" WHERE state = 0 AND id IN ({marks})",  # not if settled meanwhile elsewhere
-                part,
+                "UPDATE outbox SET state = 1, payload = NULL, attempts = attempts + 1,"
+                f" delivery = ? WHERE state = 0 AND id IN ({marks})",  # not if settled elsewhere
+                (delivery, *part),
             ).rowcount
         conn.execute("UPDATE counters SET value = value + ? WHERE name = 'delivered'", (count,))
         lifted = conn.execute("DELETE FROM pauses WHERE pixel_id = ?", (pixel_id,)).rowcount

@@ -21,6 +21,9 @@ Design, in the order it matters for speed and safety:
   and leases them to ``host:pid:random`` until a deadline; an expired lease (crashed process) is
   claimable again, and leases of dead local pids are reclaimed at start-up.
 * **Only hashed data.** Rows hold the hashed wire JSON as text (never pickle) and no token.
+* **Observations ride along.** A row also carries its event's observation for the inspector
+  (``obs_*`` columns, see :mod:`capi_bridge.observations`), filed into ``observations`` by
+  ingestion: watching costs no second write. The schema is in :mod:`capi_bridge.outbox_schema`.
 * **Fork safety.** One connection per thread per process; a connection inherited through
   ``fork()`` is never used nor closed in the child (closing it could disturb the parent's WAL).
 
@@ -48,7 +51,20 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from capi_bridge import outbox_schema
 from capi_bridge.errors import CapiBridgeError
+from capi_bridge.observations import Observation, Tag
+from capi_bridge.outbox_schema import (
+    CLEAR_OBSERVED,
+    COUNT_DEDUP,
+    FILE_OBSERVED_SQL,
+    HELD_INSERT_SQL,
+    INSERT_SQL,
+    OBSERVE_SQL,
+    OBSERVED_HELD_INSERT_SQL,
+    OBSERVED_INSERT_SQL,
+    SCHEMA_VERSION,
+)
 
 logger = logging.getLogger("capi_bridge.outbox")
 
@@ -56,74 +72,11 @@ _T = TypeVar("_T")
 _SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) share the low byte
 
 PENDING, DELIVERED, DEAD, FRESH, HELD = 0, 1, 2, 3, 4
-#: 1: the first release; 2: held rows (``hold_key``, index ``outbox_held``, ``held_expired``).
-SCHEMA_VERSION = 2
 #: How long a writer waits for another one before an enqueue fails loudly.
 BUSY_TIMEOUT = 10.0
 #: Above this many WAL frames (4 KiB each) the dispatcher forces the WAL back to its start.
 WAL_RESTART_FRAMES = 8192
 _CHUNK = 500  # ids per "IN (...)" statement, well under SQLite's variable limit
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id          INTEGER PRIMARY KEY,
-    pixel_id    TEXT    NOT NULL,
-    event_name  TEXT    NOT NULL,
-    event_id    TEXT    NOT NULL,
-    test_code   TEXT    NOT NULL,          -- '' when the event is not a test event
-    expires     REAL    NOT NULL,          -- event_time + Meta's window (7 days, 62 in store)
-    created     REAL    NOT NULL,
-    due         REAL    NOT NULL,          -- not before (FIFO order, backoff)
-    state       INTEGER NOT NULL DEFAULT 0,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_until REAL,
-    payload     TEXT,                      -- hashed wire JSON; NULL once settled
-    hold_key    TEXT,                      -- held rows (state 4): who must consent first
-    UNIQUE (pixel_id, event_name, event_id)
-);
-CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (pixel_id, test_code, due) WHERE state = 0;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id         INTEGER PRIMARY KEY,
-    pixel_id   TEXT NOT NULL,
-    event_name TEXT NOT NULL,
-    event_id   TEXT NOT NULL,
-    test_code  TEXT NOT NULL,
-    expires    REAL NOT NULL,
-    created    REAL NOT NULL,
-    failed_at  REAL NOT NULL,
-    reason     TEXT NOT NULL,              -- 'rejected' by Meta, or 'expired' before sending
-    message    TEXT,
-    code       INTEGER,
-    subcode    INTEGER,
-    fbtrace_id TEXT,
-    payload    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pauses (
-    pixel_id TEXT PRIMARY KEY,
-    until    REAL NOT NULL,
-    kind     TEXT NOT NULL,
-    failures INTEGER NOT NULL,
-    prober   TEXT                          -- owner sending the probe batch (half-open)
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('deduplicated', 0);
-INSERT OR IGNORE INTO counters VALUES ('held_expired', 0);
-INSERT OR IGNORE INTO meta VALUES ('ingested', '0');
-"""
-# Created after the version-1 upgrade has added hold_key (see Outbox._install).
-_HELD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_held ON outbox (hold_key) WHERE state = 4"
-
-INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    " due, payload, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3)"
-)
-HELD_INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    " due, payload, state, hold_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?)"
-)
-_COUNT_DEDUP = "UPDATE counters SET value = value + ? WHERE name = 'deduplicated'"
 
 #: One row to store: pixel_id, event_name, event_id, test_code, expires, payload.
 NewRow = tuple[str, str, str, str, float, str]
@@ -269,13 +222,7 @@ class Outbox:
         if version >= SCHEMA_VERSION or (version == 0 and not new):
             return
         with self.write() as c:
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    c.execute(statement)
-            columns = {row[1] for row in c.execute("PRAGMA table_info(outbox)")}
-            if "hold_key" not in columns:  # version 1
-                c.execute("ALTER TABLE outbox ADD COLUMN hold_key TEXT")
-            c.execute(_HELD_INDEX)
+            outbox_schema.install(c)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         if version:
             logger.info(
@@ -315,18 +262,34 @@ class Outbox:
 
     # --- enqueue ------------------------------------------------------------------------------
 
-    def insert(self, rows: Sequence[NewRow], now: float, *, hold: str | None = None) -> int:
+    def insert(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        *,
+        hold: str | None = None,
+        tags: Sequence[Tag] = (),
+    ) -> int:
         """Store rows durably (committed on return); returns how many were new.
 
         A single row is one autocommit statement, the cheapest durable write SQLite has.
-        With ``hold`` the rows are stored held under that key (see :meth:`release`).
+        ``tags`` (one per row, see :mod:`capi_bridge.observations`) ride in the rows, so
+        observing costs no second write: ingestion files them off the request path. A
+        duplicate's tag is filed at once (the second copy of a pair is what the inspector is
+        there to show). With ``hold`` the rows are stored held under that key (see
+        :meth:`release`); their tags are filed only if they are released.
         """
-        sql = INSERT_SQL if hold is None else HELD_INSERT_SQL
+        if tags:
+            sql = OBSERVED_INSERT_SQL if hold is None else OBSERVED_HELD_INSERT_SQL
+        else:
+            sql = INSERT_SQL if hold is None else HELD_INSERT_SQL
         extra: tuple[str, ...] = () if hold is None else (hold,)
         conn = self.conn()
         if len(rows) == 1:
             pixel_id, name, event_id, test_code, expires, payload = rows[0]
             values = (pixel_id, name, event_id, test_code, expires, now, now, payload, *extra)
+            if tags:
+                values += tags[0]
             try:
                 added = conn.execute(sql, values).rowcount
             except sqlite3.OperationalError as exc:
@@ -334,14 +297,38 @@ class Outbox:
                     raise
                 added = self._retry(lambda: conn.execute(sql, values)).rowcount
             if added == 0:
-                self._retry(lambda: conn.execute(_COUNT_DEDUP, (1,)))
-            return added
-        with self.write() as c:
-            cur = c.executemany(sql, [(*r[:5], now, now, r[5], *extra) for r in rows])
-            added = cur.rowcount
-            if added < len(rows):
-                c.execute(_COUNT_DEDUP, (len(rows) - added,))
+                self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)))
+        else:
+            batch = [(*r[:5], now, now, r[5], *extra) for r in rows]
+            if tags:
+                batch = [(*values, *tag) for values, tag in zip(batch, tags, strict=True)]
+            with self.write() as c:
+                added = c.executemany(sql, batch).rowcount
+                if added < len(rows):
+                    c.execute(COUNT_DEDUP, (len(rows) - added,))
+        if added < len(rows) and tags and hold is None:
+            self._observe_duplicates(rows, tags, now)
         return added
+
+    def _observe_duplicates(self, rows: Sequence[NewRow], tags: Sequence[Tag], now: float) -> None:
+        """File the tags of the rows that found an older row under their key (it was not
+        stored ``now``): the copy that arrived second. Rare, so done here and now."""
+        found = []
+        for row, tag in zip(rows, tags, strict=True):
+            older = self.query(
+                "SELECT created FROM outbox WHERE pixel_id = ? AND event_name = ? AND event_id = ?",
+                row[:3],
+            )
+            if older != [(now,)]:
+                found.append(Observation(now, row[0], row[1], row[2], *tag))
+        self.observe(found)
+
+    def observe(self, observed: Sequence[Observation]) -> None:
+        """File observations of events that are not enqueued here (pixel twins, events the
+        mirror refused)."""
+        if observed:
+            with self.write() as c:
+                c.executemany(OBSERVE_SQL, observed)
 
     # --- held rows ----------------------------------------------------------------------------
 
@@ -351,12 +338,16 @@ class Outbox:
         They keep their payload (so their original event_time and event_id) and their id: an
         id at or below the ingestion cursor is fine, because they go straight to the claimable
         state instead of through ingestion. Expired ones are dead-lettered by the dispatcher
-        at claim time, like any event past Meta's window.
+        at claim time, like any event past Meta's window. Consent given, their observations
+        are filed now (dated now, so observations stay in time order), never before.
         """
         with self.write() as conn:
+            # consent given: the events are observed now, never before
+            conn.execute(FILE_OBSERVED_SQL + "state = 4 AND hold_key = ?", (now, hold_key))
             return conn.execute(
                 "UPDATE outbox SET state = 0, hold_key = NULL, due = ?, attempts = 0,"
-                " lease_owner = NULL, lease_until = NULL WHERE state = 4 AND hold_key = ?",
+                f" lease_owner = NULL, lease_until = NULL, {CLEAR_OBSERVED}"
+                " WHERE state = 4 AND hold_key = ?",
                 (now, hold_key),
             ).rowcount
 
@@ -375,7 +366,8 @@ class Outbox:
 
     def _drop_held(self, where: str, param: object, *, counter: str | None) -> int:
         """Delete held rows matching ``where``, ``_CHUNK`` x 10 per short transaction, so
-        enqueues never wait long behind a big expiry."""
+        enqueues never wait long behind a big expiry. Their observations go with them, never
+        filed: nothing is kept about a visitor who refused or never gave consent."""
         limit, removed = _CHUNK * 10, 0
         while True:
             with self.write() as c:

@@ -108,6 +108,13 @@ def _decode_last_error(text: str | None) -> LastError | None:
         return None
 
 
+def read_last_error(outbox: Outbox) -> LastError | None:
+    """Meta's most recent error, as :func:`read_stats` reports it (the inspector shows it
+    next to the events that are retrying)."""
+    last = outbox.query("SELECT value FROM meta WHERE key = 'last_error'")
+    return _decode_last_error(last[0][0] if last else None)
+
+
 def read_stats(outbox: Outbox, now: float) -> OutboxStats:
     """Counts from the partial indexes of unsettled and held rows plus the durable counters."""
     total, in_flight, retrying, oldest = outbox.query(

@@ -1,0 +1,162 @@
+"""The outbox's SQLite schema, its versions and the in-place upgrade of older files.
+
+Kept apart from :mod:`capi_bridge.outbox` (connections, enqueue, held rows) so the storage
+layout can be read in one place. Every statement is idempotent: workers starting together on an
+older file upgrade it once, under the write lock (see ``Outbox._install``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: 1: the first release; 2: held rows (``hold_key``, index ``outbox_held``, ``held_expired``);
+#: 3: ``observations`` and ``deliveries`` (inspector, diagnostics), ``outbox.delivery``, and
+#: the ``obs_*`` columns an event's observation rides in until ingestion files it.
+SCHEMA_VERSION = 3
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY,
+    pixel_id    TEXT    NOT NULL,
+    event_name  TEXT    NOT NULL,
+    event_id    TEXT    NOT NULL,
+    test_code   TEXT    NOT NULL,          -- '' when the event is not a test event
+    expires     REAL    NOT NULL,          -- event_time + Meta's window (7 days, 62 in store)
+    created     REAL    NOT NULL,
+    due         REAL    NOT NULL,          -- not before (FIFO order, backoff)
+    state       INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL,
+    payload     TEXT,                      -- hashed wire JSON; NULL once settled
+    hold_key    TEXT,                      -- held rows (state 4): who must consent first
+    delivery    INTEGER,                   -- delivered rows: deliveries.id of their request
+    -- fresh and held rows: the event's observation, until ingestion files it (observations.Tag)
+    obs_channel INTEGER,
+    obs_loaded  INTEGER,
+    obs_twin    INTEGER,
+    obs_keys    INTEGER,
+    obs_fbp     TEXT,
+    obs_fbc_age INTEGER,
+    obs_preview TEXT,
+    UNIQUE (pixel_id, event_name, event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (pixel_id, test_code, due) WHERE state = 0;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY,
+    pixel_id   TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    test_code  TEXT NOT NULL,
+    expires    REAL NOT NULL,
+    created    REAL NOT NULL,
+    failed_at  REAL NOT NULL,
+    reason     TEXT NOT NULL,              -- 'rejected' by Meta, or 'expired' before sending
+    message    TEXT,
+    code       INTEGER,
+    subcode    INTEGER,
+    fbtrace_id TEXT,
+    payload    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    pixel_id TEXT PRIMARY KEY,
+    until    REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    prober   TEXT                          -- owner sending the probe batch (half-open)
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('deduplicated', 0);
+INSERT OR IGNORE INTO counters VALUES ('held_expired', 0);
+INSERT OR IGNORE INTO meta VALUES ('ingested', '0');
+"""
+OBSERVATION_TABLES = """
+CREATE TABLE IF NOT EXISTS observations (
+    id           INTEGER PRIMARY KEY,      -- in time order: pruning and windows go by id
+    at           REAL    NOT NULL,
+    pixel_id     TEXT    NOT NULL,
+    event_name   TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    channel      INTEGER NOT NULL,         -- 1 browser (mirror), 2 server, 3 pixel twin
+    pixel_loaded INTEGER,                  -- browser: fbevents.js had loaded (1) or not (0)
+    twin         INTEGER,                  -- server: its pixel twin goes to the next page (1)
+    keys         INTEGER NOT NULL,         -- match keys present (bitmask, observations.KEYS)
+    fbp_hash     TEXT,                     -- 16 hex digits of its hash: fbp itself not kept
+    fbc_age      INTEGER,                  -- seconds from the click (fbc) to the event
+    preview      TEXT    NOT NULL,         -- masked keys (em=1a2b|ip=81.2.x.x), never raw
+    problem      TEXT                      -- browser: why its server copy was refused
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    at              REAL    NOT NULL,
+    pixel_id        TEXT    NOT NULL,
+    events          INTEGER NOT NULL,      -- events in the request
+    events_received INTEGER,               -- Meta's count in its reply
+    fbtrace_id      TEXT
+);
+CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (pixel_id, event_name, event_id)
+"""
+# Created after the version-1 upgrade has added hold_key (see install).
+HELD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_held ON outbox (hold_key) WHERE state = 4"
+
+INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    " due, payload, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3)"
+)
+HELD_INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    " due, payload, state, hold_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?)"
+)
+COUNT_DEDUP = "UPDATE counters SET value = value + ? WHERE name = 'deduplicated'"
+# The same with the event's observation in the row (one statement: no transaction needed).
+_OBS = "obs_channel, obs_loaded, obs_twin, obs_keys, obs_fbp, obs_fbc_age, obs_preview"
+OBSERVED_INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    f" due, payload, state, {_OBS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3, ?, ?, ?, ?, ?, ?, ?)"
+)
+OBSERVED_HELD_INSERT_SQL = (
+    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
+    f" due, payload, state, hold_key, {_OBS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+OBSERVE_SQL = (
+    "INSERT INTO observations (at, pixel_id, event_name, event_id, channel, pixel_loaded, twin,"
+    " keys, fbp_hash, fbc_age, preview, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Files the observations outbox rows carry, for rows matching a condition appended to it
+#: (its ``?`` parameters follow the first one: the time to file them at, NULL for ``created``).
+FILE_OBSERVED_SQL = (
+    "INSERT INTO observations (at, pixel_id, event_name, event_id, channel, pixel_loaded, twin,"
+    " keys, fbp_hash, fbc_age, preview) SELECT coalesce(?, created), pixel_id, event_name,"
+    f" event_id, {_OBS} FROM outbox WHERE obs_channel IS NOT NULL AND "
+)
+#: A SET clause clearing a filed observation from its outbox row.
+CLEAR_OBSERVED = ", ".join(f"{column} = NULL" for column in _OBS.split(", "))
+
+_V3_COLUMNS = (
+    ("delivery", "INTEGER"),
+    ("obs_channel", "INTEGER"),
+    ("obs_loaded", "INTEGER"),
+    ("obs_twin", "INTEGER"),
+    ("obs_keys", "INTEGER"),
+    ("obs_fbp", "TEXT"),
+    ("obs_fbc_age", "INTEGER"),
+    ("obs_preview", "TEXT"),
+)
+
+
+def install(conn: sqlite3.Connection) -> None:
+    """Create every table and index, adding the columns older versions lack; inside the
+    caller's write transaction."""
+    for script in (TABLES, OBSERVATION_TABLES):
+        for statement in script.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "hold_key" not in columns:  # version 1
+        conn.execute("ALTER TABLE outbox ADD COLUMN hold_key TEXT")
+    for column, kind in _V3_COLUMNS:  # versions 1 and 2
+        if column not in columns:
+            conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+    conn.execute(HELD_INDEX)
