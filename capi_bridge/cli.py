@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test_link(sub)
     _add_demo(sub)
     _add_check(sub)
+    from capi_bridge.cli_inspector import add_commands  # inspector-link, diagnostics
+
+    add_commands(sub)
     return parser
 
 

@@ -1,8 +1,10 @@
 """The mirror endpoint: browser events in, enriched server events out to the sink.
 
 ``POST {endpoint_path}`` (text/plain or application/json) takes
-``{"token", "sent_at", "hold", "events": [{event_name, event_id, event_time, custom_data,
-event_source_url, referrer_url}]}`` or a consent message ``{"token", "consent": bool, "hold"}``;
+``{"token", "sent_at", "hold", "px", "events": [{event_name, event_id, event_time, custom_data,
+event_source_url, referrer_url}]}`` or a consent message ``{"token", "consent": bool, "hold"}``
+(``px``, for the inspector: 1 when the pixel library runs in that browser, 0 when the page
+loaded without it, absent while the page was still loading);
 ``GET {endpoint_path}?token=...[&pv=<id>]`` re-issues a token (a cached page's, or one close to
 expiry) and binds a PageView id minted in the browser; ``GET {script_path}`` serves
 capi-bridge.js. Every request is checked in full before the sink sees anything, so a rejected
@@ -18,6 +20,7 @@ No response sets a cookie while consent is missing.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -57,10 +60,15 @@ REFRESH_MAX_AGE = 30 * 86400.0
 #: Clients whose rate-limit buckets are remembered; the least recently seen are forgotten.
 MAX_TRACKED_CLIENTS = 10_000
 _CONTENT_TYPES = ("text/plain", "application/json")
-_BODY_KEYS = frozenset({"token", "events", "consent", "sent_at", "hold"})
+_BODY_KEYS = frozenset({"token", "events", "consent", "sent_at", "hold", "px"})
 #: The browser's hold id: random, per tab session (capi-bridge.js sends a UUID).
 HOLD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _HOLD_FORMAT = "16 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+#: While the sink stores a post's events: whether the pixel library had loaded in the browser
+#: that sent them (its ``px``; None when it did not say), for the sink to record.
+PIXEL_LOADED: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "capi_bridge_pixel_loaded", default=None
+)
 
 
 class Sink(Protocol):
@@ -72,6 +80,9 @@ class Sink(Protocol):
 
 #: Returns Meta's reasons to reject an event (empty when valid), or raises ``InvalidEvent``.
 Validator = Callable[[Mapping[str, Any]], "Sequence[str] | None"]
+#: Told of each event of a post that was refused as invalid (so stored nowhere, while the
+#: browser's pixel fired it): the event, why, and the post's ``px``.
+Refused = Callable[[Mapping[str, Any], str, "bool | None"], object]
 
 
 class RateLimiter:
@@ -134,6 +145,7 @@ class BrowserEndpoint:
         consent_check: ConsentCheck | None = None,
         release: Callable[[str], int] | None = None,
         forget: Callable[[str], int] | None = None,
+        refused: Refused | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``sink`` is ``Bridge.enqueue``. ``validate`` (default: ``validate_event``, the rules
@@ -144,7 +156,8 @@ class BrowserEndpoint:
         cookie; ``consent_required`` overrides the setting, and ``consent_check`` (the app's
         own CMP logic), when given, decides alone. ``release`` and ``forget`` are
         ``Bridge.release`` and ``Bridge.forget``: the consent message calls them with the
-        browser's hold id."""
+        browser's hold id. ``refused`` hears of events refused as invalid (the inspector
+        records them: their pixel copy has no server copy)."""
         if validate is None:
             from capi_bridge.validation import validate_event
 
@@ -164,6 +177,7 @@ class BrowserEndpoint:
         self.consent_cookie = str(getattr(settings, "consent_cookie", CONSENT_COOKIE))
         self.release = release
         self.forget = forget
+        self.refused = refused
         self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
         self._clock = clock
         if (consent_required or consent_check is not None) and release is None:
@@ -317,6 +331,7 @@ class BrowserEndpoint:
         if "events" not in data:
             return self._consent_message(request, data)
         claims = self._verify(request, data.get("token"))
+        pixel_loaded = _pixel_flag(data.get("px"))
         hold = None if self.consent(request) else _hold_id(data.get("hold"), required=True)
         now = self._clock()
         events = check_events(data["events"], data.get("sent_at"), now=now, names=self.event_names)
@@ -329,7 +344,11 @@ class BrowserEndpoint:
                     f"events[{index}].event_id",
                 )
         enriched = [self._enrich(request, event, claims) for event in events]
-        return self._store(enriched, hold)
+        reset = PIXEL_LOADED.set(pixel_loaded)
+        try:
+            return self._store(enriched, hold)
+        finally:
+            PIXEL_LOADED.reset(reset)
 
     def _consent_message(self, request: RequestView, data: dict[str, Any]) -> Response:
         """Record the visitor's choice (cookies) and release or forget their held events.
@@ -381,11 +400,10 @@ class BrowserEndpoint:
     def _store(self, events: list[dict[str, Any]], hold: str | None) -> Response:
         position = "events"
         try:
-            for index, event in enumerate(events):
-                position = f"events[{index}]"
-                problems = self.validate(event)
-                if problems:
-                    raise InvalidEvent(problems)
+            refused = self._check_all(events, report=hold is None)
+            if refused is not None:
+                position = f"events[{refused[0]}]"
+                raise InvalidEvent(refused[1])
             for index, event in enumerate(events):
                 position = f"events[{index}]"
                 self.sink(event, hold=hold)
@@ -410,6 +428,32 @@ class BrowserEndpoint:
                 headers=[("Retry-After", "30")],
             )
         return Response.json(202, {"accepted": len(events)})
+
+    def _check_all(
+        self, events: list[dict[str, Any]], *, report: bool
+    ) -> tuple[int, list[str]] | None:
+        """The first invalid event's index and problems, once every event is checked (and,
+        with ``report``, ``refused`` told of each, since none of them will be stored: never
+        for a visitor who has not consented); None if all are valid."""
+        found: list[list[str]] = []
+        for event in events:
+            try:
+                found.append(list(self.validate(event) or ()))
+            except InvalidEvent as exc:
+                found.append(list(exc.problems))
+        first = next((i for i, problems in enumerate(found) if problems), None)
+        if first is None:
+            return None
+        if self.refused is not None and report:
+            for index, (event, problems) in enumerate(zip(events, found, strict=True)):
+                why = "; ".join(problems) or (
+                    f"not stored: events[{first}] of the same request was refused"
+                )
+                try:
+                    self.refused(event, why, PIXEL_LOADED.get())
+                except Exception as exc:  # only a record: the answer stays the 400
+                    logger.warning("recording refused event %d: %s", index, type(exc).__name__)
+        return first, found[first]
 
     def _consent_cookies(self, request: RequestView, granted: bool) -> list[tuple[str, str]]:
         domain, _ = cookie_domain(request.host, self.settings.cookie_domain)
@@ -448,6 +492,15 @@ def _hold_id(value: Any, *, required: bool) -> str | None:
     if not isinstance(value, str) or not HOLD_ID.fullmatch(value):
         raise Rejected(400, "hold_invalid", f"hold must be {_HOLD_FORMAT}", "hold")
     return value
+
+
+def _pixel_flag(value: Any) -> bool | None:
+    """The body's ``px``: did fbevents.js load in the browser (absent: it did not say)."""
+    if value is None:
+        return None
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    raise Rejected(400, "malformed", "px must be 0 or 1 (did the pixel library load)", "px")
 
 
 def _no_constants(name: str) -> Any:

@@ -50,10 +50,18 @@ class CapiBridge:
         settings = self._settings or _settings_from(app)
         core = PageBridge(settings, bridge=self._bridge, consent_check=self._consent_check)
         app.extensions[EXTENSION_KEY] = core
-        for path, name, methods in (
+        routes = [
             (settings.endpoint_path, "capi_bridge_endpoint", ["GET", "POST"]),
             (settings.script_path, "capi_bridge_script", ["GET"]),
-        ):
+        ]
+        if core.inspector is not None:  # no route at all when disabled: the app's own 404
+            paths = (core.inspector.page_path, core.inspector.data_path)
+            routes += [
+                (paths[0], "capi_bridge_inspector", ["GET"]),
+                (paths[1], "capi_bridge_inspector_data", ["GET"]),
+                (core.inspector.diagnostics_path, "capi_bridge_inspector_diagnostics", ["GET"]),
+            ]
+        for path, name, methods in routes:
             app.add_url_rule(path, endpoint=name, view_func=_serve_route, methods=methods)
         app.after_request(_finish_page)
         app.jinja_env.globals["capi_pixel"] = capi_pixel
@@ -146,6 +154,8 @@ def _finish_page(response: Response) -> Response:
     """Insert the snippet into an HTML page and add the cookies the request earned. One hook,
     tested cheapest first: a JSON response that never touched the bridge costs a dict look-up
     and a string comparison."""
+    if (request.endpoint or "").startswith("capi_bridge_"):
+        return response  # our own routes: never a page to put the pixel in (the inspector)
     page: Page | None = g.get(_PAGE)
     ctype = response.headers.get("Content-Type", "")
     if (

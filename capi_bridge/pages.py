@@ -26,11 +26,13 @@ from typing import Any
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.cookies import expire_cookie, set_cookie
-from capi_bridge.endpoint import BrowserEndpoint
+from capi_bridge.endpoint import PIXEL_LOADED, BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
+from capi_bridge.inspector import Inspector
 from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
+from capi_bridge.observations import Origin, refused_copy, twin_copies
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import (
@@ -61,6 +63,10 @@ TEST_PARAM = "capi_bridge_test"
 TEST_COOKIE = "_capib_test"
 TEST_LINK_MAX_AGE = 86400
 TEST_COOKIE_MAX_AGE = 3600
+
+#: How the events a request brings in reached us, for the inspector (see observations.py).
+_MIRRORED = {flag: Origin("browser", pixel_loaded=flag) for flag in (None, True, False)}
+_TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 
 #: The test event code of the endpoint request being handled (read by the endpoint's sink).
 _REQUEST_TEST_CODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -115,7 +121,16 @@ class PageBridge:
             consent_check=consent_check,
             release=self.bridge.release,
             forget=self.bridge.forget,
+            refused=self._refused,
             clock=clock,
+        )
+        #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise).
+        self.inspector = (
+            Inspector(settings, self.bridge, clock=clock) if settings.inspector else None
+        )
+        self._routes = frozenset(
+            (settings.endpoint_path, settings.script_path)
+            + (tuple(self.inspector.paths) if self.inspector is not None else ())
         )
         assert settings.secret_key  # PageSigner refused to start without one
         self._pending = SignedValues(settings.secret_key, PENDING_EVENTS_SALT)
@@ -132,14 +147,16 @@ class PageBridge:
     # --- routes -------------------------------------------------------------------------------
 
     def is_route(self, path: str) -> bool:
-        """Whether ``path`` is served by capi-bridge itself (endpoint, script)."""
-        return self.endpoint.handles(path)
+        """Whether ``path`` is served by capi-bridge itself (endpoint, script, inspector)."""
+        return path in self._routes
 
     def handle(self, request: RequestView, body: bytes = b"") -> Response:
         """Answer a request to one of our routes; never raises (see ``BrowserEndpoint``).
 
         Crawlers that run JavaScript (Googlebot renders pages) would mirror PageViews nobody
         saw; their posts are acknowledged and dropped, so they neither count nor retry."""
+        if self.inspector is not None and self.inspector.handles(request.path):
+            return self.inspector.handle(request)
         if request.method == "POST" and is_bot(request.headers.get("user-agent")):
             return Response.json(202, {"accepted": 0, "ignored": "crawler"})
         reset = _REQUEST_TEST_CODE.set(self.test_code(request))
@@ -149,7 +166,18 @@ class PageBridge:
             _REQUEST_TEST_CODE.reset(reset)
 
     def _sink(self, event: Mapping[str, Any], hold: str | None = None) -> None:
-        self.bridge.enqueue(event, test_event_code=_REQUEST_TEST_CODE.get(), hold=hold)
+        self.bridge.enqueue(
+            event,
+            test_event_code=_REQUEST_TEST_CODE.get(),
+            hold=hold,
+            origin=_MIRRORED[PIXEL_LOADED.get()],
+        )
+
+    def _refused(self, event: Mapping[str, Any], problem: str, pixel_loaded: bool | None) -> None:
+        """The mirror refused ``event`` while the pixel fired it: record the lone pixel copy."""
+        self.bridge.observe(
+            refused_copy(self.settings.pixel_ids, event, problem, pixel_loaded, self._clock())
+        )
 
     # --- per request --------------------------------------------------------------------------
 
@@ -295,8 +323,11 @@ class Page:
             event["custom_data"] = dict(custom_data)
         # Without consent the event waits in the outbox (never sent unless released).
         hold = None if self.consent else self._hold_key()
-        self.core.bridge.enqueue(event, test_event_code=self.test_code, hold=hold)
-        if pixel and self.consent and self.navigation:
+        twin = pixel and self.consent and self.navigation
+        self.core.bridge.enqueue(
+            event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
+        )
+        if twin:
             self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
         return eid
 
@@ -369,14 +400,24 @@ class Page:
         if not self.consent:
             return ""
         calls = []
-        for event in self._incoming():
+        incoming = self._incoming()
+        for event in incoming:
             method = "track" if event["n"] in STANDARD_EVENTS else "trackCustom"
             args = [method, event["n"], event["d"], {"eventID": event["i"]}]
             calls.append(f"fbq({script_json(args)[1:-1]});")
         if not calls:
             return ""
+        self._observe_twins(incoming)
         attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
         return f"<script{attr} data-capi-bridge-events>{''.join(calls)}</script>"
+
+    def _observe_twins(self, fired: list[dict[str, Any]]) -> None:
+        """Note the twins this page fires, with the keys the pixel attaches (this browser's
+        cookies, IP and user agent); written off the request path by the dispatcher."""
+        identity = self.identity.user_data()
+        pairs = [(e["n"], e["i"]) for e in fired]
+        pixels = self.core.settings.pixel_ids
+        self.core.bridge.observe_later(twin_copies(pixels, pairs, identity, self.core._clock()))
 
     def _pending_cookie(self) -> list[str]:
         """Carry this request's events to the next page, or consume what this page fired."""

@@ -186,6 +186,7 @@ class PageSigner:
 #: Salts of the other signed values (a value signed for one use never verifies for another).
 PENDING_EVENTS_SALT = "capi-bridge.server-events"
 TEST_CODE_SALT = "capi-bridge.test-event-code"
+INSPECTOR_SALT = "capi-bridge.inspector-link"
 
 
 class SignedValues:

@@ -87,7 +87,14 @@
       return;
     }
     while (queue[0] && batch.length < 20 && !unbound(queue[0])) batch.push(queue.shift());
-    post({ events: batch, hold: ok ? void 0 : hid(1) });
+    // px, for the site's inspector: 1 once fbevents.js runs here (it sets callMethod), 0 when
+    // the page has loaded without it (blocked or failed: its script delays the load event);
+    // left out while the page is still loading, since it may yet arrive.
+    post({
+      events: batch,
+      hold: ok ? void 0 : hid(1),
+      px: w.fbq && w.fbq.callMethod ? 1 : d.readyState == 'complete' ? 0 : void 0
+    });
     pump();
   }
 

@@ -94,6 +94,20 @@ def test_endpoint_still_gets_events_when_fbevents_is_blocked(site: Any, new_page
     assert site.sink.events[1]["user_data"]["fbp"].startswith("fb.0.")  # server-set, IP host
 
 
+@pytest.mark.parametrize("blocked", [False, True])
+def test_posts_say_whether_fbevents_loaded(site: Any, new_page: Any, blocked: bool) -> None:
+    page = new_page(block_pixel=blocked)
+    page.goto(site.url + "/")  # returns after the load event: fbevents.js ran, or failed
+    event_id = page.evaluate("capiBridge.track('Lead')")
+    site.sink.wait_for(lambda events: any(e["event_id"] == event_id for e in events))
+    [first, later] = site.sink.posts
+    assert later["events"][0]["event_id"] == event_id
+    assert later["px"] == (0 if blocked else 1)
+    # the PageView goes out at once: before the load event it cannot tell a slow pixel
+    # from a blocked one, and says nothing rather than something wrong
+    assert first.get("px") in ((None, 0) if blocked else (None, 1))
+
+
 def test_calls_made_before_the_script_loads_are_kept(site: Any, new_page: Any) -> None:
     page = new_page()
     page.goto(site.url + "/early")
