@@ -115,7 +115,9 @@ def demo_environment(graph: FakeGraph, outbox_path: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored afterwards (the examples read settings
+    from the environment when their app starts)."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -294,7 +296,7 @@ def _run(
     workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="capi-bridge-demo-"))
     outbox = os.path.join(workdir, "outbox.sqlite3")
     env = demo_environment(graph, outbox)
-    stack.enter_context(_environment(env))
+    stack.enter_context(environment(env))
     settings = _settings()
     say(f"capi-bridge demo: the example {framework} shop against a local fake of Meta's Graph API")
     say("  (no Meta account needed; nothing leaves this machine)")

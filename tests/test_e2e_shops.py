@@ -11,29 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import chromium
+from helpers.chromium import pixel_sent
 
 from capi_bridge.bridge import Bridge
+from capi_bridge.demo import environment
 from capi_bridge.settings import Settings
 from capi_bridge.testing import FakeGraph
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("CAPI_BRIDGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-STUB = (resources.files("capi_bridge") / "static" / "fbevents-stub.js").read_bytes()
 # A desktop browser's user agent: headless Chromium announces itself as HeadlessChrome, which
 # capi-bridge (rightly) treats as a bot.
 DESKTOP_UA = (
@@ -71,20 +69,6 @@ def _free_socket() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     return sock
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _load_example(module: str) -> Any:
@@ -149,7 +133,7 @@ def make_shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         serve = _serve_flask if request.param == "flask" else _serve_starlette
         # kept for the shop's lifetime: Starlette builds its middleware (reading the settings)
         # when the server starts, not when the app object is made
-        stack.enter_context(_environment(env))
+        stack.enter_context(environment(env))
         settings = Settings.from_env()
         stack.enter_context(serve(sock))
         return Shop(url, graph, settings)
@@ -160,54 +144,18 @@ def make_shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (tests/run installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    yield from chromium.launch()
 
 
 @pytest.fixture
 def visitor(browser: Any) -> Iterator[Callable[..., Any]]:
-    """``visitor(block_pixel=False, user_agent=DESKTOP_UA)``: a new browser profile's page."""
-    contexts: list[Any] = []
+    """``visitor(block_pixel=False, user_agent=DESKTOP_UA)``: a new browser profile's page.
 
-    def make(*, block_pixel: bool = False, user_agent: str = DESKTOP_UA) -> Any:
-        # As behind a reverse proxy (the shops trust one hop): a public client address, which
-        # Meta needs for matching when consent keeps cookies away.
-        context = browser.new_context(
-            user_agent=user_agent, extra_http_headers={"X-Forwarded-For": VISITOR_IP}
-        )
-        contexts.append(context)
-        if block_pixel:
-            context.route("**/fbevents.js", lambda route: route.abort("blockedbyclient"))
-        else:
-            context.route(
-                "**/fbevents.js",
-                lambda route: route.fulfill(status=200, content_type="text/javascript", body=STUB),
-            )
-        return context.new_page()
-
-    yield make
-    for context in contexts:
-        context.close()
-
-
-def pixel_sent(page: Any, event: str, count: int = 1) -> list[dict[str, Any]]:
-    """What the pixel sent for ``event``, once it has sent ``count`` of them."""
-    page.wait_for_function(
-        "([e, n]) => (window.__fbqSent || []).filter(s => s.event === e).length >= n",
-        arg=[event, count],
+    As behind a reverse proxy (the shops trust one hop), with a public client address, which
+    Meta needs for matching when consent keeps cookies away."""
+    yield from chromium.contexts(
+        browser, user_agent=DESKTOP_UA, extra_http_headers={"X-Forwarded-For": VISITOR_IP}
     )
-    sent: list[dict[str, Any]] = page.evaluate(
-        "e => window.__fbqSent.filter(s => s.event === e)", event
-    )
-    return sent
 
 
 def cookie(page: Any, name: str) -> str | None:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+from helpers import chromium
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.endpoint import BrowserEndpoint
@@ -32,23 +31,12 @@ from capi_bridge.settings import Settings
 from capi_bridge.snippet import PageRenderer
 from capi_bridge.testing import FakeGraph
 
-CHROMIUM = os.environ.get("CAPI_BRIDGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PIXEL_ID = "1234567890"
 #: The client address the test servers see: a visitor on the internet. Loopback addresses are
 #: never sent to Meta, and an event whose only customer information is then the user agent is
 #: one Meta refuses: before consent there is no _fbp, and on a cached page the pixel may not
 #: have written one yet when the mirror is posted.
 VISITOR_IP = "2001:4860:4860::8888"
-STUB = (resources.files("capi_bridge") / "static" / "fbevents-stub.js").read_bytes()
 
 
 @dataclass
@@ -260,16 +248,7 @@ def consent_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (CI installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    yield from chromium.launch()
 
 
 @pytest.fixture
@@ -289,20 +268,4 @@ def consent_page(browser: Any, consent_site: Site) -> Iterator[Callable[..., Any
 
 
 def _pages(browser: Any) -> Iterator[Callable[..., Any]]:
-    contexts: list[Any] = []
-
-    def make(*, block_pixel: bool = False) -> Any:
-        context = browser.new_context()
-        contexts.append(context)
-        if block_pixel:
-            context.route("**/fbevents.js", lambda route: route.abort("blockedbyclient"))
-        else:
-            context.route(
-                "**/fbevents.js",
-                lambda route: route.fulfill(status=200, content_type="text/javascript", body=STUB),
-            )
-        return context.new_page()
-
-    yield make
-    for context in contexts:
-        context.close()
+    yield from chromium.contexts(browser)

@@ -11,22 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from helpers.chromium import pixel_sent
 
 pytestmark = pytest.mark.browser
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
-
-def _sent(page: Any, event: str, count: int = 1) -> list[dict[str, Any]]:
-    """Waits until the pixel stub has sent ``count`` of ``event``, and returns them."""
-    page.wait_for_function(
-        "([e, n]) => (window.__fbqSent || []).filter(s => s.event === e).length >= n",
-        arg=[event, count],
-    )
-    hits: list[dict[str, Any]] = page.evaluate(
-        "e => window.__fbqSent.filter(s => s.event === e)", event
-    )
-    return hits
 
 
 def _has_n(n: int, events: list[Mapping[str, Any]]) -> bool:
@@ -45,7 +34,7 @@ def test_page_view_and_track_share_name_and_id(site: Any, new_page: Any) -> None
     page.goto(site.url + "/")
     baked = _baked_id(page)
     site.sink.wait_for(lambda events: any(e["event_name"] == "PageView" for e in events))
-    [pixel_pv] = _sent(page, "PageView")
+    [pixel_pv] = pixel_sent(page, "PageView")
     [server_pv] = site.sink.named("PageView")
     assert pixel_pv["eventID"] == server_pv["event_id"] == baked
     # The server set _fbp on the very first response: both copies carry the same one.
@@ -59,7 +48,7 @@ def test_page_view_and_track_share_name_and_id(site: Any, new_page: Any) -> None
     custom_id = page.evaluate("capiBridge.track('NewsletterOpen')")
     assert UUID.fullmatch(event_id) and UUID.fullmatch(custom_id)
     site.sink.wait_for(lambda events: len(events) == 3)
-    [pixel_purchase] = _sent(page, "Purchase")
+    [pixel_purchase] = pixel_sent(page, "Purchase")
     [server_purchase] = site.sink.named("Purchase")
     assert pixel_purchase["method"] == "track"
     assert pixel_purchase["eventID"] == server_purchase["event_id"] == event_id
@@ -68,7 +57,7 @@ def test_page_view_and_track_share_name_and_id(site: Any, new_page: Any) -> None
         "currency": "EUR",
         "content_ids": ["a1"],
     }
-    [pixel_custom] = _sent(page, "NewsletterOpen")
+    [pixel_custom] = pixel_sent(page, "NewsletterOpen")
     assert pixel_custom["method"] == "trackCustom" and pixel_custom["eventID"] == custom_id
     assert site.sink.named("NewsletterOpen")[0]["event_id"] == custom_id
 
@@ -114,7 +103,7 @@ def test_calls_made_before_the_script_loads_are_kept(site: Any, new_page: Any) -
     early = page.evaluate("window.earlyId")
     assert UUID.fullmatch(early)
     site.sink.wait_for(lambda events: len(events) == 2)
-    [hit] = _sent(page, "ViewContent")
+    [hit] = pixel_sent(page, "ViewContent")
     assert hit["eventID"] == early == site.sink.named("ViewContent")[0]["event_id"]
 
 
@@ -127,7 +116,7 @@ def test_cached_page_mints_a_fresh_id_per_view(site: Any, new_page: Any) -> None
         page.goto(site.url + "/cached")
         baked = _baked_id(page)
         site.sink.wait_for(functools.partial(_has_n, visitor + 1))
-        [pixel_pv] = _sent(page, "PageView")
+        [pixel_pv] = pixel_sent(page, "PageView")
         server_pv = site.sink.named("PageView")[visitor]
         assert pixel_pv["eventID"] == server_pv["event_id"] != baked
         assert UUID.fullmatch(server_pv["event_id"])
@@ -143,7 +132,7 @@ def test_cached_page_with_expired_token_refreshes_it(site: Any, new_page: Any) -
     event_id = page.evaluate("capiBridge.track('AddToCart', {content_ids: ['x']})")
     site.sink.wait_for(lambda events: len(events) == 2)
     assert site.sink.named("AddToCart")[0]["event_id"] == event_id
-    [pixel_pv] = _sent(page, "PageView")
+    [pixel_pv] = pixel_sent(page, "PageView")
     assert site.sink.named("PageView")[0]["event_id"] == pixel_pv["eventID"]
 
 
@@ -154,7 +143,7 @@ def test_spa_page_view_carries_an_id_on_both_sides(site: Any, new_page: Any) -> 
     page.evaluate("history.pushState({}, '', '/products/42')")
     route_id = page.evaluate("capiBridge.pageView()")
     site.sink.wait_for(lambda events: len(events) == 2)
-    hits = _sent(page, "PageView", 2)
+    hits = pixel_sent(page, "PageView", 2)
     assert hits[1]["eventID"] == route_id
     server = site.sink.named("PageView")[1]
     assert server["event_id"] == route_id
