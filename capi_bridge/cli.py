@@ -136,15 +136,25 @@ def _add_test_link(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(func=_cmd_test_link)
 
 
-def _cmd_test_link(args: argparse.Namespace) -> int:
+def secret_from_env() -> str | None:
+    """The site's secret key for commands that sign links; says what to do when it is unset."""
     import os
 
-    from capi_bridge.pages import TEST_COOKIE_MAX_AGE, TEST_LINK_MAX_AGE, make_test_link
     from capi_bridge.settings import ENV_PREFIX
 
     secret = os.environ.get(ENV_PREFIX + "SECRET_KEY")
     if not secret:
         print("capi-bridge: CAPI_BRIDGE_SECRET_KEY is not set; export the site's secret key.")
+        return None
+    return secret
+
+
+def _cmd_test_link(args: argparse.Namespace) -> int:
+
+    from capi_bridge.pages import TEST_COOKIE_MAX_AGE, TEST_LINK_MAX_AGE, make_test_link
+
+    secret = secret_from_env()
+    if secret is None:
         return 1
     if not args.url.startswith(("http://", "https://")):
         print(f"capi-bridge: {args.url!r} is not an http(s) URL; give a page of your site.")

@@ -40,12 +40,12 @@ def _cmd_inspector_link(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
+    from capi_bridge.cli import secret_from_env
     from capi_bridge.inspector import LINK_MAX_AGE, make_inspector_link
     from capi_bridge.settings import ENV_PREFIX, Settings
 
-    secret = os.environ.get(ENV_PREFIX + "SECRET_KEY")
-    if not secret:
-        print("capi-bridge: CAPI_BRIDGE_SECRET_KEY is not set; export the site's secret key.")
+    secret = secret_from_env()
+    if secret is None:
         return 1
     if not 0 < args.hours * 3600 <= LINK_MAX_AGE:
         print(f"capi-bridge: --hours must be more than 0 and at most {LINK_MAX_AGE // 3600}.")

@@ -170,3 +170,18 @@ def test_identify_rejects_unknown_keys_and_bad_values(make_core: Any) -> None:
         page.identify(email="a@b.c")
     with pytest.raises(ValueError, match="em"):
         page.identify(em="not-an-email")
+
+
+def test_cli_test_link_prints_a_link_the_site_accepts(
+    make_core: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from capi_bridge.cli import main
+
+    monkeypatch.delenv("CAPI_BRIDGE_SECRET_KEY", raising=False)
+    assert main(["test-link", "http://shop.test/", "--code", "TEST42"]) == 1
+    assert "CAPI_BRIDGE_SECRET_KEY is not set" in capsys.readouterr().out
+    monkeypatch.setenv("CAPI_BRIDGE_SECRET_KEY", SECRET)
+    assert main(["test-link", "http://shop.test/", "--code", "TEST42"]) == 0
+    link = capsys.readouterr().out.splitlines()[0]
+    core = make_core(scoped_test_events=True)
+    assert core.test_code(view("/?" + link.split("?", 1)[1])) == "TEST42"
