@@ -71,8 +71,7 @@ class CapiBridge:
     @property
     def core(self) -> PageBridge:
         """This app's :class:`PageBridge` (needs an app context)."""
-        core: PageBridge = current_app.extensions[EXTENSION_KEY]
-        return core
+        return _core()
 
     @property
     def bridge(self) -> Bridge:

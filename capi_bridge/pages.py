@@ -16,6 +16,7 @@ counting the Purchase twice. No cookie of ours is set while consent is required 
 from __future__ import annotations
 
 import contextvars
+import functools
 import html
 import logging
 import re
@@ -26,7 +27,7 @@ from typing import Any
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.cookies import expire_cookie, set_cookie
-from capi_bridge.endpoint import PIXEL_LOADED, BrowserEndpoint
+from capi_bridge.endpoint import HOLD_ID, PIXEL_LOADED, BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
@@ -212,10 +213,9 @@ class PageBridge:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the outbox at start-up, so a bad ``outbox_path`` fails before the first visitor.
-
-        The dispatcher itself starts with the first event of each process (fork-safe)."""
-        self.bridge.stats()
+        """Nothing to do: building the Bridge already opened the outbox (a bad ``outbox_path``
+        fails then), and the dispatcher starts with the first event of each process
+        (fork-safe). Kept so the lifespan has a start to pair with :meth:`close`."""
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush what can be sent within ``timeout`` and stop the dispatcher."""
@@ -331,14 +331,15 @@ class Page:
             self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
         return eid
 
-    @property
+    @functools.cached_property
     def test_code(self) -> str | None:
+        """Read (and its signature checked) once per request, not once per event."""
         return self.core.test_code(self.request)
 
     def _hold_key(self) -> str:
         if self._hold is None:
             header = self.request.headers.get("x-capi-bridge-hold", "")
-            self._hold = header if 16 <= len(header) <= 64 else secrets.token_urlsafe(18)
+            self._hold = header if HOLD_ID.fullmatch(header) else secrets.token_urlsafe(18)
         return self._hold
 
     # --- what the adapters call ---------------------------------------------------------------

@@ -109,14 +109,19 @@ def test_groups_by_pixel_and_test_code(outbox_path: str) -> None:
     assert leases.groups(outbox) == [("111", ""), ("111", "TEST2"), ("222", "TEST1")]
 
 
-def test_dead_local_owner_is_reclaimed(outbox_path: str) -> None:
+def _dead_local_owner() -> str:
+    """A lease owner on this host whose process has exited (a pid that was alive once)."""
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
         capture_output=True,
         text=True,
     )
-    dead_owner = f"{socket.gethostname()}:{int(proc.stdout)}:dead"
+    return f"{socket.gethostname()}:{int(proc.stdout)}:dead"
+
+
+def test_dead_local_owner_is_reclaimed(outbox_path: str) -> None:
+    dead_owner = _dead_local_owner()
     outbox = Outbox(outbox_path)
     outbox.insert(rows(4), NOW)
     assert len(claim(outbox, dead_owner, now=NOW).rows) == 4
@@ -135,13 +140,7 @@ def test_dead_local_owner_is_reclaimed(outbox_path: str) -> None:
 
 
 def test_circuit_held_by_a_dead_prober_reopens_at_once(outbox_path: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    dead_owner = f"{socket.gethostname()}:{int(proc.stdout)}:dead"
+    dead_owner = _dead_local_owner()
     outbox = Outbox(outbox_path)
     outbox.insert(rows(4), NOW)
     first = claim(outbox, limit=2)
