@@ -69,18 +69,11 @@ def first_id_since(outbox: Outbox, since: float) -> int:
 def prune(outbox: Outbox, before: float, limit: int = 5000) -> int:
     """Delete observations recorded before ``before``, and deliveries as old, in short
     transactions (enqueues never wait long behind a big prune); returns how many."""
-    bound = first_id_since(outbox, before)
-    removed = 0
-    while True:
-        with outbox.write() as c:
-            n = c.execute(
-                "DELETE FROM observations WHERE id IN"
-                " (SELECT id FROM observations WHERE id < ? LIMIT ?)",
-                (bound, limit),
-            ).rowcount
-        removed += n
-        if n < limit:
-            break
+    removed = outbox.delete_in_chunks(
+        "DELETE FROM observations WHERE id IN (SELECT id FROM observations WHERE id < ? LIMIT ?)",
+        (first_id_since(outbox, before),),
+        limit,
+    )
     with outbox.write() as c:
         c.execute("DELETE FROM deliveries WHERE at < ?", (before,))
     return removed

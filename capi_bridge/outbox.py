@@ -368,20 +368,37 @@ class Outbox:
         """Delete held rows matching ``where``, ``_CHUNK`` x 10 per short transaction, so
         enqueues never wait long behind a big expiry. Their observations go with them, never
         filed: nothing is kept about a visitor who refused or never gave consent."""
-        limit, removed = _CHUNK * 10, 0
+
+        def settle(c: sqlite3.Connection, n: int) -> None:
+            _lower_cursor(c)
+            if counter is not None:
+                c.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, counter))
+
+        return self.delete_in_chunks(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
+            f" WHERE state = 4 AND {where} LIMIT ?)",
+            (param,),
+            _CHUNK * 10,
+            after=settle,
+        )
+
+    def delete_in_chunks(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        limit: int,
+        *,
+        after: Callable[[sqlite3.Connection, int], None] | None = None,
+    ) -> int:
+        """Run a DELETE whose last parameter is its ``LIMIT``, one short transaction per
+        chunk, until a chunk comes up short: enqueues never wait long behind a big purge.
+        ``after(conn, deleted)`` runs inside each transaction that deleted something."""
+        removed = 0
         while True:
             with self.write() as c:
-                n = c.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
-                    f" WHERE state = 4 AND {where} LIMIT ?)",
-                    (param, limit),
-                ).rowcount
-                if n:
-                    _lower_cursor(c)
-                    if counter is not None:
-                        c.execute(
-                            "UPDATE counters SET value = value + ? WHERE name = ?", (n, counter)
-                        )
+                n = c.execute(sql, (*params, limit)).rowcount
+                if n and after is not None:
+                    after(c, n)
             removed += n
             if n < limit:
                 return removed
@@ -414,17 +431,12 @@ class Outbox:
         """
         row = self.query("SELECT id FROM outbox WHERE created >= ? ORDER BY id LIMIT 1", (before,))
         bound = row[0][0] if row else self.max_id() + 1
-        removed = 0
-        while True:
-            with self.write() as c:
-                n = c.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < ?"
-                    " AND state IN (1, 2) AND id < (SELECT max(id) FROM outbox) LIMIT ?)",
-                    (bound, limit),
-                ).rowcount
-            removed += n
-            if n < limit:
-                return removed
+        return self.delete_in_chunks(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < ?"
+            " AND state IN (1, 2) AND id < (SELECT max(id) FROM outbox) LIMIT ?)",
+            (bound,),
+            limit,
+        )
 
     def max_id(self) -> int:
         return int(self.query("SELECT max(id) FROM outbox")[0][0] or 0)
