@@ -52,6 +52,14 @@ _SUFFIXES = """
 TWO_LEVEL_SUFFIXES = frozenset(_SUFFIXES.split())
 
 
+def is_public_suffix(domain: str) -> bool:
+    """Whether ``domain`` is one browsers refuse a cookie for: a top-level domain (``com``) or
+    a suffix of the table (``co.uk``, ``github.io``). The ``cookie_domain`` setting is checked
+    with it, and the heuristic below keeps one more label under such a suffix."""
+    name = domain.strip().lower().strip(".")
+    return "." not in name or name in TWO_LEVEL_SUFFIXES
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.partition("%")[0])
@@ -94,7 +102,7 @@ def cookie_domain(host: str, override: str | None = None) -> tuple[str | None, i
     if _is_ip(name) or "." not in name:
         return None, 0
     labels = name.split(".")
-    keep = 3 if ".".join(labels[-2:]) in TWO_LEVEL_SUFFIXES else 2
+    keep = 3 if is_public_suffix(".".join(labels[-2:])) else 2
     if len(labels) < keep:
         return None, 0
     domain = ".".join(labels[-keep:])

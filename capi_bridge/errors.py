@@ -15,12 +15,18 @@ class CapiBridgeError(Exception):
 
 
 class ConfigError(CapiBridgeError, ValueError):
-    """A setting is missing or malformed; raised at start-up, never per request."""
+    """A setting is missing or malformed; raised at start-up, never per request.
 
-    def __init__(self, setting: str, problem: str, fix: str) -> None:
+    ``setting`` is the name the user wrote it under (``CAPI_BRIDGE_LINGER``, Flask's
+    ``SECRET_KEY``, a keyword ``linger``...); ``field`` is the :class:`Settings` field it maps to
+    (``linger``), the same whatever the source, for code that reacts to a particular setting.
+    """
+
+    def __init__(self, setting: str, problem: str, fix: str, *, field: str | None = None) -> None:
         self.setting = setting
         self.problem = problem
         self.fix = fix
+        self.field = field
         super().__init__(f"{setting}: {problem}. Fix: {fix}")
 
 

@@ -21,7 +21,7 @@ from capi_bridge.bridge import Bridge
 from capi_bridge.injection import Injector, inject_once, is_navigation, should_inject
 from capi_bridge.pages import Page, PageBridge
 from capi_bridge.request import RequestView
-from capi_bridge.settings import ENV_PREFIX, Settings
+from capi_bridge.settings import ENV_PREFIX, Settings, env
 from capi_bridge.snippet import ConsentCheck
 
 EXTENSION_KEY = "capi_bridge"
@@ -115,13 +115,28 @@ def capi_pixel(nonce: str | None = None) -> Markup:
 
 
 def _settings_from(app: Flask) -> Settings:
+    """``CAPI_BRIDGE_*`` from ``app.config`` and the environment; the secret key falls back to
+    Flask's own ``SECRET_KEY``, and then errors about it name ``SECRET_KEY``, what the user set.
+    """
     config: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     config.update((k, v) for k, v in app.config.items() if k.startswith(ENV_PREFIX))
-    overrides: dict[str, Any] = {}
-    if not config.get(ENV_PREFIX + "SECRET_KEY") and app.secret_key:
-        secret = app.secret_key
-        overrides["secret_key"] = secret.decode() if isinstance(secret, bytes) else str(secret)
-    return Settings.from_mapping(config, **overrides)
+    if config.get(ENV_PREFIX + "SECRET_KEY") or not app.secret_key:
+        return Settings.from_mapping(config)
+    key = app.secret_key
+    secret = key if isinstance(key, str) else _key_text(key)
+
+    def naming(field: str) -> str:
+        return "SECRET_KEY" if field == "secret_key" else env(field)
+
+    return Settings.from_mapping(config, naming=naming, secret_key=secret)
+
+
+def _key_text(key: bytes) -> str:
+    """A bytes key as text; ``os.urandom(24)`` is not UTF-8, and its hex is the same key."""
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key.hex()
 
 
 def _core() -> PageBridge:

@@ -1,23 +1,31 @@
-"""Settings: one frozen object, validated once at start-up.
+"""Settings: one frozen object, read and checked once at start-up.
 
 Every adapter builds the same :class:`Settings`, from keyword arguments, from a mapping such as
 Flask's ``app.config`` (``CAPI_BRIDGE_*`` keys) or from the environment. A bad value fails here,
 at start-up, with the setting's name and the fix, instead of surfacing as a rejected batch at Meta
-hours later. Secrets are kept out of ``repr()`` so a settings object can be logged safely.
+hours later (the rules: :mod:`capi_bridge.settings_checks`). Secrets are kept out of ``repr()``
+so a settings object can be logged safely.
+
+An error names a setting the way the user wrote it, which depends on the source: an environment
+variable ``CAPI_BRIDGE_LINGER``, a keyword ``linger``, Flask's own ``SECRET_KEY``, Django's
+``CAPI_BRIDGE["LINGER"]``. A :data:`Naming` says which; an adapter passes one to
+:meth:`Settings.from_mapping` instead of every check knowing every framework.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
+import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from capi_bridge import __version__
+from capi_bridge import __version__, settings_checks, settings_site_checks
+from capi_bridge.durations import SYNTAX, parse_duration
 from capi_bridge.errors import ConfigError
+from capi_bridge.settings_checks import fail
 
 ENV_PREFIX = "CAPI_BRIDGE_"
 
@@ -27,77 +35,164 @@ DEFAULT_API_VERSION = "v26.0"
 #: Meta asks partners for "[partner_name]_[major]_[minor]", under 23 characters.
 DEFAULT_PARTNER_AGENT = "capibridge_" + "_".join(__version__.split(".")[:2])
 
-#: LDU state codes Meta documents (California 1000 ... Rhode Island 1013), plus 0 = geolocate.
-_LDU_STATES = frozenset({0, *range(1000, 1014)})
+#: How errors name a setting: its field name (``"secret_key"``) to the name the user wrote.
+Naming = Callable[[str], str]
 
 
-def _str_tuple(value: Any) -> tuple[str, ...]:
+def env(name: str) -> str:
+    """The environment/config key of a setting (``CAPI_BRIDGE_LINGER``)."""
+    return ENV_PREFIX + name.upper()
+
+
+def keyword_naming(field: str) -> str:
+    """``Settings(linger=...)``: a keyword argument is named by its keyword."""
+    return field
+
+
+def prefix_naming(prefix: str = ENV_PREFIX) -> Naming:
+    """Keys of a flat mapping: ``prefix_naming("APP_")("linger") == "APP_LINGER"``."""
+    return lambda field: prefix + field.upper()
+
+
+def dict_naming(container: str) -> Naming:
+    """Items of one dict setting, as Django's ``settings.CAPI_BRIDGE`` holds them:
+    ``dict_naming("CAPI_BRIDGE")("linger") == 'CAPI_BRIDGE["LINGER"]'``."""
+    return lambda field: f'{container}["{field.upper()}"]'
+
+
+# --- reading: what a source gives (a string, or a typed keyword) into the field's type -------
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_MAY_BE_EMPTY = (dataclasses.MISSING, None, "", ())
+
+
+class _Refused(ValueError):
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Refused(f"expected text, got {type(value).__name__}", "give it as a string")
+    return value.strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else (_text(value) or None)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise _Refused(f"{value!r} is not true or false", "write true or false (or 1/0, yes/no)")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    raise _Refused(f"{value!r} is not a whole number", "write digits only, e.g. 500")
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else _int(value)
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise _Refused(f"{value!r} is not a duration", f"write it as {SYNTAX}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise _Refused(f"expected seconds, got {type(value).__name__}", f"write it as {SYNTAX}")
+    if not math.isfinite(seconds):
+        raise _Refused(f"{seconds} is not a finite duration", f"write it as {SYNTAX}")
+    return seconds
+
+
+def _list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
         return tuple(part.strip() for part in str(value).split(",") if part.strip())
-    return tuple(str(part).strip() for part in value if str(part).strip())
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)):
+        return tuple(str(part).strip() for part in value if str(part).strip())
+    raise _Refused(f"expected a list, got {type(value).__name__}", "separate values with commas")
 
 
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected true/false, got {value!r}")
+def _pixel_ids(value: Any) -> str | tuple[str, ...]:
+    ids = _list(value)
+    return ids[0] if len(ids) == 1 else ids
 
 
-def _parse_optional_int(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return int(value)
-
-
-def _parse_optional_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _parse_trusted_proxies(value: Any) -> int | tuple[str, ...]:
+def _proxies(value: Any) -> int | tuple[str, ...]:
     """A hop count ("1") or a list of proxy CIDRs ("10.0.0.0/8, 2001:db8::/32")."""
     if isinstance(value, bool):
-        raise ValueError("expected a hop count or a list of CIDRs, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return _str_tuple(value)
+        raise _Refused("a boolean is not a proxy setting", "give a hop count or a list of CIDRs")
+    if isinstance(value, int) or (isinstance(value, str) and _INTEGER.fullmatch(value.strip())):
+        return _int(value)
+    return _list(value)
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "pixel_id": _str_tuple,
-    "data_processing_options": _str_tuple,
-    "data_processing_options_country": _parse_optional_int,
-    "data_processing_options_state": _parse_optional_int,
-    "trusted_proxies": _parse_trusted_proxies,
-    "allowed_hosts": _str_tuple,
-    "custom_events": _str_tuple,
+def _path(value: Any) -> str:
+    return _text(os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "pixel_id": _pixel_ids,
+    "data_processing_options_country": _optional_int,
+    "data_processing_options_state": _optional_int,
+    "trusted_proxies": _proxies,
+    "outbox_path": _path,
+    "graph_url": lambda value: _text(value).rstrip("/"),
+    "outbox_synchronous": lambda value: _text(value).upper(),
+    "forwarded_header": lambda value: _text(value).lower(),
+    "consent": lambda value: _text(value).lower(),
 }
 
 
-def _parser_for(field: dataclasses.Field[Any]) -> Callable[[Any], Any]:
-    if field.name in _PARSERS:
-        return _PARSERS[field.name]
+def _reader(field: dataclasses.Field[Any]) -> Callable[[Any], Any]:
+    if field.name in _READERS:
+        return _READERS[field.name]
     default = field.default
     if isinstance(default, bool):
-        return _parse_bool
+        return _bool
     if isinstance(default, int):
-        return int
+        return _int
     if isinstance(default, float):
-        return float
+        return _duration
     if isinstance(default, tuple):
-        return _str_tuple
-    return _parse_optional_str
+        return _list
+    return _optional_text if default is None else _text
+
+
+def _read(settings: Settings) -> None:
+    """Turn each value into its field's type (in place: ``Settings`` is frozen otherwise).
+
+    An empty value is refused for a setting whose default is not empty: ``CAPI_BRIDGE_LINGER=``
+    in an env file is a forgotten value, and silently using the default would hide it. Secrets
+    are read as text only, whose refusal never repeats the value.
+    """
+    for field in dataclasses.fields(settings):
+        if not field.init:
+            continue
+        raw = getattr(settings, field.name)
+        if isinstance(raw, str) and not raw.strip() and field.default not in _MAY_BE_EMPTY:
+            fail(settings, field.name, "is empty", f"remove it to use the default, {field.default}")
+        try:
+            value = _reader(field)(raw)
+        except _Refused as exc:
+            fail(settings, field.name, exc.problem, exc.fix)
+        object.__setattr__(settings, field.name, value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,8 +200,17 @@ class Settings:
     """Everything capi-bridge needs to know; see README's configuration table.
 
     ``pixel_id`` takes one id or several (a sequence, or a comma-separated string); the
-    normalized tuple is in :attr:`pixel_ids`.
+    normalized tuple is in :attr:`pixel_ids`. Durations take seconds or ``90s``/``15m``/``24h``/
+    ``7d``; strings are read as README's configuration table says.
+
+    ``naming`` is not a setting: it says how errors name each setting (a :data:`Naming`; the
+    keyword by default). :meth:`from_mapping` passes one; so can a loader of its own format.
     """
+
+    naming: dataclasses.InitVar[Naming | None] = None
+    _names: dict[str, str] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     # --- Meta account -------------------------------------------------------------------------
     pixel_id: str | Sequence[str]
@@ -147,6 +251,7 @@ class Settings:
     token_max_age: float = 7200.0
     rate_limit: int = 120
     forwarded_header: str = "x-forwarded-for"
+    trust_all_proxies: bool = False
 
     # --- consent, test events, adapters -------------------------------------------------------
     consent: str = "granted"
@@ -160,22 +265,18 @@ class Settings:
     inspector: bool = False
     inspector_path: str = "/capi-bridge/inspector"
 
-    def __post_init__(self) -> None:
-        ids = _str_tuple(self.pixel_id)
-        object.__setattr__(self, "pixel_id", ids[0] if len(ids) == 1 else ids)
-        object.__setattr__(
-            self, "data_processing_options", _str_tuple(self.data_processing_options)
-        )
-        object.__setattr__(self, "allowed_hosts", _str_tuple(self.allowed_hosts))
-        object.__setattr__(self, "custom_events", _str_tuple(self.custom_events))
-        proxies = self.trusted_proxies
-        if not isinstance(proxies, int):
-            object.__setattr__(self, "trusted_proxies", _str_tuple(proxies))
-        object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
-        object.__setattr__(self, "outbox_synchronous", str(self.outbox_synchronous).upper())
-        object.__setattr__(self, "forwarded_header", str(self.forwarded_header).lower())
-        object.__setattr__(self, "consent", str(self.consent).lower())
-        self._validate()
+    def __post_init__(self, naming: Naming | None) -> None:
+        name = naming or keyword_naming
+        names = {f.name: name(f.name) for f in dataclasses.fields(self) if f.init}
+        object.__setattr__(self, "_names", names)
+        _read(self)
+        settings_checks.check(self)
+        settings_site_checks.check(self)
+
+    def name_of(self, field: str) -> str:
+        """The name the user wrote ``field`` under (``CAPI_BRIDGE_SECRET_KEY``, Flask's
+        ``SECRET_KEY``, ``secret_key``...), for messages about a setting after start-up."""
+        return self._names.get(field, field)
 
     @property
     def pixel_ids(self) -> tuple[str, ...]:
@@ -183,209 +284,53 @@ class Settings:
         pixel_id = self.pixel_id
         return (pixel_id,) if isinstance(pixel_id, str) else tuple(pixel_id)
 
-    def _validate(self) -> None:
-        ids = self.pixel_ids
-        if not ids:
-            raise ConfigError(
-                env("pixel_id"),
-                "no pixel id is set",
-                "set it to your Meta Pixel (dataset) id, the number shown in Events Manager",
-            )
-        for pid in ids:
-            if not pid.isdigit():
-                raise ConfigError(
-                    env("pixel_id"),
-                    f"{pid!r} is not a pixel id",
-                    "use the numeric id from Events Manager (several ids: separate with commas)",
-                )
-        if not self.access_token or not self.access_token.strip():
-            raise ConfigError(
-                env("access_token"),
-                "no Conversions API access token is set",
-                "generate one in Events Manager > your pixel > Settings > Conversions API "
-                "(a system-user token does not expire)",
-            )
-        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", self.graph_url):
-            raise ConfigError(
-                env("graph_url"),
-                f"{self.graph_url!r} is not an http(s) URL",
-                "leave it unset for Meta (https://graph.facebook.com) or point it at a fake server",
-            )
-        if not re.fullmatch(r"v\d+\.\d+", self.api_version):
-            raise ConfigError(
-                env("api_version"),
-                f"{self.api_version!r} is not a Graph API version",
-                f"use the form vNN.N, e.g. {DEFAULT_API_VERSION}",
-            )
-        agent = self.partner_agent
-        if len(agent) >= 23 or sum(ch.isalpha() for ch in agent) < 2:
-            raise ConfigError(
-                env("partner_agent"),
-                f"{agent!r} must be under 23 characters with at least two letters",
-                "use Meta's form name_major_minor, e.g. myplatform_1_0",
-            )
-        self._validate_ldu()
-        self._validate_numbers()
-        self._validate_proxies()
-        self._validate_choices()
-        for name in ("endpoint_path", "script_path", "inspector_path"):
-            value = getattr(self, name)
-            if not value.startswith("/"):
-                raise ConfigError(env(name), f"{value!r} is not a path", "start it with '/'")
-
-    def _validate_ldu(self) -> None:
-        options = self.data_processing_options
-        if any(opt != "LDU" for opt in options):
-            raise ConfigError(
-                env("data_processing_options"),
-                f"{list(options)!r} holds an unknown option",
-                "use LDU (Limited Data Use) or leave it empty",
-            )
-        country, state = self.data_processing_options_country, self.data_processing_options_state
-        if country is not None and country not in (0, 1):
-            raise ConfigError(
-                env("data_processing_options_country"),
-                f"{country} is not 0 (geolocate) or 1 (USA)",
-                "set 0 to let Meta geolocate, or 1 for the USA",
-            )
-        if state is not None and state not in _LDU_STATES:
-            raise ConfigError(
-                env("data_processing_options_state"),
-                f"{state} is not a state code Meta knows",
-                "use 0 (geolocate) or 1000 (California) ... 1013 (Rhode Island)",
-            )
-        if (country is None) != (state is None):
-            raise ConfigError(
-                env("data_processing_options_state"),
-                "country and state must be set together",
-                "set both (e.g. 0 and 0 to geolocate) or neither",
-            )
-        if not options and country is not None:
-            raise ConfigError(
-                env("data_processing_options"),
-                "a country/state is set but LDU is not enabled",
-                "set CAPI_BRIDGE_DATA_PROCESSING_OPTIONS=LDU or drop the country and state",
-            )
-
-    def _validate_numbers(self) -> None:
-        if not 1 <= self.batch_size <= 1000:
-            raise ConfigError(
-                env("batch_size"), f"{self.batch_size} is out of range", "use 1 to 1000"
-            )
-        checks = {
-            "request_timeout": self.request_timeout > 0,
-            "linger": 0 <= self.linger <= 10,
-            "max_backoff": self.max_backoff >= 1,
-            "lease_seconds": self.lease_seconds > 0,
-            "auth_pause": self.auth_pause > 0,
-            "close_timeout": self.close_timeout >= 0,
-            "retry_base": 0 < self.retry_base <= self.max_backoff,
-            "dedup_window": 0 <= self.dedup_window <= 30 * 86400,
-            "token_max_age": self.token_max_age > 0,
-            "rate_limit": self.rate_limit > 0,
-            "held_ttl": 0 < self.held_ttl <= 7 * 86400,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(
-                    env(name),
-                    f"{getattr(self, name)!r} is out of range",
-                    "see the configuration table in README.md for sensible values",
-                )
-        if self.outbox_synchronous not in ("NORMAL", "FULL"):
-            raise ConfigError(
-                env("outbox_synchronous"),
-                f"{self.outbox_synchronous!r} is not NORMAL or FULL",
-                "use NORMAL (survives a crash of the app; a power loss may lose the last "
-                "commits) or FULL (fsync on every enqueue, several times slower)",
-            )
-
     @property
     def consent_required(self) -> bool:
         """Whether events wait for the visitor's consent (``consent = "required"``)."""
         return self.consent == "required"
 
-    def _validate_choices(self) -> None:
-        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
-            raise ConfigError(
-                env("forwarded_header"),
-                f"{self.forwarded_header!r} is not x-forwarded-for or forwarded",
-                "name the one header your proxies write (nginx, ALB, Cloudflare: x-forwarded-for)",
-            )
-        if self.consent not in ("granted", "required"):
-            raise ConfigError(
-                env("consent"),
-                f"{self.consent!r} is not granted or required",
-                "use required when the site asks visitors for consent (a CMP banner), "
-                "granted otherwise",
-            )
-        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", self.consent_cookie):
-            raise ConfigError(
-                env("consent_cookie"),
-                f"{self.consent_cookie!r} is not a cookie name",
-                "use letters, digits, '_' or '-' (the cookie your consent banner sets)",
-            )
-
-    def _validate_proxies(self) -> None:
-        proxies = self.trusted_proxies
-        if isinstance(proxies, int):
-            if proxies < 0:
-                raise ConfigError(
-                    env("trusted_proxies"), "a hop count cannot be negative", "use 0, 1, 2 ..."
-                )
-            return
-        for cidr in proxies:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    env("trusted_proxies"),
-                    f"{cidr!r} is not an IP network",
-                    "give a hop count (e.g. 1 behind one nginx) or CIDRs such as 10.0.0.0/8",
-                ) from None
-
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
     def from_mapping(
-        cls, mapping: Mapping[str, Any], prefix: str = ENV_PREFIX, **overrides: Any
+        cls,
+        mapping: Mapping[str, Any],
+        prefix: str = ENV_PREFIX,
+        *,
+        naming: Naming | None = None,
+        **overrides: Any,
     ) -> Settings:
         """Build settings from ``PREFIX_NAME`` keys (Flask's ``app.config``, ``os.environ``).
 
-        String values are parsed (numbers, booleans, comma-separated lists). A key that starts
-        with the prefix but names no setting is an error: a typo would otherwise be ignored.
+        String values are read as README's table says (numbers, booleans, durations such as
+        ``24h``, comma-separated lists). A key that starts with the prefix but names no setting
+        is an error: a typo would otherwise be ignored. Errors name a value read from the
+        mapping by its key and an override by its keyword, unless ``naming`` names them all:
+        Django's adapter passes ``prefix=""`` and ``naming=dict_naming("CAPI_BRIDGE")``.
         """
-        known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-        values: dict[str, Any] = {}
-        for key, raw in mapping.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :].lower()
-            if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=1)
-                hint = f"did you mean {prefix}{close[0].upper()}?" if close else "remove it"
-                raise ConfigError(key, "is not a capi-bridge setting", hint)
-            try:
-                values[name] = _parser_for(known[name])(raw)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(key, f"{raw!r} cannot be read ({exc})", "see README") from None
-        values.update(overrides)
-        for required in ("pixel_id", "access_token"):
-            if required not in values or values[required] in (None, "", ()):
-                fix = (
-                    "set it to your Meta Pixel id"
-                    if required == "pixel_id"
-                    else "set it to a Conversions API access token from Events Manager"
+        known = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+        keys: dict[str, str] = {}
+        for key in mapping:
+            if key.startswith(prefix):
+                keys[key[len(prefix) :].lower()] = key
+        for field, key in keys.items():
+            if field not in known:
+                close = difflib.get_close_matches(field, known, n=1)
+                name = naming or prefix_naming(prefix)
+                hint = f"did you mean {name(close[0])}?" if close else "remove it"
+                raise ConfigError(
+                    name(field) if naming else key, "is not a capi-bridge setting", hint
                 )
-                raise ConfigError(prefix + required.upper(), "is not set", fix)
-        return cls(**values)
+        values: dict[str, Any] = {"pixel_id": "", "access_token": ""}
+        values.update((field, mapping[key]) for field, key in keys.items())
+        values.update(overrides)
+
+        def written(field: str) -> str:
+            return field if field in overrides else keys.get(field) or prefix + field.upper()
+
+        return cls(**values, naming=naming or written)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``CAPI_BRIDGE_*`` environment variables."""
         return cls.from_mapping(os.environ if environ is None else environ, **overrides)
-
-
-def env(name: str) -> str:
-    """The environment/config key of a setting, as error messages name it."""
-    return ENV_PREFIX + name.upper()

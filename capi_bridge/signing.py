@@ -19,13 +19,12 @@ from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
 from capi_bridge.errors import CapiBridgeError, ConfigError
+from capi_bridge.settings_checks import secret_key_fix
 
 SALT = "capi-bridge.page-token"
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 #: Tokens longer than this are rejected unread (ours are ~150 characters).
 MAX_TOKEN_LENGTH = 1024
-#: Shortest ``secret_key`` accepted: HMAC keys shorter than this are guessable offline.
-MIN_SECRET_LENGTH = 16
 #: Clock difference tolerated between the servers that sign and verify.
 CLOCK_SKEW = 60.0
 
@@ -71,6 +70,7 @@ class _SigningSettings(Protocol):
     def pixel_ids(self) -> tuple[str, ...]: ...
     @property
     def token_max_age(self) -> float: ...
+    def name_of(self, field: str) -> str: ...
 
 
 def normalize_host(host: str) -> str:
@@ -96,7 +96,12 @@ class _KeyedSigner(TimestampSigner):
 
 
 class PageSigner:
-    """Issues and verifies page tokens for one site."""
+    """Issues and verifies page tokens for one site.
+
+    A key that is set is good enough: :class:`~capi_bridge.settings.Settings` holds the one
+    rule for it (``settings_checks.check_secret_key``). Only its absence is refused here, since
+    a site that sends server events alone never needs one.
+    """
 
     def __init__(
         self,
@@ -105,20 +110,14 @@ class PageSigner:
         *,
         max_age: float = 7200.0,
         clock: Callable[[], float] = time.time,
+        setting: str = "CAPI_BRIDGE_SECRET_KEY",
     ) -> None:
         if not secret_key or not secret_key.strip():
             raise ConfigError(
-                "CAPI_BRIDGE_SECRET_KEY",
+                setting,
                 "no secret key is set, so page tokens cannot be signed",
-                "set it to a long random string, e.g. the output of "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))', "
-                "the same on every server of the site",
-            )
-        if len(secret_key) < MIN_SECRET_LENGTH:
-            raise ConfigError(
-                "CAPI_BRIDGE_SECRET_KEY",
-                f"the secret key is shorter than {MIN_SECRET_LENGTH} characters",
-                "use a random string of at least 32 characters",
+                secret_key_fix(setting),
+                field="secret_key",
             )
         self.pixel_ids = tuple(pixel_ids)
         self.max_age = max_age
@@ -136,7 +135,11 @@ class PageSigner:
         cls, settings: _SigningSettings, *, clock: Callable[[], float] = time.time
     ) -> PageSigner:
         return cls(
-            settings.secret_key, settings.pixel_ids, max_age=settings.token_max_age, clock=clock
+            settings.secret_key,
+            settings.pixel_ids,
+            max_age=settings.token_max_age,
+            clock=clock,
+            setting=settings.name_of("secret_key"),
         )
 
     def issue(self, *, host: str, page_view_id: str | None) -> str:

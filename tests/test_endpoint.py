@@ -58,7 +58,7 @@ class Clock:
 SETTINGS = Settings(
     pixel_id="111",
     access_token="t",
-    secret_key="endpoint-test-secret-key-123456",
+    secret_key="endpoint-test-secret-key-0123456789",
     custom_events=("NewsletterOpen",),
     allowed_hosts=(".example.com",),
     trusted_proxies=1,

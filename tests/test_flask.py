@@ -10,6 +10,7 @@ import pytest
 from flask import Flask, Response, render_template_string, stream_with_context
 from helpers.web import BROWSER, SECRET, events_body, page_config, pixel_twins, set_cookies
 
+from capi_bridge.errors import ConfigError
 from capi_bridge.flask import EXTENSION_KEY, CapiBridge
 from capi_bridge.pages import PENDING_COOKIE, PageBridge
 from capi_bridge.testing import FakeGraph
@@ -21,13 +22,15 @@ PLACED = "<html><head>{{ capi_pixel() }}</head><body>placed</body></html>"
 def make_app(fake_graph: FakeGraph, outbox_path: str, **config: Any) -> Flask:
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=SECRET,
-        CAPI_BRIDGE_PIXEL_ID="1234567890",
-        CAPI_BRIDGE_ACCESS_TOKEN="test-token",
-        CAPI_BRIDGE_GRAPH_URL=fake_graph.url,
-        CAPI_BRIDGE_OUTBOX_PATH=outbox_path,
-        CAPI_BRIDGE_LINGER="0.02",
-        **config,
+        {
+            "SECRET_KEY": SECRET,
+            "CAPI_BRIDGE_PIXEL_ID": "1234567890",
+            "CAPI_BRIDGE_ACCESS_TOKEN": "test-token",
+            "CAPI_BRIDGE_GRAPH_URL": fake_graph.url,
+            "CAPI_BRIDGE_OUTBOX_PATH": outbox_path,
+            "CAPI_BRIDGE_LINGER": "0.02",
+            **config,
+        }
     )
     capi = CapiBridge()
     capi.init_app(app)
@@ -162,3 +165,26 @@ def test_track_from_a_fetch_call_sets_no_cookies(app: Flask, fake_graph: FakeGra
     assert set_cookies(reply.headers) == {}
     assert app.extensions[EXTENSION_KEY].bridge.flush(10)
     assert [e["event_id"] for e in fake_graph.events] == [reply.get_json()["event_id"]]
+
+
+def test_a_weak_flask_secret_key_is_named_as_flask_s(
+    fake_graph: FakeGraph, outbox_path: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_app(fake_graph, outbox_path, SECRET_KEY="dev")
+    assert info.value.setting == "SECRET_KEY"  # what the user set, not CAPI_BRIDGE_SECRET_KEY
+    assert "3 characters, fewer than 32" in info.value.problem
+    assert info.value.fix.startswith("set SECRET_KEY to a random string of at least 32")
+    with pytest.raises(ConfigError) as info:
+        make_app(fake_graph, outbox_path, CAPI_BRIDGE_SECRET_KEY="dev")
+    assert info.value.setting == "CAPI_BRIDGE_SECRET_KEY"  # this one wins over SECRET_KEY
+    with pytest.raises(ConfigError) as info:
+        make_app(fake_graph, outbox_path, CAPI_BRIDGE_LINGER="inf")
+    assert info.value.setting == "CAPI_BRIDGE_LINGER"
+
+
+def test_a_random_bytes_secret_key_is_used(fake_graph: FakeGraph, outbox_path: str) -> None:
+    key = bytes(range(200, 224))  # like os.urandom(24): not UTF-8
+    app = make_app(fake_graph, outbox_path, SECRET_KEY=key)
+    assert app.extensions[EXTENSION_KEY].settings.secret_key == key.hex()
+    app.extensions[EXTENSION_KEY].close(timeout=0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from capi_bridge.errors import ConfigError
-from capi_bridge.settings import DEFAULT_PARTNER_AGENT, Settings
+from capi_bridge.settings import DEFAULT_PARTNER_AGENT, Settings, dict_naming
 
 
 def make(**kw: object) -> Settings:
@@ -33,9 +33,9 @@ def test_several_pixels() -> None:
 
 
 def test_repr_hides_secrets() -> None:
-    s = make(app_secret="app-secret-xyz", secret_key="signing-key-xyz")
+    s = make(app_secret="app-secret-xyz", secret_key="signing-key-xyz-0123456789abcdefghij")
     text = repr(s) + str(s)
-    for secret in ("EAAB-secret-token", "app-secret-xyz", "signing-key-xyz"):
+    for secret in ("EAAB-secret-token", "app-secret-xyz", "signing-key-xyz-0123456789abcdefghij"):
         assert secret not in text
     assert "1234567890" in text
 
@@ -43,28 +43,28 @@ def test_repr_hides_secrets() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
     [
-        ({"pixel_id": ""}, "CAPI_BRIDGE_PIXEL_ID"),
-        ({"pixel_id": "abc"}, "CAPI_BRIDGE_PIXEL_ID"),
-        ({"access_token": " "}, "CAPI_BRIDGE_ACCESS_TOKEN"),
-        ({"graph_url": "graph.facebook.com"}, "CAPI_BRIDGE_GRAPH_URL"),
-        ({"api_version": "26"}, "CAPI_BRIDGE_API_VERSION"),
-        ({"partner_agent": "x" * 23}, "CAPI_BRIDGE_PARTNER_AGENT"),
-        ({"partner_agent": "1_2"}, "CAPI_BRIDGE_PARTNER_AGENT"),
-        ({"data_processing_options": ("GDPR",)}, "CAPI_BRIDGE_DATA_PROCESSING_OPTIONS"),
+        ({"pixel_id": ""}, "pixel_id"),
+        ({"pixel_id": "abc"}, "pixel_id"),
+        ({"access_token": " "}, "access_token"),
+        ({"graph_url": "graph.facebook.com"}, "graph_url"),
+        ({"api_version": "26"}, "api_version"),
+        ({"partner_agent": "x" * 23}, "partner_agent"),
+        ({"partner_agent": "1_2"}, "partner_agent"),
+        ({"data_processing_options": ("GDPR",)}, "data_processing_options"),
         (
             {"data_processing_options": ("LDU",), "data_processing_options_country": 1},
-            "CAPI_BRIDGE_DATA_PROCESSING_OPTIONS_STATE",
+            "data_processing_options_state",
         ),
-        ({"trusted_proxies": ("not-a-network",)}, "CAPI_BRIDGE_TRUSTED_PROXIES"),
-        ({"trusted_proxies": -1}, "CAPI_BRIDGE_TRUSTED_PROXIES"),
-        ({"batch_size": 1001}, "CAPI_BRIDGE_BATCH_SIZE"),
-        ({"endpoint_path": "events"}, "CAPI_BRIDGE_ENDPOINT_PATH"),
+        ({"trusted_proxies": ("not-a-network",)}, "trusted_proxies"),
+        ({"trusted_proxies": -1}, "trusted_proxies"),
+        ({"batch_size": 1001}, "batch_size"),
+        ({"endpoint_path": "events"}, "endpoint_path"),
     ],
 )
 def test_bad_setting_names_itself_and_the_fix(kwargs: dict[str, object], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
         make(**kwargs)
-    assert info.value.setting == setting
+    assert info.value.setting == setting  # Settings(x=...): named by its keyword
     assert str(info.value).startswith(setting)
     assert "Fix:" in str(info.value)
 
@@ -115,6 +115,7 @@ def test_missing_required_setting_names_it() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"CAPI_BRIDGE_PIXEL_ID": "1"})
     assert info.value.setting == "CAPI_BRIDGE_ACCESS_TOKEN"
+    assert "no Conversions API access token" in info.value.problem
 
 
 def test_typo_suggests_the_right_name() -> None:
@@ -138,7 +139,83 @@ def test_unreadable_value_names_the_key() -> None:
                 "CAPI_BRIDGE_LINGER": "soon",
             }
         )
-    assert info.value.setting == "CAPI_BRIDGE_LINGER"
+    assert info.value.setting == "CAPI_BRIDGE_LINGER" and info.value.field == "linger"
+    assert "24h" in info.value.fix  # how to write a duration
+
+
+# --- an error names the setting the way the user wrote it ---------------------------------------
+
+ENV = {"CAPI_BRIDGE_PIXEL_ID": "1", "CAPI_BRIDGE_ACCESS_TOKEN": "t"}
+
+
+def test_each_source_names_the_setting_its_own_way() -> None:
+    sources = {
+        "CAPI_BRIDGE_LINGER": lambda: Settings.from_env({**ENV, "CAPI_BRIDGE_LINGER": "inf"}),
+        "linger": lambda: Settings(pixel_id="1", access_token="t", linger="inf"),
+        # an override of from_mapping is a keyword argument (ASGI middleware options)
+        "linger ": lambda: Settings.from_env(ENV, linger="inf"),
+        'CAPI_BRIDGE["LINGER"]': lambda: Settings.from_mapping(
+            {"PIXEL_ID": "1", "ACCESS_TOKEN": "t", "LINGER": "inf"},
+            prefix="",
+            naming=dict_naming("CAPI_BRIDGE"),
+        ),
+        "MYAPP_LINGER": lambda: Settings.from_mapping(
+            {"MYAPP_PIXEL_ID": "1", "MYAPP_ACCESS_TOKEN": "t", "MYAPP_LINGER": "inf"},
+            prefix="MYAPP_",
+        ),
+    }
+    for name, build in sources.items():
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.setting == name.strip()
+        assert str(info.value).startswith(name.strip() + ": ")
+        assert info.value.field == "linger"  # the same field whatever the source
+
+
+def test_a_fix_names_other_settings_the_same_way() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**ENV, "CAPI_BRIDGE_TRUSTED_PROXIES": "0.0.0.0/0"})
+    assert "CAPI_BRIDGE_TRUST_ALL_PROXIES=true" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping(
+            {"PIXEL_ID": "1", "ACCESS_TOKEN": "t", "TRUSTED_PROXIES": "::/0"},
+            prefix="",
+            naming=dict_naming("CAPI_BRIDGE"),
+        )
+    assert info.value.setting == 'CAPI_BRIDGE["TRUSTED_PROXIES"]'
+    assert 'CAPI_BRIDGE["TRUST_ALL_PROXIES"]=true' in info.value.fix
+    opted_in = {**ENV, "CAPI_BRIDGE_TRUSTED_PROXIES": "::/0, 0.0.0.0/0"}
+    opted_in["CAPI_BRIDGE_TRUST_ALL_PROXIES"] = "true"
+    assert Settings.from_env(opted_in).trust_all_proxies is True
+
+
+def test_a_dict_setting_names_a_typo_and_a_missing_value_inside_it() -> None:
+    naming = dict_naming("CAPI_BRIDGE")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"PIXELID": "1", "ACCESS_TOKEN": "t"}, prefix="", naming=naming)
+    assert info.value.setting == 'CAPI_BRIDGE["PIXELID"]'
+    assert 'did you mean CAPI_BRIDGE["PIXEL_ID"]?' in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"PIXEL_ID": "1"}, prefix="", naming=naming)
+    assert info.value.setting == 'CAPI_BRIDGE["ACCESS_TOKEN"]'
+
+
+def test_settings_remember_the_names_for_later_messages() -> None:
+    key = "0123456789abcdef" * 2
+    s = Settings.from_env({**ENV, "CAPI_BRIDGE_SECRET_KEY": key})
+    assert s.name_of("secret_key") == "CAPI_BRIDGE_SECRET_KEY"
+    same = Settings(pixel_id="1", access_token="t", secret_key=key)
+    assert same.name_of("secret_key") == "secret_key"
+    assert same == s  # names are not compared: the same values are the same settings
+
+
+def test_one_rule_for_the_secret_key() -> None:
+    for key in ("dev", "x" * 31):
+        with pytest.raises(ConfigError) as info:
+            make(secret_key=key)
+        assert f"{len(key)} characters, fewer than 32" in info.value.problem
+        assert "at least 32 characters" in info.value.fix  # one minimum, said once
+    assert make(secret_key="x" * 24 + "01234567").secret_key
 
 
 def test_settings_are_frozen() -> None:

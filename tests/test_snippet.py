@@ -180,7 +180,9 @@ def test_limited_data_use_before_init() -> None:
 # --- PageRenderer -----------------------------------------------------------------------------
 
 
-SETTINGS = Settings(pixel_id="111", access_token="t", secret_key="k" * 32)
+SETTINGS = Settings(
+    pixel_id="111", access_token="t", secret_key="snippet-tests-secret-key-0123456789"
+)
 
 
 def page_request(cookie: str = "") -> RequestView:
