@@ -12,6 +12,7 @@ which masks it even if a server were to echo it back.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -100,8 +101,14 @@ def run(
         )
         if value is not None
     }
+
+    def naming(field: str) -> str:  # a flag is named as typed, the rest as exported
+        return "--" + field.replace("_", "-") if field in overrides else env(field)
+
     try:
-        settings = Settings.from_env(environ, **overrides)
+        settings = Settings.from_mapping(
+            os.environ if environ is None else environ, naming=naming, **overrides
+        )
     except ConfigError as exc:
         output.fail(f"capi-bridge check: {exc}")
         output.fail("Nothing was sent.")

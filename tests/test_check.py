@@ -163,3 +163,11 @@ def test_missing_setting_names_it(graph: FakeGraph) -> None:
     assert run.code == 2
     assert "CAPI_BRIDGE_PIXEL_ID" in run.err and "Fix:" in run.err
     assert graph.requests == []
+
+
+def test_a_bad_flag_is_named_as_typed(graph: FakeGraph) -> None:
+    run = check(settings_for(graph), "--access-token", "Bearer EAAB-pasted-with-its-prefix")
+    assert run.code == 2 and graph.requests == []
+    assert "--access-token: the value starts with 'Bearer '" in run.err  # not access_token
+    run = check(settings_for(graph, graph_url="http://[::1"))
+    assert run.code == 2 and "CAPI_BRIDGE_GRAPH_URL: 'http://[::1' does not parse" in run.err
