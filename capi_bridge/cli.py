@@ -1,8 +1,11 @@
 """The ``capi-bridge`` command: operator and developer tools.
 
-Each sub-command lives in a small ``_cmd_*`` function registered in :func:`build_parser`; heavy
-modules are imported inside the command that needs them so ``capi-bridge --help`` stays instant.
-Every command prints what it did and where to look next, and exits non-zero on failure.
+Each sub-command lives in a small ``_cmd_*`` function registered in :func:`build_parser`; its
+help says what it does, with examples, defaults and exit statuses (see
+:mod:`capi_bridge.cli_common`). Heavy modules are imported inside the command that needs them so
+``capi-bridge --help`` stays instant. Every command prints what it did, what it left and where
+to look next, and exits non-zero on failure. A bare ``capi-bridge`` (or ``capi-bridge outbox``)
+prints its help and exits 2: nothing was done, which a script must not take for success.
 """
 
 from __future__ import annotations
@@ -13,6 +16,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from capi_bridge import __version__
+from capi_bridge.cli_common import (
+    DURATIONS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    Subparsers,
+    add_command,
+    duration,
+    epilog,
+    print_help,
+)
 
 if TYPE_CHECKING:
     from capi_bridge.outbox import Outbox
@@ -21,186 +36,138 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capi-bridge",
-        description="Meta Pixel + Conversions API redundant setup: developer and operator tools.",
+        description="Meta Pixel + Conversions API redundant setup: developer and operator tools."
+        "\n\nThe commands read the app's settings from CAPI_BRIDGE_* environment variables."
+        "\n" + DURATIONS,
+        epilog=epilog(
+            [
+                "capi-bridge demo                      # the example shop against a fake Meta",
+                "capi-bridge check --test-event-code TEST12345",
+                "capi-bridge outbox stats",
+                "capi-bridge COMMAND --help            # a command's options and examples",
+            ],
+            [
+                (EXIT_OK, "done"),
+                (EXIT_FAILED, "the command failed (it says why)"),
+                (EXIT_USAGE, "no command, or a malformed option: nothing was done"),
+            ],
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"capi-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    _add_fake_graph(sub)
+    parser.set_defaults(func=print_help(parser))
+    from capi_bridge import cli_inspector, cli_setup
+
+    cli_setup.add_commands(sub)  # fake-graph, demo, check, test-link
     _add_outbox(sub)
-    _add_test_link(sub)
-    _add_demo(sub)
-    _add_check(sub)
-    from capi_bridge.cli_inspector import add_commands  # inspector-link, diagnostics
-
-    add_commands(sub)
+    cli_inspector.add_commands(sub)  # inspector-link, diagnostics
     return parser
-
-
-# --- fake-graph -----------------------------------------------------------------------------
-
-
-def _add_fake_graph(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "fake-graph",
-        help="run the fake Graph API server (validates like Meta, never calls Meta)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on (0 = any free port)")
-    p.add_argument("--token", default=None, help="the only access token accepted (default: any)")
-    p.add_argument(
-        "--pixel", action="append", default=None, help="a known pixel id (repeatable; default: any)"
-    )
-    p.set_defaults(func=_cmd_fake_graph)
-
-
-def _cmd_fake_graph(args: argparse.Namespace) -> int:
-    from capi_bridge.testing import serve_forever
-
-    return serve_forever(host=args.host, port=args.port, token=args.token, pixels=args.pixel)
-
-
-# --- demo -----------------------------------------------------------------------------------
-
-
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the example shop against a local fake of Meta (no account, no internet)",
-    )
-    p.add_argument(
-        "--port", type=int, default=8000, help="the shop's port on 127.0.0.1 (0 = any free port)"
-    )
-    p.add_argument(
-        "--framework",
-        choices=("flask", "starlette"),
-        default="flask",
-        help="which example shop to serve (default flask; starlette runs on uvicorn)",
-    )
-    p.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    import time
-
-    started = time.perf_counter()
-    from capi_bridge.demo import run
-
-    return run(args.port, args.framework, started=started)
-
-
-# --- check ----------------------------------------------------------------------------------
-
-
-def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "check",
-        help="send one test event to Meta with your settings and explain the answer",
-    )
-    p.add_argument("--pixel-id", help="overrides CAPI_BRIDGE_PIXEL_ID")
-    p.add_argument(
-        "--access-token", help="overrides CAPI_BRIDGE_ACCESS_TOKEN (the environment is safer)"
-    )
-    p.add_argument(
-        "--test-event-code", help="overrides CAPI_BRIDGE_TEST_EVENT_CODE (required, one of them)"
-    )
-    p.add_argument("--graph-url", help="overrides CAPI_BRIDGE_GRAPH_URL")
-    p.add_argument(
-        "--url", help="the event_source_url to send (default: a page of CAPI_BRIDGE_ALLOWED_HOSTS)"
-    )
-    p.set_defaults(func=_cmd_check)
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from capi_bridge.check import run
-
-    return run(
-        pixel_id=args.pixel_id,
-        access_token=args.access_token,
-        test_event_code=args.test_event_code,
-        graph_url=args.graph_url,
-        url=args.url,
-    )
-
-
-# --- test-link ------------------------------------------------------------------------------
-
-
-def _add_test_link(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "test-link",
-        help="print a signed link that sends one browser's events to a test event code",
-    )
-    p.add_argument("url", help="a page of your site, e.g. https://shop.example/")
-    p.add_argument("--code", required=True, help="the test event code from Events Manager")
-    p.set_defaults(func=_cmd_test_link)
-
-
-def secret_from_env() -> str | None:
-    """The site's secret key for commands that sign links; says what to do when it is unset."""
-    import os
-
-    from capi_bridge.settings import ENV_PREFIX
-
-    secret = os.environ.get(ENV_PREFIX + "SECRET_KEY")
-    if not secret:
-        print("capi-bridge: CAPI_BRIDGE_SECRET_KEY is not set; export the site's secret key.")
-        return None
-    return secret
-
-
-def _cmd_test_link(args: argparse.Namespace) -> int:
-
-    from capi_bridge.pages import TEST_COOKIE_MAX_AGE, TEST_LINK_MAX_AGE, make_test_link
-
-    secret = secret_from_env()
-    if secret is None:
-        return 1
-    if not args.url.startswith(("http://", "https://")):
-        print(f"capi-bridge: {args.url!r} is not an http(s) URL; give a page of your site.")
-        return 1
-    print(make_test_link(secret, args.url, args.code))
-    print(
-        f"Open it within {TEST_LINK_MAX_AGE // 3600} h: that browser's events then go to test "
-        f"code {args.code} for {TEST_COOKIE_MAX_AGE // 60} min "
-        "(the site needs CAPI_BRIDGE_SCOPED_TEST_EVENTS=true). Watch Events Manager > Test events."
-    )
-    return 0
 
 
 # --- outbox ---------------------------------------------------------------------------------
 
 
-def _add_outbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "outbox", help="inspect and repair the delivery outbox (stats, dead letters, purge)"
+def _add_outbox(sub: Subparsers) -> None:
+    no_outbox = (EXIT_FAILED, "no outbox at the path (nothing is created)")
+    p = add_command(
+        sub,
+        "outbox",
+        summary="inspect and repair the delivery outbox (stats, dead letters, purge)",
+        description="Look into the SQLite outbox every worker process of the app shares: "
+        "what waits, what Meta\nrefused and why; requeue dead letters after a fix; purge "
+        "old keys. Each action reads the\nfile at --path (default: $CAPI_BRIDGE_OUTBOX_PATH, "
+        "else the settings' default) and never\nshows customer data.",
+        examples=["capi-bridge outbox stats", "capi-bridge outbox ACTION --help"],
+        exits=[(EXIT_OK, "done"), no_outbox, (EXIT_USAGE, "no ACTION: this help is printed")],
     )
+    p.set_defaults(func=print_help(p))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-    path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)"
+    path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH, else the settings' default)"
 
-    stats = actions.add_parser(
-        "stats", help="pending, in flight, delivered, dead, held, last error"
+    stats = add_command(
+        actions,
+        "stats",
+        summary="pending, in flight, delivered, dead, held, last error",
+        description="Counts across every process sharing the outbox: pending, in flight, "
+        "retrying, delivered,\ndead, deduplicated, held for consent; paused pixels and "
+        "Meta's last error (message, code,\nfbtrace_id).",
+        examples=["capi-bridge outbox stats", "capi-bridge outbox stats --json --path app.db"],
+        exits=[(EXIT_OK, "printed"), no_outbox],
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=_cmd_outbox_stats)
 
-    dead = actions.add_parser("dead", help="list dead-lettered events with Meta's reason")
+    dead = add_command(
+        actions,
+        "dead",
+        summary="list dead-lettered events with Meta's reason",
+        description="The events set aside, newest first: id, pixel, event name and id, "
+        "why (Meta's message,\ncode/subcode, fbtrace_id; or expired after Meta's 7 days). "
+        "Requeue them with retry-dead\nonce the cause is fixed.",
+        examples=["capi-bridge outbox dead", "capi-bridge outbox dead --limit 5 --json"],
+        exits=[(EXIT_OK, "printed (also when there are none)"), no_outbox],
+    )
     dead.add_argument("--limit", type=int, default=50, help="how many, newest first (default 50)")
     dead.add_argument("--json", action="store_true", help="print a JSON array")
     dead.set_defaults(func=_cmd_outbox_dead)
 
-    retry = actions.add_parser("retry-dead", help="put dead-lettered events back in the outbox")
-    which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=int, nargs="+", dest="ids", help="dead-letter ids to retry")
+    retry = add_command(
+        actions,
+        "retry-dead",
+        summary="put dead-lettered events back in the outbox (--id N ... or --all)",
+        description="Requeue dead letters once what Meta refused is fixed: the app's "
+        "dispatchers send them again\nwithin a second. Name them with --id (the ids "
+        "`capi-bridge outbox dead` shows) or take --all.\nA dead letter whose key is held "
+        "for consent is not requeued (it is sent when the visitor\nconsents).",
+        examples=[
+            "capi-bridge outbox retry-dead --id 12 15",
+            "capi-bridge outbox retry-dead --all",
+        ],
+        exits=[
+            (EXIT_OK, "requeued (with --all, also when there was nothing to requeue)"),
+            (EXIT_FAILED, "none of the ids was requeued, or no outbox at the path"),
+            (EXIT_USAGE, "neither --id nor --all was given: nothing was done"),
+        ],
+    )
+    which = retry.add_mutually_exclusive_group()
+    which.add_argument(
+        "--id",
+        type=int,
+        nargs="+",
+        dest="ids",
+        metavar="N",
+        help="dead-letter ids to retry (no default: give --id or --all)",
+    )
     which.add_argument("--all", action="store_true", help="retry every dead letter")
     retry.set_defaults(func=_cmd_outbox_retry_dead)
 
-    purge = actions.add_parser("purge", help="delete delivered keys and/or dead letters")
+    purge = add_command(
+        actions,
+        "purge",
+        summary="delete delivered keys and/or dead letters",
+        description="Delete delivered events' keys and dead letters (both, without --delivered "
+        "or --dead).\nDelivered keys inside the dedup window (CAPI_BRIDGE_DEDUP_WINDOW, "
+        f"default {_default_window()}) are kept\nunless --older-than says otherwise: a deleted "
+        "key no longer stops a repeat of its event from\nbeing sent. Events waiting for "
+        "delivery or consent are never purged. It reports what it\ndeleted, what it kept and "
+        "why.\n\n" + DURATIONS,
+        examples=[
+            "capi-bridge outbox purge                        # keys past the dedup window, "
+            "every dead letter",
+            "capi-bridge outbox purge --dead --older-than 30d",
+            "capi-bridge outbox purge --delivered --older-than 1h",
+        ],
+        exits=[(EXIT_OK, "purged (also when nothing was old enough)"), no_outbox],
+    )
     purge.add_argument("--delivered", action="store_true", help="delivered events' keys")
     purge.add_argument("--dead", action="store_true", help="dead letters")
     purge.add_argument(
-        "--older-than", type=float, metavar="HOURS", help="only entries older than HOURS"
+        "--older-than",
+        type=duration(unit_required=True),
+        metavar="AGE",
+        help="only entries older than AGE, with a unit (bare numbers once meant hours): "
+        "30d, 1h (default: delivered keys past the dedup window, every dead letter)",
     )
     purge.set_defaults(func=_cmd_outbox_purge)
     for action in (stats, dead, retry, purge):
@@ -303,42 +270,118 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
 def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
     import time
 
-    from capi_bridge.outbox_admin import retry_dead
+    from capi_bridge.outbox_admin import retry_dead, retry_preview
 
+    if not args.ids and not args.all:
+        print("capi-bridge outbox retry-dead: say which dead letters to requeue: --id N [N ...]")
+        print("(the ids `capi-bridge outbox dead` lists) or --all. Nothing was requeued.")
+        return EXIT_USAGE
     outbox = _open_outbox(args)
     if outbox is None:
-        return 1
-    moved = retry_dead(outbox, None if args.all else args.ids, time.time())
+        return EXIT_FAILED
+    wanted = None if args.all else args.ids
+    found, held = retry_preview(outbox, wanted)
+    moved = retry_dead(outbox, wanted, time.time())
     print(f"requeued {moved} dead letters in {outbox.path}")
-    print("The app's dispatchers send them within a second; watch `capi-bridge outbox stats`.")
-    return 0 if moved or args.all else 1
+    if moved:
+        print("The app's dispatchers send them within a second; watch `capi-bridge outbox stats`.")
+    missing = sorted(set(args.ids or ()) - set(found))
+    if missing:
+        print(
+            f"not requeued: {_ids(missing)}: no such dead letter (already requeued or purged; "
+            "`capi-bridge outbox dead` lists them)"
+        )
+    if held:
+        print(
+            f"not requeued: {_ids(held)}: an event with the same key is held for consent; it "
+            "is sent once the visitor consents (the dead letter is gone)"
+        )
+    if args.all and not found:
+        print("There were no dead letters.")
+    return EXIT_OK if moved or args.all else EXIT_FAILED
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(f"#{i}" for i in ids)
+
+
+def _default_window() -> str:
+    from capi_bridge.durations import format_duration
+    from capi_bridge.settings import Settings
+
+    return format_duration(Settings.default_of("dedup_window"))
+
+
+def _dedup_window() -> float | None:
+    """The app's dedup window, as ``CAPI_BRIDGE_DEDUP_WINDOW`` (or the default) sets it."""
+    import os
+
+    from capi_bridge.durations import parse_duration
+    from capi_bridge.settings import Settings, env
+
+    text = os.environ.get(env("dedup_window"))
+    try:
+        return parse_duration(text) if text else float(Settings.default_of("dedup_window"))
+    except ValueError as exc:
+        print(f"capi-bridge: {env('dedup_window')}: {exc}. Nothing was purged.")
+        return None
 
 
 def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     import time
 
-    from capi_bridge.outbox_admin import purge
+    from capi_bridge.durations import format_duration
+    from capi_bridge.outbox_admin import kept_by_purge, purge, read_stats
 
+    window = _dedup_window()
+    if window is None:
+        return EXIT_USAGE
     outbox = _open_outbox(args)
     if outbox is None:
-        return 1
+        return EXIT_FAILED
     both = not (args.delivered or args.dead)
-    older = None if args.older_than is None else args.older_than * 3600
-    removed = purge(
-        outbox,
-        delivered=args.delivered or both,
-        dead=args.dead or both,
-        older_than=older,
-        now=time.time(),
-    )
-    age = "" if args.older_than is None else f" older than {args.older_than:g} h"
+    keys_age = window if args.older_than is None else args.older_than
+    now = time.time()
+    removed = {"delivered": 0, "dead": 0}
+    if args.delivered or both:
+        done = purge(outbox, delivered=True, dead=False, older_than=keys_age, now=now)
+        removed["delivered"] = done["delivered"]
+    if args.dead or both:
+        done = purge(outbox, delivered=False, dead=True, older_than=args.older_than, now=now)
+        removed["dead"] = done["dead"]
     print(
-        f"deleted {removed['delivered']} delivered keys and {removed['dead']} dead letters{age}"
-        f" from {outbox.path}; pending events are never purged"
+        f"deleted {removed['delivered']} delivered keys and {removed['dead']} dead letters"
+        f" from {outbox.path}"
     )
-    if removed["delivered"]:
+    kept = kept_by_purge(
+        outbox, delivered_older_than=keys_age, dead_older_than=args.older_than, now=now
+    )
+    if (args.delivered or both) and kept.delivered_young:
+        why = (
+            f"inside the {format_duration(window)} dedup window (CAPI_BRIDGE_DEDUP_WINDOW): "
+            "deleting one would let a repeat of its event be sent again; --older-than AGE "
+            "deletes those older than AGE anyway"
+            if args.older_than is None
+            else f"younger than {format_duration(args.older_than)}"
+        )
+        print(f"kept {kept.delivered_young} delivered keys {why}")
+    if (args.delivered or both) and kept.delivered_newest:
+        print(
+            "kept 1 delivered key, the outbox's newest row: row ids must only grow, so it goes "
+            "with a later purge"
+        )
+    if (args.dead or both) and kept.dead_young and args.older_than is not None:
+        age = format_duration(args.older_than)
+        print(f"kept {kept.dead_young} dead letters younger than {age}")
+    stats = read_stats(outbox, now)
+    if stats.undelivered or stats.held:
+        print(
+            f"kept {stats.undelivered} events waiting for delivery and {stats.held} held for "
+            "consent: they are never purged"
+        )
+    if removed["delivered"] and keys_age < window:
         print("Deleted keys no longer deduplicate: those events would be sent again if re-sent.")
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from capi_bridge.outbox import DEAD, DELIVERED, Outbox, chunks
+from capi_bridge.outbox import DEAD, DELIVERED, HELD, Outbox, chunks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +201,7 @@ def purge(
     Pending events are never purged: the outbox does not drop what it accepted. Deleting
     delivered keys also forgets them for local deduplication.
     """
-    cutoff = now - older_than if older_than is not None else now + 1
+    cutoff = _cutoff(older_than, now)
     removed = {"delivered": 0, "dead": 0}
     with outbox.write() as conn:
         # The newest row is never deleted: rowids must only grow (see capi_bridge.outbox).
@@ -219,3 +219,53 @@ def purge(
                 "DELETE FROM outbox WHERE state = ? AND created < ?" + keep_last, (DEAD, cutoff)
             )
     return removed
+
+
+def _cutoff(older_than: float | None, now: float) -> float:
+    """Rows created before this are purged (all of them without ``older_than``)."""
+    return now - older_than if older_than is not None else now + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """What :func:`purge` left of what it was asked to delete, by reason; the CLI explains it.
+
+    ``delivered_young`` and ``dead_young`` were younger than ``older_than``;
+    ``delivered_newest`` is 1 when the outbox's newest row is a delivered key old enough to
+    go: it stays so that row ids only grow (see :mod:`capi_bridge.outbox`), until a newer row.
+    """
+
+    delivered_young: int
+    delivered_newest: int
+    dead_young: int
+
+
+def kept_by_purge(
+    outbox: Outbox, *, delivered_older_than: float | None, dead_older_than: float | None, now: float
+) -> Kept:
+    """Count, after :func:`purge` ran with these ages, what it kept and why."""
+    young, newest = outbox.query(
+        "SELECT coalesce(sum(created >= ?1), 0), coalesce(sum(created < ?1), 0)"
+        " FROM outbox WHERE state = ?2",
+        (_cutoff(delivered_older_than, now), DELIVERED),
+    )[0]
+    dead = outbox.query(
+        "SELECT count(*) FROM dead_letters WHERE failed_at >= ?",
+        (_cutoff(dead_older_than, now),),
+    )[0][0]
+    return Kept(delivered_young=young, delivered_newest=newest, dead_young=dead)
+
+
+def retry_preview(outbox: Outbox, ids: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """Which of ``ids`` (every one when None) are dead letters, and which of those
+    :func:`retry_dead` will not requeue because an event with the same key is held for
+    consent: the CLI says so instead of counting them silently out."""
+    rows = outbox.query(
+        "SELECT d.id, EXISTS (SELECT 1 FROM outbox o WHERE o.pixel_id = d.pixel_id"
+        " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.state = ?)"
+        " FROM dead_letters d ORDER BY d.id",
+        (HELD,),
+    )
+    wanted = None if ids is None else set(ids)
+    found = [(id_, held) for id_, held in rows if wanted is None or id_ in wanted]
+    return [id_ for id_, _ in found], [id_ for id_, held in found if held]

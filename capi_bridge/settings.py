@@ -278,6 +278,11 @@ class Settings:
         ``SECRET_KEY``, ``secret_key``...), for messages about a setting after start-up."""
         return self._names.get(field, field)
 
+    @classmethod
+    def default_of(cls, field: str) -> Any:
+        """A setting's default, for messages and tools that need one without a Settings."""
+        return next(f.default for f in dataclasses.fields(cls) if f.name == field)
+
     @property
     def pixel_ids(self) -> tuple[str, ...]:
         """The configured pixel ids, always as a tuple."""

@@ -9,10 +9,9 @@ every address would let any visitor choose the IP address sent to Meta.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from capi_bridge.cookies import FBC_COOKIE, FBP_COOKIE, is_public_suffix
 from capi_bridge.settings_checks import check_url, fail, odd_characters
@@ -82,7 +81,7 @@ def _check_paths(s: Settings) -> None:
                 s,
                 field,
                 "'/' is the site's home page",
-                f"give capi-bridge a path of its own, e.g. the default {_default(s, field)}",
+                f"give capi-bridge a path of its own, e.g. the default {s.default_of(field)}",
             )
     for i, first in enumerate(fields):
         for second in fields[i + 1 :]:
@@ -98,10 +97,6 @@ def _check_paths(s: Settings) -> None:
                     "give each of them its own path, neither inside the other "
                     "(the inspector also serves {path}/data and {path}/diagnostics)",
                 )
-
-
-def _default(s: Settings, field: str) -> Any:
-    return next(f.default for f in dataclasses.fields(s) if f.name == field)
 
 
 def _check_browser(s: Settings) -> None:

@@ -26,12 +26,21 @@ def test_inspector_link_opens_the_inspector_from_anywhere(
     core: PageBridge, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CAPI_BRIDGE_SECRET_KEY", SECRET)
-    assert main(["inspector-link", "http://shop.test/", "--hours", "2"]) == 0
+    assert main(["inspector-link", "http://shop.test/", "--valid-for", "2h"]) == 0
     link, note = capsys.readouterr().out.splitlines()
     assert link.startswith("http://shop.test/capi-bridge/inspector?key=")
-    assert "2 h" in note and "CAPI_BRIDGE_INSPECTOR=true" in note
+    assert "It works for 2h" in note and "CAPI_BRIDGE_INSPECTOR=true" in note
     path = link.removeprefix("http://shop.test")
     assert core.handle(view(path, peer="81.2.69.142", x_forwarded_for="1.2.3.4")).status == 200
+
+
+def test_inspector_link_keeps_the_old_hours_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CAPI_BRIDGE_SECRET_KEY", SECRET)
+    assert main(["inspector-link", "http://shop.test/", "--hours", "2"]) == 0
+    out = capsys.readouterr()
+    assert "It works for 2h" in out.out and "--valid-for 2h" in out.err
 
 
 def test_inspector_link_follows_a_custom_path(
@@ -49,9 +58,19 @@ def test_inspector_link_follows_a_custom_path(
         (["inspector-link", "http://shop.test/"], {}, "CAPI_BRIDGE_SECRET_KEY is not set"),
         (["inspector-link", "shop.test"], {"CAPI_BRIDGE_SECRET_KEY": SECRET}, "https://shop"),
         (
+            ["inspector-link", "http://shop.test/", "--valid-for", "8d"],
+            {"CAPI_BRIDGE_SECRET_KEY": SECRET},
+            "at most 7d",
+        ),
+        (
             ["inspector-link", "http://shop.test/", "--hours", "500"],
             {"CAPI_BRIDGE_SECRET_KEY": SECRET},
-            "at most 168",
+            "at most 7d",
+        ),
+        (  # the rule the site applies: a weak key would not run the site either
+            ["inspector-link", "http://shop.test/"],
+            {"CAPI_BRIDGE_SECRET_KEY": "dev"},
+            "CAPI_BRIDGE_SECRET_KEY: the secret key has 3 characters, fewer than 32",
         ),
     ],
 )
@@ -85,7 +104,7 @@ def test_diagnostics_reads_the_outbox_of_the_app(
     assert pv["event_name"] == "PageView" and pv["count"] == 1
     assert pv["dedup"]["coverage"] == 1.0 and pv["key_share"]["fbp"] == 1.0
     assert report["emq"]["label"] == "estimate" and report["emq"]["weights"]["em"] == 3
-    assert main(["diagnostics", "--path", outbox_path, "--window", "600"]) == 0
+    assert main(["diagnostics", "--path", outbox_path, "--window", "10m"]) == 0
     text = capsys.readouterr().out
     assert "PageView: 1 events, 1 server copies" in text and "(estimate)" in text
 
@@ -96,3 +115,4 @@ def test_diagnostics_without_an_outbox_names_the_fix(
     assert main(["diagnostics", "--path", str(tmp_path / "nope.sqlite3")]) == 1
     assert "--path" in capsys.readouterr().out
     assert main(["diagnostics", "--path", str(tmp_path / "x"), "--window", "0"]) == 1
+    assert "e.g. 24h or 7d" in capsys.readouterr().out

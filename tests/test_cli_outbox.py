@@ -115,21 +115,88 @@ def test_retry_dead_requeues(filled: str, capsys: pytest.CaptureFixture[str]) ->
     assert (stats["pending"], stats["dead"]) == (2, 1)
     code, out = run(capsys, "retry-dead", "--path", filled, "--all")
     assert code == 0 and "requeued 1" in out
-    code, out = run(capsys, "retry-dead", "--path", filled, "--id", "999")
+    code, out = run(capsys, "retry-dead", "--path", filled, "--id", "999", str(rejected))
     assert code == 1 and "requeued 0" in out
+    # what it left, and why
+    assert f"not requeued: #{rejected}, #999: no such dead letter (already requeued or" in out
+    code, out = run(capsys, "retry-dead", "--path", filled, "--all")
+    assert code == 0 and "There were no dead letters." in out
 
 
-def test_purge_confirms_and_never_drops_pending(
+def test_retry_dead_without_ids_or_all_explains_and_requeues_nothing(
     filled: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = run(capsys, "purge", "--path", filled, "--older-than", "1")
-    assert code == 0 and "deleted 0 delivered keys and 0 dead letters older than 1 h" in out
-    code, out = run(capsys, "purge", "--path", filled, "--dead")
-    assert code == 0 and "deleted 0 delivered keys and 2 dead letters" in out
+    code, out = run(capsys, "retry-dead", "--path", filled)
+    assert code == 2
+    assert "--id N [N ...]" in out and "or --all" in out and "Nothing was requeued" in out
+    assert json.loads(run(capsys, "stats", "--path", filled, "--json")[1])["dead"] == 2
+
+
+def test_retry_dead_says_which_it_left_for_consent(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outbox = Outbox(filled)
+    now = time.time()
+    assert outbox.forget_settled(now + 1) == 4  # past the dedup window: keys forgotten
+    # the same event again, from a visitor who has not consented yet
+    outbox.insert([("111", "Purchase", "id-2", "", now + 86400, "{}")], now, hold="tab-0001-abcd")
+    letters = json.loads(run(capsys, "dead", "--path", filled, "--json")[1])
+    held = next(d["id"] for d in letters if d["event_id"] == "id-2")
+    code, out = run(capsys, "retry-dead", "--path", filled, "--all")
+    assert code == 0 and "requeued 1 dead letters" in out
+    assert f"not requeued: #{held}: an event with the same key is held for consent" in out
+
+
+def test_purge_keeps_keys_inside_the_dedup_window_and_says_why(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = run(capsys, "purge", "--path", filled)
+    assert code == 0 and "deleted 0 delivered keys and 2 dead letters" in out
+    assert "kept 2 delivered keys inside the 48h dedup window (CAPI_BRIDGE_DEDUP_WINDOW)" in out
+    assert "--older-than AGE deletes those older than AGE anyway" in out
+    assert "kept 1 events waiting for delivery and 0 held for consent: they are never" in out
+    code, out = run(capsys, "purge", "--path", filled, "--older-than", "1h")
+    assert "deleted 0 delivered keys and 0 dead letters" in out
+    assert "kept 2 delivered keys younger than 1h" in out and "sent again" not in out
+    code, out = run(capsys, "purge", "--path", filled, "--delivered", "--older-than", "0s")
     assert "deleted 2 delivered keys" in out and "sent again" in out
     stats = json.loads(run(capsys, "stats", "--path", filled, "--json")[1])
     assert (stats["pending"], stats["dead"]) == (1, 0)
+
+
+def test_purge_follows_the_app_s_dedup_window(
+    filled: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPI_BRIDGE_DEDUP_WINDOW", "1h")
+    code, out = run(capsys, "purge", "--path", filled, "--delivered")
+    assert code == 0 and "kept 2 delivered keys inside the 1h dedup window" in out
+    monkeypatch.setenv("CAPI_BRIDGE_DEDUP_WINDOW", "soon")
+    code, out = run(capsys, "purge", "--path", filled)
+    assert code == 2 and "CAPI_BRIDGE_DEDUP_WINDOW: 'soon' is not a duration" in out
+
+
+def test_purge_names_the_newest_row_it_must_keep(
+    outbox_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outbox = Outbox(outbox_path)
+    now = time.time()
+    outbox.insert([("111", "Lead", "old", "", now + 86400, "{}")], now - 7200)
+    leases.ingest(outbox)
+    [row] = leases.claim(
+        outbox, "111", "", owner="h:1:a", now=now, limit=1, lease=60, linger=0
+    ).rows
+    leases.delivered(outbox, [row.id], "111")
+    code, out = run(capsys, "purge", "--path", outbox_path, "--delivered", "--older-than", "1h")
+    assert code == 0 and "deleted 0 delivered keys" in out
+    assert "kept 1 delivered key, the outbox's newest row: row ids must only grow" in out
+
+
+def test_purge_age_needs_a_unit(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["outbox", "purge", "--path", filled, "--older-than", "48"])
+    assert exit_.value.code == 2  # a bare 48 once meant hours: refused, nothing purged
+    assert "'48' has no unit; write it as 90s, 15m, 24h or 7d" in capsys.readouterr().err
+    assert json.loads(run(capsys, "stats", "--path", filled, "--json")[1])["dead"] == 2
 
 
 def test_console_script_help() -> None:
