@@ -222,3 +222,25 @@ def test_settings_are_frozen() -> None:
     s = make()
     with pytest.raises(AttributeError):
         s.pixel_id = "2"  # type: ignore[misc]
+
+
+def test_readme_table_lists_every_setting_with_its_default() -> None:
+    import dataclasses
+    import pathlib
+
+    from capi_bridge.durations import format_duration
+
+    readme = pathlib.Path(__file__).parents[1] / "README.md"
+    rows = {}
+    for line in readme.read_text().split("## Configuration", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `CAPI_BRIDGE_") and len(cells) == 4:
+            for name in cells[0].split(" / "):
+                rows[name.strip("`")] = cells[1]
+    for field in dataclasses.fields(Settings):
+        if not field.init:
+            continue
+        assert f"CAPI_BRIDGE_{field.name.upper()}" in rows, f"{field.name} is not in README"
+        if isinstance(field.default, float):  # durations, written as one would set them
+            shown = rows[f"CAPI_BRIDGE_{field.name.upper()}"]
+            assert shown == f"`{format_duration(field.default)}`", field.name
