@@ -60,7 +60,8 @@ def is_public_suffix(domain: str) -> bool:
     return "." not in name or name in TWO_LEVEL_SUFFIXES
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (a cookie cannot be set for a whole one)."""
     try:
         ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
@@ -99,7 +100,7 @@ def cookie_domain(host: str, override: str | None = None) -> tuple[str | None, i
         if name == domain or name.endswith("." + domain):
             return domain, domain.count(".")
         _warn_uncovered(domain)
-    if _is_ip(name) or "." not in name:
+    if is_ip(name) or "." not in name:
         return None, 0
     labels = name.split(".")
     keep = 3 if is_public_suffix(".".join(labels[-2:])) else 2

@@ -38,8 +38,6 @@ def fail(settings: Settings, field: str, problem: str, fix: str) -> NoReturn:
     raise ConfigError(settings.name_of(field), problem, fix, field=field)
 
 
-# --- checking: the typed values make sense ----------------------------------------------------
-
 #: (lowest, highest, lowest allowed, what the setting does) for every number setting.
 _RANGES: dict[str, tuple[float, float, bool, str]] = {
     "request_timeout": (0, 300, False, "one Graph request; Meta answers within seconds"),

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import TYPE_CHECKING
 
-from capi_bridge.cookies import FBC_COOKIE, FBP_COOKIE, is_public_suffix
+from capi_bridge.cookies import FBC_COOKIE, FBP_COOKIE, is_ip, is_public_suffix
 from capi_bridge.settings_checks import check_url, fail, odd_characters
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def _check_browser(s: Settings) -> None:
                 f"{domain!r} is not a domain name (in xn-- form if it is not ASCII)",
                 fix,
             )
-        if _is_ip(name) or is_public_suffix(name):
+        if is_ip(name) or is_public_suffix(name):
             fail(
                 s,
                 "cookie_domain",
@@ -132,7 +132,7 @@ def _check_browser(s: Settings) -> None:
         name = host.lower()
         if (
             name != "*"
-            and not _is_ip(name)
+            and not is_ip(name)
             and not all(_HOST_LABEL.fullmatch(label) for label in name.removeprefix(".").split("."))
         ):
             fail(
@@ -150,14 +150,6 @@ def _check_browser(s: Settings) -> None:
                 f"{name[:60]!r} is not an event name Meta takes",
                 "use names of at most 50 characters, without quotes or control characters",
             )
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_consent(s: Settings) -> None:
