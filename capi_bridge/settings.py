@@ -147,6 +147,7 @@ class Settings:
     token_max_age: float = 7200.0
     rate_limit: int = 120
     forwarded_header: str = "x-forwarded-for"
+    mirror_pixel_calls: bool = True
 
     # --- consent, test events, adapters -------------------------------------------------------
     consent: str = "granted"
