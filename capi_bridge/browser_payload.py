@@ -34,7 +34,9 @@ MAX_BODY_BYTES = 64 * 1024
 #: Longest event name (the pixel's limit for custom events).
 MAX_EVENT_NAME = 50
 
-EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,63}")
+#: An event id: capi-bridge mints UUIDs, but the page's own fbq calls bring theirs (an order
+#: number, say), which the server copy must keep for Meta to deduplicate the pair.
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 #: The browser's hold id: random, per tab session. capi-bridge.js sends the time its first page
 #: was shown in base 36, a dash and a UUID.
 HOLD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -227,7 +229,7 @@ def check_events(events: Any, sent_at: Any, *, now: float) -> list[dict[str, Any
             raise _bad(f"{field}.event_name", f"must be 1 to {MAX_EVENT_NAME} printable characters")
         event_id = raw.get("event_id")
         if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
-            raise _bad(f"{field}.event_id", "must be 8-64 letters, digits, '-', '_', '.', ':'")
+            raise _bad(f"{field}.event_id", "must be 1-64 letters, digits, '-', '_', '.', ':'")
         event: dict[str, Any] = {
             "event_name": name,
             "event_id": event_id,

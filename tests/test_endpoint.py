@@ -390,7 +390,7 @@ def test_refresh_binds_a_browser_minted_page_view(env: Env) -> None:
 
 def test_refresh_refusals(env: Env) -> None:
     token = env.token()
-    bad_pv = env.call(method="GET", query=f"token={token}&pv=no")
+    bad_pv = env.call(method="GET", query=f"token={token}&pv=no%20id")
     assert (bad_pv.response.status, error_of(bad_pv)["field"]) == (400, "pv")
     assert env.call(method="GET").response.status == 403
     cross = env.call(method="GET", query=f"token={token}", headers={"Sec-Fetch-Site": "cross-site"})
@@ -590,7 +590,8 @@ def test_malformed_bodies(env: Env, body: bytes, status: int, code: str) -> None
         ([event("x" * 51)], 400, "invalid_field", "events[0].event_name"),
         ([event(event_name=7)], 400, "invalid_field", "events[0].event_name"),
         ([event("Lead\n")], 400, "invalid_field", "events[0].event_name"),
-        ([event(event_id="short")], 400, "invalid_field", "events[0].event_id"),
+        ([event(event_id="")], 400, "invalid_field", "events[0].event_id"),
+        ([event(event_id="-leading")], 400, "invalid_field", "events[0].event_id"),
         ([event(event_id="x" * 65)], 400, "invalid_field", "events[0].event_id"),
         ([event(event_id="bad id!!")], 400, "invalid_field", "events[0].event_id"),
         ([event(pixel_id="12a")], 400, "invalid_field", "events[0].pixel_id"),

@@ -94,6 +94,10 @@ def test_calls_after_load_with_and_without_an_id_are_mirrored_once(
     assert server[opened["eventID"]]["custom_data"] == {"list": "weekly"}
     for hit in (viewed, opened, lead):  # the same browser on both channels
         assert server[hit["eventID"]]["user_data"]["fbp"] == hit["fbp"]
+    # an order number as the id (the site's own dedup key) is kept as it is
+    page.evaluate("fbq('track', 'Purchase', {value: 5, currency: 'EUR'}, {eventID: '10423'})")
+    assert pixel_sent(page, "Purchase")[0]["eventID"] == "10423"
+    assert site.server_copy("10423")["custom_data"] == {"value": 5, "currency": "EUR"}
     # exactly once each: one pixel hit, one post
     posted = site.log.posted_ids()
     for hit in (viewed, opened, lead):
