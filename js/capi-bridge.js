@@ -152,7 +152,7 @@
     // call made while consent is missing is also kept for a later page (see kept); a PageView
     // becomes the one a repeated PageView call on this URL is given (see boot.js). t: its time.
     m: function (a, t) {
-      var s = a[0][5] == 'S', n = a[s + 1], i = a[s + 3].eventID;
+      var s = a[0][5] == 'S', n = a[s + 1], i = '' + a[s + 3].eventID;
       if (!ok) mine.push(a), ss('capib_px', JSON.stringify(kept.concat(mine).slice(-50)));
       if (n == 'PageView') (c.u = L.href), (c.pv = i);
       queue.push({
@@ -162,7 +162,7 @@
         custom_data: a[s + 2],
         event_source_url: L.href,
         referrer_url: d.referrer,
-        pixel_id: s ? a[1] : void 0
+        pixel_id: s ? '' + a[1] : void 0
       });
       pump();
     },

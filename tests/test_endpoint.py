@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capi_bridge.browser_payload import _EVENT_KEYS as EVENT_KEYS
 from capi_bridge.browser_payload import HOLD_ID, MAX_BODY_BYTES
 from capi_bridge.consent import ConsentPolicy
 from capi_bridge.endpoint import BrowserEndpoint
@@ -781,18 +782,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-event_keys = st.sampled_from(
-    [
-        "event_name",
-        "event_id",
-        "event_time",
-        "custom_data",
-        "event_source_url",
-        "referrer_url",
-        "pixel_id",
-        "x",
-    ]
-)
+event_keys = st.sampled_from([*sorted(EVENT_KEYS), "x"])
 custom_values = st.one_of(
     json_values,
     st.sampled_from([1, 9.99, "19.90", "EUR", "usd", ["a", 1], [{"id": "a", "quantity": 2}], True]),

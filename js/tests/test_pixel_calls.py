@@ -98,6 +98,8 @@ def test_calls_after_load_with_and_without_an_id_are_mirrored_once(
     page.evaluate("fbq('track', 'Purchase', {value: 5, currency: 'EUR'}, {eventID: '10423'})")
     assert pixel_sent(page, "Purchase")[0]["eventID"] == "10423"
     assert site.server_copy("10423")["custom_data"] == {"value": 5, "currency": "EUR"}
+    page.evaluate("fbq('track', 'Contact', {}, {eventID: 10424})")  # a number, as the pixel takes
+    assert site.server_copy("10424")["event_name"] == "Contact"
     # exactly once each: one pixel hit, one post
     posted = site.log.posted_ids()
     for hit in (viewed, opened, lead):
