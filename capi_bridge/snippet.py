@@ -56,10 +56,8 @@ _SPA = "fbq.disablePushState=true;fbq.allowDuplicatePageViews=true;"
 
 @functools.cache
 def _built(name: str) -> bytes:
-    """A script built by js/build.mjs, without the first line: a ``/*! ... sha256 */`` comment
-    by which a test tells a stale build (browsers and pages need only the code)."""
-    data = (resources.files("capi_bridge") / "static" / f"{name}.min.js").read_bytes()
-    return data.split(b"\n", 1)[1].strip() + b"\n"
+    """A script as js/build.mjs minified it (read once)."""
+    return (resources.files("capi_bridge") / "static" / f"{name}.min.js").read_bytes()
 
 
 def script_bytes() -> bytes:

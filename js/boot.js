@@ -74,7 +74,7 @@
   // in its place with the same contract: every call passes through see() once, queued or live.
   // The old function forwards to ours, for code that kept a reference to it (window._fbq).
   if (c.mirror !== !1) {
-    if (o && o.queue && !o.callMethod) {
+    if (o.queue && !o.callMethod) { // (Meta's loader, just above, made o if nobody had)
       f = w.fbq = function () {
         fb(see([].slice.call(arguments)));
       };
@@ -86,7 +86,7 @@
       o.callMethod = function () {
         f.apply(w, arguments);
       };
-    } else c.nohook = o && o.callMethod ? 1 : 2; // 1: fbevents.js ran first; 2: not Meta's fbq
+    } else c.nohook = o.callMethod ? 1 : 2; // 1: fbevents.js ran first; 2: not Meta's fbq
   }
   fb(['track', 'PageView', {}, { eventID: c.pv }]);
 })(window, document, window.capiBridgeConfig);

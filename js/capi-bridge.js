@@ -4,14 +4,14 @@
  * and for the fbq() calls the page or its tag manager makes (boot.js hooks fbq and hands them
  * here). The mirror does not depend on fbevents.js: when an ad blocker drops the pixel, the
  * server copy still arrives. Config comes from window.capiBridgeConfig (see boot.js). */
-(function (w, d, N, L) {
+(function (w, d, N, L, T) {
   var c = w.capiBridgeConfig, stub = w.capiBridge;
   if (!c || !stub || stub.ready) return;
   var STD = ' AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact CustomizeProduct' +
     ' Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule Search StartTrial' +
     ' SubmitApplication Subscribe ViewContent ';
   // token: proves the page came from this site; bound: the PageView id it vouches for.
-  var token = c.token, bound = c.cached ? 0 : c.pv, t0 = c.t || Date.now();
+  var token = c.token, bound = c.cached ? 0 : c.pv, t0 = c.t || T();
   // ok: the server said the visitor consented. Until then events are still posted, marked with
   // the tab session's hold id: the server keeps them in its outbox (not sent to Meta) until
   // consent(true) releases them, so they survive navigation, unlike the pixel's own queue.
@@ -43,8 +43,8 @@
   // id the cookie does not hold yet (the pixel's rule), before anything is posted.
   function ensure() {
     var k = fbclid(L.href) || fbclid(d.referrer);
-    if (!cookie('_fbp')) put('_fbp', Date.now() + '.' + Math.floor(Math.random() * 1e16));
-    if (k && (cookie('_fbc') || '').split('.')[3] != k) put('_fbc', Date.now() + '.' + k);
+    if (!cookie('_fbp')) put('_fbp', T() + '.' + Math.floor(Math.random() * 1e16));
+    if (k && (cookie('_fbc') || '').split('.')[3] != k) put('_fbc', T() + '.' + k);
   }
 
   // sessionStorage: strictly necessary first-party storage of the consent hold, never sent to
@@ -65,7 +65,6 @@
     return (hold = hold || ss('capib_hold') || (make ? ss('capib_hold', c.t.toString(36) + '-' + id()) : hold));
   }
 
-
   // Consent settled: the kept calls go to the pixel (granted) or are dropped.
   function settle() {
     if (ok) kept.forEach(fb);
@@ -77,7 +76,7 @@
   // survives unload. done: wait for the answer (fetch) and call it then.
   function post(body, done) {
     body.token = token;
-    body.sent_at = Date.now();
+    body.sent_at = T();
     body = JSON.stringify(body);
     if (done || !(N.sendBeacon && N.sendBeacon(c.endpoint, body))) {
       fetch(c.endpoint, { method: 'POST', body: body, keepalive: true })
@@ -96,7 +95,7 @@
   function pump() {
     var e = queue[0];
     if (busy || !e) return;
-    if (unbound(e) || Date.now() - t0 > (c.ttl - 60) * 1e3) {
+    if (unbound(e) || T() - t0 > (c.ttl - 60) * 1e3) {
       busy++;
       fetch(c.endpoint + '?token=' + encodeURIComponent(token) + (unbound(e) ? '&pv=' + e.event_id : ''), {
         cache: 'no-store'
@@ -115,7 +114,7 @@
           }
         )
         .then(function () {
-          t0 = Date.now();
+          t0 = T();
           busy--;
           pump();
         });
@@ -158,7 +157,7 @@
       queue.push({
         event_name: n,
         event_id: i,
-        event_time: Math.floor((t || Date.now()) / 1e3),
+        event_time: Math.floor((t || T()) / 1e3),
         custom_data: a[s + 2],
         event_source_url: L.href,
         referrer_url: d.referrer,
@@ -172,7 +171,7 @@
     },
     // For SPA route changes: the pixel's own history tracking is off (it sends no event id).
     pageView: function (i) {
-      return send(['track', 'PageView', {}, { eventID: typeof i == 'string' ? i : id() }]);
+      return send(['track', 'PageView', {}, { eventID: i || id() }]);
     },
     // Has the server record the choice (the consent cookie) and release (or delete) this tab's
     // held events; granted, its answer also sets _fbp and _fbc (the click dated from the
@@ -196,7 +195,9 @@
   } catch (e) {}
   api.m(['track', 'PageView', {}, { eventID: c.pv }], c.t); // fired by boot.js
   stub.q.forEach(function (a) {
-    api[a[0]].apply(api, a.slice(1));
+    try {
+      api[a[0]].apply(api, a.slice(1));
+    } catch (e) {} // data JSON cannot hold (a cycle): that event only is lost
   });
   // Consent arrived since this tab's events were held (a banner's cookie, another page): release
   // them, and any that reached the server after an earlier release; then the id is done with.
@@ -205,4 +206,6 @@
     settle();
     hold = ss('capib_hold', '');
   }
-})(window, document, navigator, location);
+})(window, document, navigator, location, function () {
+  return Date.now();
+});

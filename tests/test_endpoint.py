@@ -746,21 +746,29 @@ def test_script_route(env: Env) -> None:
 
 @pytest.mark.parametrize("name", ["capi-bridge", "boot"])
 def test_shipped_build_is_not_stale(name: str) -> None:
+    recorded = json.loads((ROOT / "js" / "built.json").read_text())[name]
     source = (ROOT / "js" / f"{name}.js").read_bytes()
-    built = (ROOT / "capi_bridge" / "static" / f"{name}.min.js").read_text()
-    header = built.split("\n", 1)[0]
-    assert header == f"/*! capi-bridge {name}.js sha256:{hashlib.sha256(source).hexdigest()} */", (
-        "the shipped build is stale: run `npm ci && npm run build` in js/"
-    )
+    build = (ROOT / "capi_bridge" / "static" / f"{name}.min.js").read_bytes()
+    fix = "the shipped build is stale: run `npm ci && npm run build` in js/"
+    assert hashlib.sha256(source).hexdigest() == recorded["source"], fix
+    assert hashlib.sha256(build).hexdigest() == recorded["build"], fix
 
 
-def test_shipped_script_size_budgets() -> None:
-    """What a browser downloads (capi-bridge.js as served) and what every page inlines (the
-    boot script), gzipped: 1.5 KB and 768 B at most."""
-    from capi_bridge.snippet import _boot
+@pytest.mark.parametrize(("name", "budget"), [("capi-bridge", 1536), ("boot", 768)])
+def test_shipped_script_size_budgets(name: str, budget: int) -> None:
+    """capi-bridge.js (what a browser downloads) and the boot script (what every page inlines)
+    gzipped: 1.5 KB and 768 B at most, measured on the files with the gzip tool's own header
+    (which carries the file name), so the figure holds however one measures."""
+    path = ROOT / "capi_bridge" / "static" / f"{name}.min.js"
+    data = path.read_bytes()
+    header = len(path.name) + 1  # gzip -9c stores the name, NUL-terminated
+    assert len(gzip.compress(data, compresslevel=9)) + header <= budget
+    if name == "capi-bridge":
+        assert data == script_bytes()  # served as built
+    else:
+        from capi_bridge.snippet import _boot
 
-    assert len(gzip.compress(script_bytes(), compresslevel=9)) <= 1536
-    assert len(gzip.compress(_boot().encode(), compresslevel=9)) <= 768
+        assert _boot() == data.decode().strip()  # inlined as built
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
