@@ -339,7 +339,7 @@ class BrowserEndpoint:
                 request,
                 self.settings,
                 proxies=self.proxies,
-                now_ms=started,
+                now_ms=started or int(self._clock() * 1000),
                 write_cookies=True,
                 page_url=self._page_url(None, request),
                 page_referrer=http_url(data.get("referrer_url"), "referrer_url"),
