@@ -182,3 +182,35 @@ def test_text_report_names_the_estimate_and_its_weights(
     )
     assert "(estimate)" in text and "em 3, fbc 3" in text
     assert "rejected by Meta (code 100/2804050)" in text
+
+
+def test_ignored_browser_events_lower_the_coverage_they_belong_to(core: PageBridge) -> None:
+    """A crawler's PageView had a pixel copy (Meta's pixel blocks only some bots) and no
+    server copy; a trackSingle to an agency's pixel is not the site's event at all."""
+    human = Visitor(core)
+    page = human.page("/")
+    assert human.post(page["token"], ("PageView", page["pv"])).status == 202
+    crawler = Visitor(core)
+    crawled = crawler.page("/")
+    crawler_ua = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
+    assert crawler.post(crawled["token"], ("PageView", crawled["pv"]), ua=crawler_ua).status == 202
+    assert crawler.post(crawled["token"], ("Lead", new_id()), pixel_id="999").status == 202
+    assert core.bridge.flush(10)
+    core.drops.flush()
+    report = core.bridge.diagnostics(3600)
+    page_view = report.by_name()["PageView"].as_dict()
+    assert page_view["dedup"]["browser_events"] == 2 and page_view["dedup"]["coverage"] == 0.5
+    assert page_view["ignored"] == [
+        {
+            "reason": "crawler",
+            "meaning": "ignored: the user agent is a crawler or link preview",
+            "detail": "bingbot",
+            "count": 1,
+            "last_at": page_view["ignored"][0]["last_at"],
+        }
+    ]
+    lead = report.by_name()["Lead"].as_dict()
+    assert lead["dedup"]["coverage"] is None and lead["ignored"][0]["reason"] == "unknown_pixel"
+    text = format_text(report)
+    line = "not mirrored     1 x ignored: the user agent is a crawler or link preview (bingbot)"
+    assert line in text
