@@ -15,7 +15,11 @@
   // ok: the server said the visitor consented. Until then events are still posted, marked with
   // the tab session's hold id: the server keeps them in its outbox (not sent to Meta) until
   // consent(true) releases them, so they survive navigation, unlike the pixel's own queue.
-  var ok = !c.hold, busy = 0, queue = [], id = stub.id, fb = stub.fb, hook = c.nohook, hold;
+  // fb: boot.js's way to the pixel (a page cached before it had one: fbq itself).
+  var ok = !c.hold, busy = 0, queue = [], id = stub.id, hook = c.nohook, hold;
+  var fb = stub.fb || function (a) {
+    w.fbq.apply(w, a);
+  };
   // The pixel calls earlier pages of this tab made while consent was missing: the pixel's queue
   // died with them, so they are fired here once consent comes. mine: this page's.
   var kept = [], mine = [];
@@ -97,9 +101,8 @@
     if (busy || !e) return;
     if (unbound(e) || T() - t0 > (c.ttl - 60) * 1e3) {
       busy++;
-      fetch(c.endpoint + '?token=' + encodeURIComponent(token) + (unbound(e) ? '&pv=' + e.event_id : ''), {
-        cache: 'no-store'
-      })
+      // (its answers say Cache-Control: no-store)
+      fetch(c.endpoint + '?token=' + encodeURIComponent(token) + (unbound(e) ? '&pv=' + e.event_id : ''))
         .then(function (r) {
           if (!r.ok) throw r;
           return r.json();
@@ -144,7 +147,6 @@
 
   var api = (w.capiBridge = {
     ready: 1,
-    id: id,
     fb: fb,
     // Mirrors a track call the pixel has been given (args a, with its eventID): those of the
     // page's code or tag manager come from boot.js's fbq hook. trackSingle names its pixel. A

@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -410,3 +411,26 @@ def test_a_headless_browser_is_ignored_and_the_inspector_says_why(
         assert page_view["dedup"]["not_mirrored"] >= 1 and page_view["dedup"]["coverage"] < 1
     finally:
         inspector.close()
+
+
+def test_a_page_cached_with_an_older_boot_script_still_tracks(site: Site, new_page: Any) -> None:
+    """During a release, a full-page cache still serves HTML whose inline boot script predates
+    the fbq hook (boot-before-hook.min.js: the one capi-bridge shipped before); the new
+    capi-bridge.js reaches the pixel through fbq itself then, and mirrors each event once."""
+    from capi_bridge.snippet import _boot
+
+    old = (Path(__file__).parent / "boot-before-hook.min.js").read_text().strip()
+    page = new_page()
+
+    def serve_old(route: Any) -> None:
+        reply = route.fetch()
+        route.fulfill(response=reply, body=reply.text().replace(_boot(), old))
+
+    page.route(site.url + "/", serve_old)
+    page.goto(site.url + "/")
+    _ready(page)
+    assert old in page.content() and _boot() not in page.content()
+    tracked = page.evaluate("capiBridge.track('Contact')")
+    assert pixel_sent(page, "Contact")[0]["eventID"] == tracked
+    assert site.server_copy(tracked)["event_name"] == "Contact"
+    assert site.log.posted_ids().count(tracked) == 1
