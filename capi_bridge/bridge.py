@@ -139,7 +139,7 @@ class Bridge:
         """Like :meth:`enqueue` for a bulk import, in one transaction: all stored or none.
 
         Every event is checked first; :class:`InvalidEvent` lists the problems of all invalid
-        ones, each prefixed with its position.
+        ones, each prefixed with its position (and ``events`` has them by position).
         """
         if hold is not None:
             _check_hold_key(hold, "hold")
@@ -147,20 +147,21 @@ class Bridge:
         rows: list[NewRow] = []
         ids: list[str] = []
         tags: list[Tag] = []
-        problems: list[str] = []
+        problems: dict[int, list[str]] = {}
         for index, event in enumerate(events):
             try:
                 event_rows, event_id, event_tags = self._rows(
                     event, pixel_id, test_event_code, now, origin
                 )
             except InvalidEvent as exc:
-                problems.extend(f"event {index}: {p}" for p in exc.problems)
+                problems[index] = exc.problems
                 continue
             rows.extend(event_rows)
             ids.append(event_id)
             tags.extend(event_tags)
         if problems:
-            raise InvalidEvent(problems)
+            lines = [f"event {i}: {p}" for i, found in problems.items() for p in found]
+            raise InvalidEvent(lines, events=problems)
         if rows:
             self._store(rows, now, hold, tags)
         return ids

@@ -1,20 +1,23 @@
-"""Shape checks for the events a browser posts to the mirror endpoint.
+"""Shape checks for what a browser posts to the mirror endpoint: the body, then each event.
 
 The browser is untrusted input: every field is type- and size-checked here before anything is
 enriched or stored, and each failure names the field (``events[2].custom_data.value``) so a
-developer sees at once what their ``capiBridge.track()`` call got wrong. Meta's own rules
-(Purchase needs currency, ISO codes, matching quality) are applied afterwards by
-``validation.validate_event``; this module keeps hostile or oversized input away from it.
+developer sees at once what their ``capiBridge.track()`` or ``fbq()`` call got wrong. Meta's own
+rules (Purchase needs currency, ISO codes, matching quality) are applied once, when the
+events are stored (``Bridge.enqueue_many``); this module keeps hostile or oversized input away
+from them. Which events are mirrored at all (configured pixels, known event names) is the
+endpoint's decision, not a shape error.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Collection
 from typing import Any
 
 from capi_bridge.events import CUSTOM_DATA_KEYS
+from capi_bridge.request import RequestView, Response
 
 #: Most events one request may carry (the browser sends one or a few at a time).
 MAX_EVENTS = 20
@@ -26,24 +29,65 @@ MAX_LIST_ITEMS = 200
 MAX_STRING = 1000
 MAX_URL = 2048
 
-EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,63}")
+#: Largest request body read; adapters read at most ``MAX_BODY_BYTES + 1`` bytes.
+MAX_BODY_BYTES = 64 * 1024
+#: Longest event name (the pixel's limit for custom events).
+MAX_EVENT_NAME = 50
+
+#: An event id: capi-bridge mints UUIDs, but the page's own fbq calls bring theirs (an order
+#: number, say), which the server copy must keep for Meta to deduplicate the pair.
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+#: The browser's hold id: random, per tab session. capi-bridge.js sends the time its first page
+#: was shown in base 36, a dash and a UUID.
+HOLD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_HOLD_FORMAT = "16 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+_PIXEL_ID = re.compile(r"\d{1,20}")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _EVENT_KEYS = frozenset(
-    {"event_name", "event_id", "event_time", "custom_data", "event_source_url", "referrer_url"}
+    {
+        "event_name",
+        "event_id",
+        "event_time",
+        "custom_data",
+        "event_source_url",
+        "referrer_url",
+        "pixel_id",
+    }
 )
+_BODY_KEYS = frozenset(
+    {"token", "events", "consent", "sent_at", "hold", "px", "hook", "referrer_url"}
+)
+_CONTENT_TYPES = ("text/plain", "application/json")
 _NUMBER_KEYS = frozenset({"value", "predicted_ltv", "net_revenue"})
 _NUMERIC_TEXT = re.compile(r"-?\d{1,15}(\.\d{1,6})?")
 
 
 class Rejected(Exception):
-    """A request the endpoint refuses: HTTP status, machine code, sentence, faulty field."""
+    """A request the endpoint refuses: HTTP status, machine code, sentence, faulty field, and
+    what else the answer carries (``extra`` keys of the error object, ``headers``)."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> Response:
+        """The answer: ``{"error": {"code", "message", "field", ...}}``."""
+        error = {"code": self.code, "message": self.message, "field": self.field, **self.extra}
+        return Response.json(self.status, {"error": error}, headers=self.headers)
 
 
 def _bad(field: str, message: str, code: str = "invalid_field") -> Rejected:
@@ -139,7 +183,8 @@ def _event_time(raw: Any, offset: float, now: float) -> int:
     return int(now)
 
 
-def _url(value: Any, field: str) -> str | None:
+def http_url(value: Any, field: str) -> str | None:
+    """An http(s) URL the browser sent, else None (too long or not a string: refused)."""
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_URL:
@@ -147,14 +192,22 @@ def _url(value: Any, field: str) -> str | None:
     return value if value.startswith(("http://", "https://")) else None
 
 
-def check_events(
-    events: Any, sent_at: Any, *, now: float, names: Collection[str]
-) -> list[dict[str, Any]]:
+def event_name(raw: Any) -> str | None:
+    """A posted event's name, if it is one: a printable string of 1 to 50 characters."""
+    if isinstance(raw, dict):
+        name = raw.get("event_name")
+        if isinstance(name, str) and 0 < len(name) <= MAX_EVENT_NAME and name.isprintable():
+            return name
+    return None
+
+
+def check_events(events: Any, sent_at: Any, *, now: float) -> list[dict[str, Any]]:
     """The posted events, checked and normalized (event_time corrected, empty keys dropped).
 
     ``sent_at`` is the browser's clock (ms) when it sent the request: the difference to ``now``
     corrects every event_time for a wrong client clock, so an event the browser held (waiting
-    for consent, a token refresh) keeps the time it happened.
+    for consent, a token refresh) keeps the time it happened. ``pixel_id`` (the one pixel of a
+    ``trackSingle`` call) is kept when given.
     """
     if not isinstance(events, list) or not events:
         raise _bad("events", "must be a non-empty list", "malformed")
@@ -171,16 +224,12 @@ def check_events(
         unknown = sorted(set(raw) - _EVENT_KEYS)
         if unknown:
             raise _bad(f"{field}.{unknown[0][:64]}", "is not an event field", "unknown_field")
-        name = raw.get("event_name")
-        if not isinstance(name, str) or name not in names:
-            raise _bad(
-                f"{field}.event_name",
-                "is not a standard event nor one of the site's custom_events",
-                "event_not_allowed",
-            )
+        name = event_name(raw)
+        if name is None:
+            raise _bad(f"{field}.event_name", f"must be 1 to {MAX_EVENT_NAME} printable characters")
         event_id = raw.get("event_id")
         if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
-            raise _bad(f"{field}.event_id", "must be 8-64 letters, digits, '-', '_', '.', ':'")
+            raise _bad(f"{field}.event_id", "must be 1-64 letters, digits, '-', '_', '.', ':'")
         event: dict[str, Any] = {
             "event_name": name,
             "event_id": event_id,
@@ -189,10 +238,86 @@ def check_events(
         custom = check_custom_data(raw.get("custom_data"), f"{field}.custom_data")
         if custom:
             event["custom_data"] = custom
-        source = _url(raw.get("event_source_url"), f"{field}.event_source_url")
+        source = http_url(raw.get("event_source_url"), f"{field}.event_source_url")
         event["event_source_url"] = source
-        referrer = _url(raw.get("referrer_url"), f"{field}.referrer_url")
+        referrer = http_url(raw.get("referrer_url"), f"{field}.referrer_url")
         if referrer:
             event["referrer_url"] = referrer
+        pixel = raw.get("pixel_id")
+        if pixel is not None:
+            if not isinstance(pixel, str) or not _PIXEL_ID.fullmatch(pixel):
+                raise _bad(f"{field}.pixel_id", "must be a pixel id (1 to 20 digits)")
+            event["pixel_id"] = pixel
         out.append(event)
     return out
+
+
+def read_body(request: RequestView, body: bytes) -> dict[str, Any]:
+    """The JSON object of a POST, once its size, type and keys are sane."""
+    declared = request.headers.get("content-length") or "0"
+    if len(body) > MAX_BODY_BYTES or (declared.isdigit() and int(declared) > MAX_BODY_BYTES):
+        raise Rejected(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in _CONTENT_TYPES:
+        raise Rejected(
+            415, "unsupported_media_type", "send text/plain or application/json", "Content-Type"
+        )
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise Rejected(400, "malformed", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise Rejected(400, "malformed", "the body must be a JSON object")
+    unknown = sorted(set(data) - _BODY_KEYS)
+    if unknown:
+        raise Rejected(400, "unknown_field", f"unexpected key {unknown[0]!r}", unknown[0])
+    return data
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def hold_id(value: Any, *, required: bool) -> str | None:
+    """The body's ``hold`` id, checked: the key held events are stored and released under."""
+    if value is None:
+        if not required:
+            return None
+        raise Rejected(
+            400,
+            "hold_missing",
+            "consent is required and not given: send the browser's hold id "
+            f"({_HOLD_FORMAT}) so these events wait for consent",
+            "hold",
+        )
+    if not isinstance(value, str) or not HOLD_ID.fullmatch(value):
+        raise Rejected(400, "hold_invalid", f"hold must be {_HOLD_FORMAT}", "hold")
+    return value
+
+
+def hold_started(hold: str, *, now: float, oldest: float) -> int | None:
+    """When the tab session holding events under ``hold`` began (ms), as its id says; None
+    for ids without a plausible time (older browsers' scripts, made-up values)."""
+    head, sep, _ = hold.partition("-")
+    if not sep or not 0 < len(head) <= 11 or not head.isalnum():
+        return None
+    started = int(head, 36)  # the browser's clock: an hour fast is still believed
+    return started if (now - oldest) * 1000 <= started <= (now + 3600) * 1000 else None
+
+
+def pixel_flag(value: Any) -> bool | None:
+    """The body's ``px``: did fbevents.js load in the browser (absent: it did not say)."""
+    if value is None:
+        return None
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    raise Rejected(400, "malformed", "px must be 0 or 1 (did the pixel library load)", "px")
+
+
+def hook_flag(value: Any) -> int | None:
+    """The body's ``hook``: why the page's fbq calls are not mirrored (see drops.HOOK_FAILURES)."""
+    if value is None:
+        return None
+    if value in (1, 2) and not isinstance(value, (bool, float)):
+        return int(value)
+    raise Rejected(400, "malformed", "hook must be 1 or 2 (why fbq is not hooked)", "hook")

@@ -15,12 +15,16 @@ the number of pixels it went to; events held for consent count once released):
   ``Bridge.enqueue``). A server event with a twin therefore counts as browser + server;
 * ``dedup.coverage``: of the events with a browser copy, the share that also have a server copy
   with the same name and id, which is Meta's "event coverage" of a redundant setup
-  (pixel-capi.md §3.3, Dataset Quality API: the share of pixel events covered by CAPI);
+  (pixel-capi.md §3.3, Dataset Quality API: the share of pixel events covered by CAPI). Browser
+  events the mirror ignored or refused (:mod:`capi_bridge.drops`: crawlers, headless browsers,
+  unknown event names, events Meta would reject) count as browser copies without a server copy
+  (``dedup.not_mirrored``); ``trackSingle`` calls to pixels the site does not configure do not;
 * ``key_share``: of the events with a server copy, the share whose server copy carries each
   match key (what CAPI sends and Meta scores);
 * ``fbc_age``: seconds from the ad click (the time in ``fbc``) to the event, server copies;
 * ``refused``: events whose server copy the mirror refused as invalid, and dead letters (Meta
   rejected them, or they expired), by reason;
+* ``ignored``: browser events the mirror ignored, by reason (see ``drops.REASONS``);
 * ``emq_estimate``: see :data:`EMQ_WEIGHTS`.
 """
 
@@ -30,7 +34,7 @@ import dataclasses
 import statistics
 from typing import Any
 
-from capi_bridge import observation_log
+from capi_bridge import drops, observation_log
 from capi_bridge.observations import BROWSER, KEYS, SERVER, TWIN
 from capi_bridge.outbox import Outbox
 
@@ -86,10 +90,14 @@ class EventDiagnostics:
     pixel_loaded: int
     fbc_ages: tuple[int, ...]
     refused: tuple[dict[str, Any], ...]
+    ignored: tuple[dict[str, Any], ...] = ()
+    #: Browser events of the site's pixels the mirror ignored or refused (no server copy).
+    not_mirrored: int = 0
 
     @property
     def coverage(self) -> float | None:
-        return self.deduplicated / self.browser_copies if self.browser_copies else None
+        seen = self.browser_copies + self.not_mirrored
+        return self.deduplicated / seen if seen else None
 
     @property
     def emq_estimate(self) -> float | None:
@@ -113,10 +121,11 @@ class EventDiagnostics:
             "server_copies": self.server_copies,
             "key_share": self.key_share,
             "dedup": {
-                "browser_events": self.browser_copies,
+                "browser_events": self.browser_copies + self.not_mirrored,
                 "with_server_copy": self.deduplicated,
                 "coverage": self.coverage,
                 "server_only": self.server_only,
+                "not_mirrored": self.not_mirrored,
             },
             "pixel_loaded": {
                 "reported": loaded,
@@ -129,6 +138,7 @@ class EventDiagnostics:
                 "buckets": buckets,
             },
             "refused": list(self.refused),
+            "ignored": list(self.ignored),
             "emq_estimate": self.emq_estimate,
         }
 
@@ -163,7 +173,8 @@ class Diagnostics:
                 "browser copy": "a mirror post from capi-bridge.js, or a pixel twin a page fired",
                 "server copy": "the mirror's server copy (unless refused), or a server event",
                 "dedup.coverage": "share of events with a browser copy that also have a server "
-                "copy with the same name and id",
+                "copy with the same name and id (browser events the mirror ignored or refused "
+                "count as without one)",
                 "key_share": "share of events with a server copy whose server copy has the key",
                 "fbc_age": "seconds from the ad click (fbc) to the event",
             },
@@ -253,7 +264,30 @@ def compute(outbox: Outbox, now: float, window: float) -> Diagnostics:
                 name, 0, 0, 0, 0, 0, dict.fromkeys(_BITS, 0.0), 0, 0, (), tuple(reasons)
             )
         )
+    events = with_drops(events, drops.read(outbox, since, now))
     return Diagnostics(outbox.path, window, now, tuple(events))
+
+
+def with_drops(
+    events: list[EventDiagnostics], counts: list[drops.DropCount]
+) -> list[EventDiagnostics]:
+    """``events`` with the browser events the mirror did not store (see :mod:`drops`): refusals
+    join ``refused``, the rest ``ignored``; those of the site's pixels lower the coverage."""
+    by_name = {e.event_name: e for e in events}
+    for count in counts:
+        e = by_name.get(count.event_name) or EventDiagnostics(
+            count.event_name, 0, 0, 0, 0, 0, dict.fromkeys(_BITS, 0.0), 0, 0, (), ()
+        )
+        if count.reason == "refused":
+            entry = {"reason": "refused by the mirror endpoint", "message": count.detail}
+            e = dataclasses.replace(e, refused=(*e.refused, {**entry, "count": count.count}))
+        else:
+            ignored = {k: v for k, v in count.as_dict().items() if k != "event_name"}
+            e = dataclasses.replace(e, ignored=(*e.ignored, ignored))
+        if count.uncovered:
+            e = dataclasses.replace(e, not_mirrored=e.not_mirrored + count.count)
+        by_name[count.event_name] = e
+    return sorted(by_name.values(), key=lambda e: e.event_name)
 
 
 def format_text(diagnostics: Diagnostics) -> str:
@@ -265,9 +299,10 @@ def format_text(diagnostics: Diagnostics) -> str:
     for e in diagnostics.events:
         data = e.as_dict()
         coverage = data["dedup"]["coverage"]
+        seen = e.browser_copies + e.not_mirrored
         cover = (
-            f"{coverage:.0%} ({e.deduplicated} of {e.browser_copies} with a browser copy have"
-            f" a server copy)"
+            f"{coverage:.0%} ({e.deduplicated} of {seen} with a browser copy have"
+            f" a server copy; {e.not_mirrored} not mirrored)"
             if coverage is not None
             else "no browser copies"
         )
@@ -292,6 +327,9 @@ def format_text(diagnostics: Diagnostics) -> str:
                 + (f" (code {codes})" if codes else "")
                 + f": {r['message'] or '-'}"
             )
+        for i in e.ignored:
+            detail = f" ({i['detail']})" if i["detail"] else ""
+            lines.append(f"  not mirrored     {i['count']} x {i['meaning']}{detail}")
     weights = ", ".join(f"{k} {w}" for k, w in EMQ_WEIGHTS.items())
     lines.append("")
     lines.append(f"Match quality is an estimate: {EMQ_METHOD}")

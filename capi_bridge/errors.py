@@ -43,8 +43,15 @@ class InvalidUserData(CapiBridgeError, ValueError):
 
 
 class InvalidEvent(CapiBridgeError, ValueError):
-    """An event Meta would reject; ``problems`` lists every fault, one line each."""
+    """An event Meta would reject; ``problems`` lists every fault, one line each.
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    From :meth:`~capi_bridge.bridge.Bridge.enqueue_many`, ``events`` also maps the index of each
+    invalid event to its own problems (unprefixed), for callers that answer per event.
+    """
+
+    def __init__(
+        self, problems: Sequence[str], *, events: dict[int, list[str]] | None = None
+    ) -> None:
         self.problems = list(problems)
+        self.events = events or {}
         super().__init__("invalid event: " + "; ".join(self.problems))

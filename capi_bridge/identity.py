@@ -10,12 +10,19 @@ Three mistakes of existing bridges are designed out here (peers spec §3, compla
   event carry the same value.
 * **Re-stamped fbc.** A click id seen again keeps its first click time; only a different fbclid
   gets a new ``_fbc`` (Meta's fbp-and-fbc docs).
+
+Before consent no cookie may be written, yet the events held until then must carry the ``fbp``
+the pixel will send once the visitor consents. :func:`held_fbp` derives that value from the tab
+session's hold id and the site's secret: the same on every held event of the tab, and the one
+the consent answer sets as ``_fbp``, so the pixel adopts it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -212,6 +219,14 @@ def valid_fbclid(value: str | None) -> bool:
     return value is not None and _FBCLID.fullmatch(value) is not None
 
 
+def held_fbp(secret_key: str, hold: str, index: int, created_ms: int) -> str:
+    """The ``fbp`` of a visitor whose events are held under ``hold`` (no cookie may be set yet):
+    in the pixel's format, dated ``created_ms``, its random part derived from the hold id with
+    the site's secret (nobody without the secret can link the two)."""
+    digest = hmac.new(secret_key.encode(), b"capi-bridge.held-fbp:" + hold.encode(), hashlib.sha256)
+    return f"fb.{index}.{created_ms}.{int.from_bytes(digest.digest()[:8], 'big') % 10**18}"
+
+
 def _fbclid_from(url: str | None) -> str | None:
     if not url:
         return None
@@ -260,6 +275,8 @@ def resolve_identity(
     write_cookies: bool = False,
     mint: bool = True,
     page_url: str | None = None,
+    page_referrer: str | None = None,
+    fallback_fbp: str | None = None,
 ) -> Identity:
     """The identity of ``request``'s visitor.
 
@@ -269,8 +286,11 @@ def resolve_identity(
     Without ``write_cookies`` nothing is minted, because an fbp that is not stored would be a
     new "browser" on every event; ``mint=False`` only refreshes cookies that already exist.
     With ``consent=False`` no cookie is ever written.
-    ``page_url`` replaces the request URL (the mirror endpoint passes the page's URL);
-    ``now_ms`` is the click time given to a new fbc (default: now).
+    ``page_url`` and ``page_referrer`` replace the request's URL and Referer (the mirror
+    endpoint passes the page's own: a click id is looked for in the page URL, then in the
+    page's referrer, as the pixel does); ``now_ms`` is the click time given to a new fbc
+    (default: now); ``fallback_fbp`` is the value used (and set) instead of a random one when the
+    request has no valid ``_fbp`` (see :func:`held_fbp`).
     """
     proxies = proxies or TrustedProxies.from_settings(settings)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -280,7 +300,7 @@ def resolve_identity(
     scheme = proxies.scheme(request)
     query = f"?{request.query_string}" if request.query_string else ""
     url = page_url or f"{scheme}://{request.host}{request.path}{query}"
-    referrer = _cap(request.headers.get("referer"), 2048)
+    referrer = _cap(page_referrer or request.headers.get("referer"), 2048)
     domain, index = cookie_domain(request.host, settings.cookie_domain)
     writing = write_cookies and consent
     minting = writing and mint
@@ -296,7 +316,9 @@ def resolve_identity(
 
     fbp = request.cookies.get(FBP_COOKIE)
     if not valid_fbp(fbp):
-        fbp = f"fb.{index}.{now_ms}.{secrets.randbelow(10**18)}" if minting else None
+        fbp = fallback_fbp or (
+            f"fb.{index}.{now_ms}.{secrets.randbelow(10**18)}" if minting else None
+        )
     if fbp:
         keep(FBP_COOKIE, fbp)
 

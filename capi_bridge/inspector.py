@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from capi_bridge import observation_log
+from capi_bridge.drops import DropTally
+from capi_bridge.drops import read as read_drops
 from capi_bridge.inspector_rows import build_rows, group
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
@@ -62,6 +64,8 @@ FORWARDING_HEADERS = (
 #: Rows shown, and how many recent observations they are paired from.
 ROW_LIMIT = 100
 SCAN_LIMIT = 3000
+#: The browser events not mirrored (ignored, refused) that the page lists: the last day's.
+DROPS_WINDOW = 86400.0
 _WINDOW_LIMITS = (60.0, 7 * 86400.0)
 
 
@@ -96,8 +100,15 @@ class Inspector:
     """Serves the inspector's page and JSON; built by ``PageBridge`` when enabled."""
 
     def __init__(
-        self, settings: Settings, bridge: Bridge, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        bridge: Bridge,
+        *,
+        drops: DropTally | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``drops``: the counts of browser events the mirror did not store (this process's
+        are written before each read)."""
         assert settings.secret_key  # PageSigner refused to start without one
         self.settings = settings
         self.bridge = bridge
@@ -107,6 +118,7 @@ class Inspector:
         self.diagnostics_path = f"{base}/diagnostics"
         self.paths = frozenset({self.page_path, self.data_path, self.diagnostics_path})
         self._links = SignedValues(settings.secret_key, INSPECTOR_SALT)
+        self._drops = drops
         self._clock = clock
 
     def handles(self, path: str) -> bool:
@@ -206,10 +218,14 @@ class Inspector:
         groups = group(observation_log.recent(outbox, SCAN_LIMIT), ROW_LIMIT)
         rows = build_rows(groups, lambda keys: observation_log.outcomes(outbox, keys, now), now)
         stats = self.bridge.stats()
+        if self._drops is not None:
+            self._drops.flush()
+        dropped = read_drops(outbox, now - DROPS_WINDOW, now)
         return {
             "now": now,
             "pixels": list(self.settings.pixel_ids),
             "rows": rows,
+            "dropped": [count.as_dict() for count in dropped],
             "outbox": {
                 "pending": stats.pending,
                 "in_flight": stats.in_flight,
@@ -226,6 +242,8 @@ class Inspector:
         except ValueError:
             window = 86400.0
         window = min(max(window, _WINDOW_LIMITS[0]), _WINDOW_LIMITS[1])
+        if self._drops is not None:
+            self._drops.flush()
         return self.bridge.diagnostics(window).as_dict()
 
 

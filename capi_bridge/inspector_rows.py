@@ -5,12 +5,14 @@ with the same name and id. Each row says which copies capi-bridge saw and flags 
 Meta from deduplicating or matching them, naming the cause (peers spec §3, complaints 1 and 5):
 
 * **browser copy** (the pixel call): a mirror post from capi-bridge.js (which called ``fbq``
-  with that name and id just before), or a pixel twin a rendered page fired;
-* **server copy** (CAPI): the mirror's own server copy (unless it was refused as invalid), or a
-  server-originated event (``track()``, ``Bridge.enqueue``).
+  with that name and id just before, or saw the page's own ``fbq`` call with them), or a pixel
+  twin a rendered page fired;
+* **server copy** (CAPI): the mirror's own server copy, or a server-originated event
+  (``track()``, ``Bridge.enqueue``). Events the mirror ignored or refused are not rows: they are
+  counted by name and reason (:mod:`capi_bridge.drops`), listed apart.
 
 The pair deduplicates when both copies exist with the same name. Flags: one id under several
-names, one copy only, a server copy the mirror refused, and copies carrying different ``fbp``.
+names, one copy only, and copies carrying different ``fbp``.
 """
 
 from __future__ import annotations

@@ -22,9 +22,12 @@ reader that shows them (diagnostics need none).
 Channels:
 
 * ``browser``: the event arrived at the mirror endpoint from capi-bridge.js, which called the
-  pixel with the same name and id just before. The row stands for both copies: the pixel call
-  and the server copy the mirror sends (``pixel_loaded`` says whether fbevents.js had loaded in
-  that browser; ``problem`` is set when the server copy was refused, so only the pixel fired);
+  pixel with the same name and id just before (or saw the page's own ``fbq`` call carry them).
+  The row stands for both copies: the pixel call and the server copy the mirror sends
+  (``pixel_loaded`` says whether fbevents.js had loaded in that browser). ``problem`` was set
+  on rows of events the mirror refused before those were counted instead
+  (:mod:`capi_bridge.drops`: one row per anonymous post would let anyone grow the disk); such
+  rows are still read until they age out;
 * ``server``: a server-originated event (``Page.track()`` or a direct ``Bridge.enqueue``);
   ``twin`` is 1 when its pixel twin is on its way to the next page;
 * ``twin``: a rendered page fired the pixel twin of a server event. These are noted at render
@@ -244,21 +247,6 @@ def observations(
         )
         for pixel in pixels
     ]
-
-
-def refused_copy(
-    pixels: Sequence[str],
-    event: Mapping[str, Any],
-    problem: str,
-    pixel_loaded: bool | None,
-    now: float,
-) -> list[Observation]:
-    """A mirrored event the endpoint refused: its pixel copy fired, no server copy exists.
-    (Its ``user_data`` is the server's enrichment: identity keys only, never customer data.)"""
-    origin = Origin("browser", pixel_loaded=pixel_loaded)
-    described = describe(event.get("user_data"), float(event.get("event_time") or now))
-    name, event_id = str(event.get("event_name")), str(event.get("event_id"))
-    return observations(pixels, name, event_id, now, origin, described, problem)
 
 
 def twin_copies(

@@ -9,31 +9,37 @@ decision about identity, cookies and server-originated events is made here, once
 Server-originated events (``track()`` while handling a request, e.g. a confirmed payment) are
 enqueued at once with the request's identity, and their pixel twin is carried to the next page
 this browser renders in a signed cookie that lives ten minutes. That page fires
-``fbq('track', name, data, {eventID})`` with the same id, so Meta deduplicates the pair instead of
-counting the Purchase twice. No cookie of ours is set while consent is required and missing.
+``fbq('track', name, data, {eventID})`` with the same id (through ``capiBridge.fb``, so the fbq
+hook does not mirror it a second time), so Meta deduplicates the pair instead of counting the
+Purchase twice. No cookie of ours is set while consent is required and missing: one
+:class:`~capi_bridge.consent.ConsentPolicy` decides for the pages, the endpoint and
+server events alike.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import html
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from capi_bridge.bridge import Bridge
+from capi_bridge.browser_payload import HOLD_ID
+from capi_bridge.consent import ConsentPolicy
 from capi_bridge.cookies import expire_cookie, set_cookie
-from capi_bridge.endpoint import HOLD_ID, PIXEL_LOADED, BrowserEndpoint
+from capi_bridge.drops import DropTally
+from capi_bridge.drops import is_bot as is_bot  # re-exported: where the adapters' tests look
+from capi_bridge.endpoint import BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
 from capi_bridge.inspector import Inspector
+from capi_bridge.mirror import settle
 from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
-from capi_bridge.observations import Origin, refused_copy, twin_copies
+from capi_bridge.observations import Origin, twin_copies
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import (
@@ -65,29 +71,8 @@ TEST_COOKIE = "_capib_test"
 TEST_LINK_MAX_AGE = 86400
 TEST_COOKIE_MAX_AGE = 3600
 
-#: How the events a request brings in reached us, for the inspector (see observations.py).
-_MIRRORED = {flag: Origin("browser", pixel_loaded=flag) for flag in (None, True, False)}
+#: How a server event reached us, for the inspector (see observations.py).
 _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
-
-#: The test event code of the endpoint request being handled (read by the endpoint's sink).
-_REQUEST_TEST_CODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "capi_bridge_test_code", default=None
-)
-
-
-#: Crawlers, link unfurlers, headless tools and HTTP libraries, by user agent. Real browsers
-#: never carry these words. (A request without one fails validation: Meta needs the user agent
-#: of website events.)
-_BOTS = re.compile(
-    r"bot\b|crawl|spider|slurp|facebookexternalhit|facebookcatalog|embedly|preview|"
-    r"headlesschrome|lighthouse|pagespeed|curl/|wget/|python-|httpx|okhttp|go-http|java/",
-    re.IGNORECASE,
-)
-
-
-def is_bot(user_agent: str | None) -> bool:
-    """Whether a request comes from a crawler or a non-browser client (see ``_BOTS``)."""
-    return bool(user_agent) and _BOTS.search(user_agent or "") is not None
 
 
 class PageBridge:
@@ -103,31 +88,23 @@ class PageBridge:
     ) -> None:
         self.settings = settings
         self.bridge = bridge if bridge is not None else Bridge(settings)
-        self.consent_check = consent_check
+        #: Whether a visitor consented: the one rule of pages, endpoint and server events.
+        self.policy = ConsentPolicy.from_settings(settings, consent_check)
         self.proxies = TrustedProxies.from_settings(settings)
         self.signer = PageSigner.from_settings(settings, clock=clock)
         self.renderer = PageRenderer(
-            settings,
-            signer=self.signer,
-            proxies=self.proxies,
-            consent_required=settings.consent_required,
-            consent_check=consent_check,
-            clock=clock,
+            settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
         )
         self.endpoint = BrowserEndpoint(
-            settings,
-            self._sink,
-            signer=self.signer,
-            proxies=self.proxies,
-            consent_check=consent_check,
-            release=self.bridge.release,
-            forget=self.bridge.forget,
-            refused=self._refused,
-            clock=clock,
+            settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
         )
+        #: Browser events not stored (ignored or refused), counted for inspector and diagnostics.
+        self.drops = DropTally(lambda: self.bridge.outbox, clock=clock)
         #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise).
         self.inspector = (
-            Inspector(settings, self.bridge, clock=clock) if settings.inspector else None
+            Inspector(settings, self.bridge, drops=self.drops, clock=clock)
+            if settings.inspector
+            else None
         )
         self._routes = frozenset(
             (settings.endpoint_path, settings.script_path)
@@ -152,33 +129,20 @@ class PageBridge:
         return path in self._routes
 
     def handle(self, request: RequestView, body: bytes = b"") -> Response:
-        """Answer a request to one of our routes; never raises (see ``BrowserEndpoint``).
-
-        Crawlers that run JavaScript (Googlebot renders pages) would mirror PageViews nobody
-        saw; their posts are acknowledged and dropped, so they neither count nor retry."""
+        """Answer a request to one of our routes; never raises (see ``BrowserEndpoint``): the
+        endpoint decides from the request, its body, the visitor's consent and test event
+        code, and :func:`~capi_bridge.mirror.settle` stores what it accepted."""
         if self.inspector is not None and self.inspector.handles(request.path):
             return self.inspector.handle(request)
-        if request.method == "POST" and is_bot(request.headers.get("user-agent")):
-            return Response.json(202, {"accepted": 0, "ignored": "crawler"})
-        reset = _REQUEST_TEST_CODE.set(self.test_code(request))
-        try:
-            return self.endpoint.handle(request, body)
-        finally:
-            _REQUEST_TEST_CODE.reset(reset)
-
-    def _sink(self, event: Mapping[str, Any], hold: str | None = None) -> None:
-        self.bridge.enqueue(
-            event,
-            test_event_code=_REQUEST_TEST_CODE.get(),
-            hold=hold,
-            origin=_MIRRORED[PIXEL_LOADED.get()],
+        if request.path != self.settings.endpoint_path:
+            return settle(self.endpoint.handle(request, body), self.bridge)  # the script
+        result = self.endpoint.handle(
+            request,
+            body,
+            consent=self.consent(request),
+            test_code=self.test_code(request) if request.method == "POST" else None,
         )
-
-    def _refused(self, event: Mapping[str, Any], problem: str, pixel_loaded: bool | None) -> None:
-        """The mirror refused ``event`` while the pixel fired it: record the lone pixel copy."""
-        self.bridge.observe(
-            refused_copy(self.settings.pixel_ids, event, problem, pixel_loaded, self._clock())
-        )
+        return settle(result, self.bridge, self.drops)
 
     # --- per request --------------------------------------------------------------------------
 
@@ -192,11 +156,7 @@ class PageBridge:
 
     def consent(self, request: RequestView) -> bool:
         """Whether this visitor's events may be sent and cookies set."""
-        if self.consent_check is not None:
-            return bool(self.consent_check(request))
-        if not self.settings.consent_required:
-            return True
-        return request.cookies.get(self.settings.consent_cookie) == "1"
+        return self.policy.allows(request)
 
     def test_code(self, request: RequestView) -> str | None:
         """The scoped test event code this browser carries (signed cookie or link), if any."""
@@ -219,6 +179,7 @@ class PageBridge:
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush what can be sent within ``timeout`` and stop the dispatcher."""
+        self.drops.flush()
         return self.bridge.close(timeout)
 
 
@@ -405,7 +366,7 @@ class Page:
         for event in incoming:
             method = "track" if event["n"] in STANDARD_EVENTS else "trackCustom"
             args = [method, event["n"], event["d"], {"eventID": event["i"]}]
-            calls.append(f"fbq({script_json(args)[1:-1]});")
+            calls.append(f"capiBridge.fb({script_json(args)});")  # mirrored already: unhooked
         if not calls:
             return ""
         self._observe_twins(incoming)

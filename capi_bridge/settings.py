@@ -252,6 +252,7 @@ class Settings:
     rate_limit: int = 120
     forwarded_header: str = "x-forwarded-for"
     trust_all_proxies: bool = False
+    mirror_pixel_calls: bool = True
 
     # --- consent, test events, adapters -------------------------------------------------------
     consent: str = "granted"

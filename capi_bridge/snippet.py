@@ -2,10 +2,11 @@
 
 The inline script is Meta's base code loader, ``fbq('init')`` per pixel, the bridge
 configuration (endpoint, signed page token, the page's PageView id) and ``boot.js``, which
-fires ``fbq('track', 'PageView', {}, {eventID})``. The server copy of that PageView is *not*
-recorded here: capi-bridge.js reports it through the endpoint once the page has run (so
-crawlers without JavaScript, unshown prefetches and bots do not inflate server PageViews), and
-rendering stays free of I/O.
+takes over ``fbq`` (so the page's own pixel calls are mirrored too, unless
+``mirror_pixel_calls`` is off) and fires ``fbq('track', 'PageView', {}, {eventID})``. The
+server copy of that PageView is *not* recorded here: capi-bridge.js reports it through the
+endpoint once the page has run (so crawlers without JavaScript, unshown prefetches and bots do
+not inflate server PageViews), and rendering stays free of I/O.
 
 Every value is escaped for where it lands: JSON inside a script has ``<``, ``>``, ``&`` and the
 line separators U+2028/U+2029 escaped, so no string can close the script, open an HTML comment
@@ -25,15 +26,13 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from capi_bridge.cookies import (
-    CONSENT_COOKIE,
-    PAGE_COOKIE,
-    PAGE_COOKIE_MAX_AGE,
-    set_cookie,
-)
+from capi_bridge.consent import ConsentCheck as ConsentCheck  # re-exported for the adapters
+from capi_bridge.consent import ConsentPolicy
+from capi_bridge.cookies import PAGE_COOKIE, PAGE_COOKIE_MAX_AGE, set_cookie
 from capi_bridge.events import new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.request import RequestView, Response
+from capi_bridge.settings import Settings
 from capi_bridge.signing import PageSigner
 
 #: Manual advanced-matching keys ``fbq('init')`` accepts (pixel-capi spec §1.3).
@@ -56,13 +55,14 @@ _SPA = "fbq.disablePushState=true;fbq.allowDuplicatePageViews=true;"
 
 
 @functools.cache
-def _static(name: str) -> bytes:
-    return (resources.files("capi_bridge") / "static" / name).read_bytes()
+def _built(name: str) -> bytes:
+    """A script as js/build.mjs minified it (read once)."""
+    return (resources.files("capi_bridge") / "static" / f"{name}.min.js").read_bytes()
 
 
 def script_bytes() -> bytes:
     """The shipped, minified capi-bridge.js (served by the endpoint's script route)."""
-    return _static("capi-bridge.min.js")
+    return _built("capi-bridge")
 
 
 @functools.cache
@@ -97,8 +97,7 @@ def script_response(request: RequestView) -> Response:
 
 @functools.cache
 def _boot() -> str:
-    # The build's first line is a /*! sha256 */ comment; pages need only the code.
-    return _static("boot.min.js").decode().split("\n", 1)[1].strip()
+    return _built("boot").decode().strip()
 
 
 _JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
@@ -131,6 +130,8 @@ class _SnippetSettings(Protocol):
     def data_processing_options_country(self) -> int | None: ...
     @property
     def data_processing_options_state(self) -> int | None: ...
+    @property
+    def mirror_pixel_calls(self) -> bool: ...
 
 
 def render_snippet(
@@ -167,6 +168,8 @@ def render_snippet(
         "ttl": int(settings.token_max_age),
         "hold": not consent,
     }
+    if not settings.mirror_pixel_calls:
+        config["mirror"] = False  # boot.js leaves fbq alone
     parts = [
         # data-capi-bridge marks a page that already holds the snippet (see injection.MARKER)
         f"<script data-capi-bridge{nonce_attr}>",
@@ -231,30 +234,6 @@ def _script_src(settings: _SnippetSettings) -> str:
     return _attr(f"{settings.script_path}?v={script_version()}")
 
 
-#: An app's own consent decision for a request (its CMP's cookie, a user preference...).
-ConsentCheck = Callable[[RequestView], bool]
-
-
-def consent_given(
-    request: RequestView,
-    *,
-    required: bool,
-    cookie: str = CONSENT_COOKIE,
-    check: ConsentCheck | None = None,
-) -> bool:
-    """Whether cookies and events are allowed for this visitor.
-
-    ``check``, the app's own consent logic, decides alone when given (so an app passing one
-    cannot forget to also turn ``required`` on). Otherwise ``required=False`` (no consent
-    banner on the site) always allows, and ``required=True`` needs the consent cookie
-    (``settings.consent_cookie``: set by ``capiBridge.consent(true)`` or the site's banner)
-    to be ``1``.
-    """
-    if check is not None:
-        return bool(check(request))
-    return not required or request.cookies.get(cookie) == "1"
-
-
 @dataclasses.dataclass(frozen=True)
 class PageTags:
     """What an adapter adds to one HTML response."""
@@ -272,25 +251,19 @@ class PageRenderer:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         *,
+        consent: ConsentPolicy | None = None,
         signer: PageSigner | None = None,
         proxies: TrustedProxies | None = None,
-        consent_required: bool | None = None,
-        consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Consent rules as in :class:`~capi_bridge.endpoint.BrowserEndpoint`: from settings,
-        ``consent_required`` overriding ``settings.consent_required``, ``consent_check``
-        deciding alone when given."""
+        """``consent`` defaults to the site's policy from ``settings`` (what
+        :class:`~capi_bridge.pages.PageBridge` passes: the one its endpoint uses)."""
         self.settings = settings
+        self.policy = consent or ConsentPolicy.from_settings(settings)
         self.signer = signer or PageSigner.from_settings(settings, clock=clock)
         self.proxies = proxies or TrustedProxies.from_settings(settings)
-        if consent_required is None:
-            consent_required = bool(getattr(settings, "consent_required", False))
-        self.consent_required = consent_required
-        self.consent_check = consent_check
-        self.consent_cookie = str(getattr(settings, "consent_cookie", CONSENT_COOKIE))
         self._clock = clock
 
     def render(
@@ -305,21 +278,12 @@ class PageRenderer:
     ) -> PageTags:
         """Tags and cookies for the page answering ``request``.
 
-        ``consent=None`` applies the renderer's consent rules (see ``__init__``); pass the app's
-        own decision (its CMP) to override. The fresh-page marker cookie lets boot.js tell this
+        ``consent=None`` asks the renderer's consent policy; pass the request's decision when
+        it is already known. The fresh-page marker cookie lets boot.js tell this
         response from a cached copy of it (``PAGE_COOKIE`` holds the id the page carries).
         """
         now = self._clock()
-        allowed = (
-            consent_given(
-                request,
-                required=self.consent_required,
-                cookie=self.consent_cookie,
-                check=self.consent_check,
-            )
-            if consent is None
-            else consent
-        )
+        allowed = self.policy.allows(request) if consent is None else consent
         pv = page_view_id or new_event_id()
         if identity is None:  # given when the request already resolved it (server events)
             identity = resolve_identity(

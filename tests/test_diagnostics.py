@@ -51,7 +51,7 @@ def script(core: PageBridge, fake: FakeGraph) -> dict[str, str]:
     a.page("/thank-you")  # fires the twin (its own PageView is never posted: a closed tab)
     assert not a.twin_waiting
     # B: no cookie reaches the endpoint (no fbp), the pixel blocked: a PageView, then a
-    # Purchase the mirror refuses (no currency) while the pixel fired it.
+    # Purchase the mirror refuses (no currency) while the pixel fired it: counted, not kept.
     b = Visitor(core)
     page = b.page("/")
     b.cookies.clear()
@@ -84,6 +84,7 @@ def script(core: PageBridge, fake: FakeGraph) -> dict[str, str]:
         }
     )
     assert core.bridge.flush(10)
+    core.drops.flush()  # this process's counts of events not mirrored (written every 10 s)
     return ids
 
 
@@ -101,6 +102,7 @@ def test_figures_match_a_count_by_hand(core: PageBridge, fake_graph: FakeGraph) 
         "with_server_copy": 2,
         "coverage": 1.0,
         "server_only": 0,
+        "not_mirrored": 0,
     }
     shares = {"em": 0, "ph": 0, "external_id": 0, "fbp": 0.5, "fbc": 0.5, "ip": 1, "ua": 1}
     assert pv["key_share"] == {**shares, "other": 0}
@@ -115,20 +117,22 @@ def test_figures_match_a_count_by_hand(core: PageBridge, fake_graph: FakeGraph) 
     assert (cart["count"], cart["dedup"]["coverage"], cart["dedup"]["server_only"]) == (1, 1.0, 0)
     assert cart["key_share"]["fbp"] == cart["key_share"]["fbc"] == 1.0
 
-    # Purchase: purchase_a (server + twin), purchase_b (pixel only: refused), purchase_d
-    # (server only, dead). Browser copies: a, b; with a server copy: a. Server copies: a, d.
+    # Purchase: purchase_a (server + twin), purchase_b (pixel only: refused, so counted, not
+    # observed), purchase_d (server only, dead). Browser copies: a, b; with a server copy: a.
+    # Server copies: a, d.
     purchase = got["Purchase"].as_dict()
-    assert purchase["count"] == 3 and purchase["server_copies"] == 2
+    assert purchase["count"] == 2 and purchase["server_copies"] == 2
     assert purchase["dedup"] == {
         "browser_events": 2,
         "with_server_copy": 1,
         "coverage": 0.5,
         "server_only": 1,
+        "not_mirrored": 1,
     }
     shares = {"em": 1, "ph": 0, "external_id": 0, "fbp": 0.5, "fbc": 0.5, "ip": 1, "ua": 1}
     assert purchase["key_share"] == {**shares, "other": 0}
     assert purchase["emq_estimate"] == emq({**shares, "other": 0})
-    assert purchase["pixel_loaded"] == {"reported": 1, "loaded": 0, "share": 0.0}
+    assert purchase["pixel_loaded"] == {"reported": 0, "loaded": 0, "share": None}
     reasons = {
         (r["reason"], r.get("code"), r.get("subcode"), r["count"]) for r in purchase["refused"]
     }
@@ -171,7 +175,42 @@ def test_text_report_names_the_estimate_and_its_weights(
 ) -> None:
     script(core, fake_graph)
     text = format_text(core.bridge.diagnostics())
-    assert "Purchase: 3 events, 2 server copies" in text
-    assert "dedup coverage   50% (1 of 2 with a browser copy have a server copy)" in text
+    assert "Purchase: 2 events, 2 server copies" in text
+    assert (
+        "dedup coverage   50% (1 of 2 with a browser copy have a server copy; 1 not mirrored)"
+        in text
+    )
     assert "(estimate)" in text and "em 3, fbc 3" in text
     assert "rejected by Meta (code 100/2804050)" in text
+
+
+def test_ignored_browser_events_lower_the_coverage_they_belong_to(core: PageBridge) -> None:
+    """A crawler's PageView had a pixel copy (Meta's pixel blocks only some bots) and no
+    server copy; a trackSingle to an agency's pixel is not the site's event at all."""
+    human = Visitor(core)
+    page = human.page("/")
+    assert human.post(page["token"], ("PageView", page["pv"])).status == 202
+    crawler = Visitor(core)
+    crawled = crawler.page("/")
+    crawler_ua = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
+    assert crawler.post(crawled["token"], ("PageView", crawled["pv"]), ua=crawler_ua).status == 202
+    assert crawler.post(crawled["token"], ("Lead", new_id()), pixel_id="999").status == 202
+    assert core.bridge.flush(10)
+    core.drops.flush()
+    report = core.bridge.diagnostics(3600)
+    page_view = report.by_name()["PageView"].as_dict()
+    assert page_view["dedup"]["browser_events"] == 2 and page_view["dedup"]["coverage"] == 0.5
+    assert page_view["ignored"] == [
+        {
+            "reason": "crawler",
+            "meaning": "ignored: the user agent is a crawler or link preview",
+            "detail": "bingbot",
+            "count": 1,
+            "last_at": page_view["ignored"][0]["last_at"],
+        }
+    ]
+    lead = report.by_name()["Lead"].as_dict()
+    assert lead["dedup"]["coverage"] is None and lead["ignored"][0]["reason"] == "unknown_pixel"
+    text = format_text(report)
+    line = "not mirrored     1 x ignored: the user agent is a crawler or link preview (bingbot)"
+    assert line in text

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import chromium
-from helpers.chromium import pixel_sent
+from helpers.chromium import DESKTOP_UA, pixel_sent
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.demo import environment
@@ -32,12 +32,6 @@ from capi_bridge.testing import FakeGraph
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-# A desktop browser's user agent: headless Chromium announces itself as HeadlessChrome, which
-# capi-bridge (rightly) treats as a bot.
-DESKTOP_UA = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/156.0.0.0 Safari/537.36"
-)
 PIXEL = "1234567890"
 ENDPOINT = "/capi-bridge/events"
 VISITOR_IP = "81.2.69.142"

@@ -1,5 +1,8 @@
-"""The mirror endpoint: accepted events, every 4xx reason, tokens, rate limit, script route,
-and property-based fuzzing (no 5xx, nothing stored without a valid token)."""
+"""The mirror endpoint's decisions: accepted events (enriched, not stored: the endpoint is a
+function of the request), ignored events and why, every 4xx reason, tokens, consent, rate limit,
+the script route, and property-based fuzzing (no 5xx, no event accepted without a valid token).
+What settle() does with a decision (the outbox, 400 with Meta's reasons, 503) is in
+test_mirror.py."""
 
 from __future__ import annotations
 
@@ -16,8 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capi_bridge.endpoint import HOLD_ID, MAX_BODY_BYTES, BrowserEndpoint, RateLimiter
-from capi_bridge.errors import InvalidEvent
+from capi_bridge.browser_payload import _EVENT_KEYS as EVENT_KEYS
+from capi_bridge.browser_payload import HOLD_ID, MAX_BODY_BYTES
+from capi_bridge.consent import ConsentPolicy
+from capi_bridge.endpoint import BrowserEndpoint
+from capi_bridge.identity import held_fbp
+from capi_bridge.mirror import EndpointResult
+from capi_bridge.ratelimit import RateLimiter
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import PageSigner
@@ -29,22 +37,7 @@ NOW = 1_800_000_000.0
 PV = "0f8fad5b-d9cb-469f-a165-70867728950e"
 FBP = "fb.1.1596403881668.1116446470"
 UA = "Mozilla/5.0 (X11; Linux x86_64)"
-
-
-class Sink:
-    """An in-memory stand-in for ``Bridge.enqueue``; ``holds`` has each event's hold key."""
-
-    def __init__(self) -> None:
-        self.events: list[Mapping[str, Any]] = []
-        self.holds: list[str | None] = []
-        self.error: Exception | None = None
-
-    def __call__(self, event: Mapping[str, Any], *, hold: str | None = None) -> str:
-        if self.error is not None:
-            raise self.error
-        self.events.append(event)
-        self.holds.append(hold)
-        return str(event["event_id"])
+HEADLESS = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/156.0 Safari/537.36"
 
 
 class Clock:
@@ -64,44 +57,30 @@ SETTINGS = Settings(
     trusted_proxies=1,
     rate_limit=600,
 )
-
-
 #: A site with a consent banner: events wait for consent.
 REQUIRED = dataclasses.replace(SETTINGS, consent="required")
-HOLD = "5b0d6c3e-7777-4222-8333-944444444444"
 
 
-class Consents:
-    """Stand-ins for ``Bridge.release`` / ``Bridge.forget``: the keys they were called with."""
+def base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out
 
-    def __init__(self) -> None:
-        self.released: list[str] = []
-        self.forgotten: list[str] = []
-        self.error: Exception | None = None
 
-    def release(self, key: str) -> int:
-        if self.error is not None:
-            raise self.error
-        self.released.append(key)
-        return 2
-
-    def forget(self, key: str) -> int:
-        self.forgotten.append(key)
-        return 2
+#: A hold id as capi-bridge.js makes it: its tab session's first page time (ms, base 36), a UUID.
+STARTED_MS = int(NOW * 1000) - 60_000
+HOLD = f"{base36(STARTED_MS)}-5b0d6c3e-7777-4222-8333-944444444444"
 
 
 class Env:
     def __init__(self, settings: Settings = SETTINGS, **overrides: Any) -> None:
         self.clock = Clock()
-        self.sink = Sink()
-        self.consents = Consents()
         self.signer = PageSigner.from_settings(settings, clock=self.clock)
         overrides.setdefault("rate_limiter", RateLimiter(600, clock=self.clock))
-        overrides.setdefault("release", self.consents.release)
-        overrides.setdefault("forget", self.consents.forget)
-        self.endpoint = BrowserEndpoint(
-            settings, self.sink, signer=self.signer, clock=self.clock, **overrides
-        )
+        self.endpoint = BrowserEndpoint(settings, signer=self.signer, clock=self.clock, **overrides)
 
     def token(self, pv: str | None = PV, host: str = HOST) -> str:
         return self.signer.issue(host=host, page_view_id=pv)
@@ -115,7 +94,8 @@ class Env:
         query: str = "",
         path: str = SETTINGS.endpoint_path,
         peer: str = "10.0.0.1",
-    ) -> Response:
+        **decide: Any,
+    ) -> EndpointResult:
         raw = json.dumps(body).encode() if isinstance(body, Mapping) else body
         base: dict[str, str | None] = {
             "Content-Type": "text/plain;charset=UTF-8",
@@ -135,9 +115,9 @@ class Env:
             {k: v for k, v in base.items() if v is not None},
             peer,
         )
-        return self.endpoint.handle(request, raw)
+        return self.endpoint.handle(request, raw, **decide)
 
-    def events(self, *events: Mapping[str, Any], **extra: Any) -> Response:
+    def events(self, *events: Mapping[str, Any], **extra: Any) -> EndpointResult:
         return self.call(
             {"token": self.token(), "sent_at": NOW * 1000, "events": list(events), **extra}
         )
@@ -156,9 +136,26 @@ def event(
     }
 
 
-def error_of(reply: Response) -> dict[str, Any]:
+def error_of(result: EndpointResult | Response) -> dict[str, Any]:
+    reply = result.response if isinstance(result, EndpointResult) else result
     data: dict[str, Any] = json.loads(reply.body)["error"]
     return data
+
+
+def answer(result: EndpointResult) -> tuple[int, Any]:
+    return result.response.status, json.loads(result.response.body or b"null")
+
+
+def set_cookie_names(result: EndpointResult) -> list[str]:
+    return [v.split("=")[0] for k, v in result.response.headers if k == "Set-Cookie"]
+
+
+def set_cookies(result: EndpointResult) -> dict[str, str]:
+    return {
+        v.split("=")[0]: v.split("=", 1)[1].split(";")[0]
+        for k, v in result.response.headers
+        if k == "Set-Cookie"
+    }
 
 
 @pytest.fixture
@@ -169,13 +166,17 @@ def env() -> Env:
 # --- accepted ---------------------------------------------------------------------------------
 
 
-def test_events_are_enriched_and_handed_to_the_sink(env: Env) -> None:
+def test_events_are_enriched_and_returned_not_stored(env: Env) -> None:
     purchase = event(
         "Purchase", custom_data={"value": 12.5, "currency": "EUR", "content_ids": ["a"]}
     )
-    reply = env.events(event("PageView", PV), purchase)
-    assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 2})
-    page_view, stored = env.sink.events
+    result = env.events(event("PageView", PV), purchase, px=1)
+    assert answer(result) == (202, {"accepted": 2})
+    assert result.batch is not None and result.batch.hold is None
+    assert result.batch.pixel_id is None and result.batch.test_event_code is None
+    assert result.batch.origin.channel == "browser" and result.batch.origin.pixel_loaded is True
+    assert result.choice is None and result.dropped == ()
+    page_view, stored = result.events
     assert page_view["event_id"] == PV
     assert stored == {
         "event_name": "Purchase",
@@ -195,33 +196,142 @@ def test_events_are_enriched_and_handed_to_the_sink(env: Env) -> None:
     }
 
 
+def test_the_test_code_goes_with_the_events(env: Env) -> None:
+    result = env.call({"token": env.token(), "events": [event()]}, test_code="TEST42")
+    assert result.batch is not None and result.batch.test_event_code == "TEST42"
+
+
+def test_a_click_id_of_the_pages_referrer_counts_as_the_pixel_reads_it(env: Env) -> None:
+    """Landing page, then a page reached from it: the pixel finds fbclid in the referrer."""
+    second = event(
+        event_source_url=f"https://{HOST}/cart", referrer_url=f"https://{HOST}/p?fbclid=Zz9"
+    )
+    [stored] = env.events(second).events
+    assert stored["user_data"]["fbc"] == f"fb.1.{int(NOW * 1000)}.Zz9"
+    cookie = {"Cookie": f"_fbp={FBP}; _fbc=fb.1.1700000000000.Zz9"}  # the same click: kept
+    [kept] = env.call({"token": env.token(), "events": [second]}, headers=cookie).events
+    assert kept["user_data"]["fbc"] == "fb.1.1700000000000.Zz9"
+
+
 def test_custom_events_from_settings_and_application_json(env: Env) -> None:
-    reply = env.call(
+    result = env.call(
         {"token": env.token(), "events": [event("NewsletterOpen")]},
         headers={"Content-Type": "application/json"},
     )
-    assert reply.status == 202 and env.sink.events[0]["event_name"] == "NewsletterOpen"
+    assert result.response.status == 202 and result.events[0]["event_name"] == "NewsletterOpen"
 
 
 def test_event_time_is_corrected_for_the_browser_clock(env: Env) -> None:
     # The browser clock is 10 minutes fast; the event happened 30 s before it was sent.
     sent_at = (NOW + 600) * 1000
-    env.events(event(event_time=int(NOW + 600 - 30)), sent_at=sent_at)
-    assert env.sink.events[-1]["event_time"] == int(NOW) - 30
-    env.call({"token": env.token(), "events": [event(event_time=int(NOW) - 86400)]})
-    assert env.sink.events[-1]["event_time"] == int(NOW)  # implausible: receive time
-    env.call({"token": env.token(), "events": [event(event_time=int(NOW) + 3600)]})
-    assert env.sink.events[-1]["event_time"] == int(NOW)
-    env.call({"token": env.token(), "events": [{"event_name": "Lead", "event_id": "abcdefgh"}]})
-    assert env.sink.events[-1]["event_time"] == int(NOW)
+    assert env.events(event(event_time=int(NOW + 600 - 30)), sent_at=sent_at).events[0][
+        "event_time"
+    ] == int(NOW) - 30
+    old = env.call({"token": env.token(), "events": [event(event_time=int(NOW) - 86400)]})
+    assert old.events[0]["event_time"] == int(NOW)  # implausible: receive time
+    future = env.call({"token": env.token(), "events": [event(event_time=int(NOW) + 3600)]})
+    assert future.events[0]["event_time"] == int(NOW)
+    bare_event = {"event_name": "Lead", "event_id": "abcdefgh"}
+    bare = env.call({"token": env.token(), "events": [bare_event]})
+    assert bare.events[0]["event_time"] == int(NOW)
 
 
 def test_foreign_event_source_url_falls_back_to_the_referer(env: Env) -> None:
-    reply = env.call(
+    result = env.call(
         {"token": env.token(), "events": [event(event_source_url="https://evil.example.net/")]},
         headers={"Referer": f"https://{HOST}/cart"},
     )
-    assert reply.status == 202 and env.sink.events[0]["event_source_url"] == f"https://{HOST}/cart"
+    assert result.events[0]["event_source_url"] == f"https://{HOST}/cart"
+
+
+# --- ignored, and why -------------------------------------------------------------------------
+
+
+def test_crawlers_and_headless_browsers_are_ignored_and_counted() -> None:
+    env = Env()
+    body = {"token": env.token(), "events": [event("PageView", PV), event()]}
+    headless = env.call(body, headers={"User-Agent": HEADLESS})
+    assert answer(headless) == (
+        202,
+        {
+            "accepted": 0,
+            "ignored": [
+                {"field": "events[0]", "reason": "bot"},
+                {"field": "events[1]", "reason": "bot"},
+            ],
+        },
+    )
+    assert headless.batch is None
+    assert [(d.event_name, d.reason, d.detail) for d in headless.dropped] == [
+        ("PageView", "bot", "headlesschrome"),
+        ("Lead", "bot", "headlesschrome"),
+    ]
+    googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    crawler = env.call(body, headers={"User-Agent": googlebot})
+    assert {(d.reason, d.detail) for d in crawler.dropped} == {("crawler", "googlebot")}
+    # a bad token is refused as for anyone: nothing is counted
+    forged = env.call({**body, "token": "forged"}, headers={"User-Agent": HEADLESS})
+    assert forged.response.status == 403 and forged.dropped == ()
+
+
+def test_foreign_pixels_unknown_names_and_automatic_events_are_ignored(env: Env) -> None:
+    result = env.events(
+        event("Purchase", "11111111-2222-4333-8444-555555555555", pixel_id="999"),
+        event("AddToCart", "21111111-2222-4333-8444-555555555555", pixel_id="111"),
+        event("SomethingElse", "31111111-2222-4333-8444-555555555555"),
+        event("SubscribedButtonClick", "41111111-2222-4333-8444-555555555555"),
+    )
+    assert answer(result) == (
+        202,
+        {
+            "accepted": 1,
+            "ignored": [
+                {"field": "events[0]", "reason": "unknown_pixel"},
+                {"field": "events[2]", "reason": "unknown_event"},
+                {"field": "events[3]", "reason": "automatic"},
+            ],
+        },
+    )
+    [kept] = result.events
+    assert kept["event_name"] == "AddToCart" and "pixel_id" not in kept
+    assert result.batch is not None and result.batch.positions == (1,)
+    # trackSingle to the site's only pixel: the same as every pixel
+    assert result.batch.pixel_id is None
+    assert [(d.event_name, d.reason, d.detail) for d in result.dropped] == [
+        ("Purchase", "unknown_pixel", "999"),
+        ("SomethingElse", "unknown_event", ""),
+        ("SubscribedButtonClick", "automatic", ""),
+    ]
+
+
+def test_track_single_targets_one_of_several_pixels() -> None:
+    env = Env(dataclasses.replace(SETTINGS, pixel_id="111,222"))
+    result = env.events(event(pixel_id="222"))
+    assert result.batch is not None and result.batch.pixel_id == "222"
+    mixed = env.events(event(pixel_id="222"), event("Contact"))
+    assert (mixed.response.status, error_of(mixed)["code"]) == (400, "mixed_pixels")
+
+
+def test_a_page_whose_fbq_could_not_be_hooked_says_why(env: Env) -> None:
+    result = env.events(event("PageView", PV), hook=1)
+    assert answer(result)[0] == 202 and len(result.events) == 1
+    [drop] = result.dropped
+    assert (drop.event_name, drop.reason) == ("(fbq calls)", "not_mirrored")
+    assert drop.detail.startswith("fbevents.js ran before capi-bridge's snippet")
+    assert env.events(event("PageView", PV), hook=3).response.status == 400
+
+
+def test_shape_refusals_count_the_posts_events(env: Env) -> None:
+    result = env.events(event("Lead", custom_data={"value": "ten"}), event("PageView", PV))
+    assert (result.response.status, error_of(result)["field"]) == (
+        400,
+        "events[0].custom_data.value",
+    )
+    assert [(d.event_name, d.reason) for d in result.dropped] == [
+        ("Lead", "refused"),
+        ("PageView", "refused"),
+    ]
+    assert result.dropped[0].detail == "events[0].custom_data.value: must be a number"
 
 
 # --- tokens -----------------------------------------------------------------------------------
@@ -236,56 +346,54 @@ def test_forged_expired_replayed_and_missing_tokens_are_refused(env: Env) -> Non
         "token_wrong_site": other_site,
     }
     for code, token in cases.items():
-        reply = env.call({"token": token, "events": [event()]})
-        assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (
+        result = env.call({"token": token, "events": [event()]})
+        assert (result.response.status, error_of(result)["code"], error_of(result)["field"]) == (
             403,
             code,
             "token",
         )
+        assert result.events == ()
     assert error_of(env.call({"events": [event()]}))["code"] == "token_forged"
     env.clock.now = NOW + SETTINGS.token_max_age + 1
-    reply = env.call({"token": good, "events": [event()]})
-    assert (reply.status, error_of(reply)["code"]) == (403, "token_expired")
-    assert env.sink.events == []
+    result = env.call({"token": good, "events": [event()]})
+    assert (result.response.status, error_of(result)["code"]) == (403, "token_expired")
+    assert result.events == ()
 
 
 def test_page_view_needs_the_id_its_token_binds(env: Env) -> None:
-    reply = env.events(event("PageView", "11111111-2222-4333-8444-555555555555"))
-    assert (reply.status, error_of(reply)["code"]) == (403, "page_view_not_bound")
-    assert error_of(reply)["field"] == "events[0].event_id"
+    result = env.events(event("PageView", "11111111-2222-4333-8444-555555555555"))
+    assert (result.response.status, error_of(result)["code"]) == (403, "page_view_not_bound")
+    assert error_of(result)["field"] == "events[0].event_id" and result.events == ()
     # a replayed token cannot carry more PageViews; the bound one posted twice is harmless
-    assert env.events(event("PageView", PV)).status == 202
-    assert env.events(event("PageView", PV)).status == 202
-    assert {(e["event_name"], e["event_id"]) for e in env.sink.events} == {("PageView", PV)}
+    assert env.events(event("PageView", PV)).response.status == 202
+    assert env.events(event("PageView", PV)).response.status == 202
 
 
 def test_refresh_binds_a_browser_minted_page_view(env: Env) -> None:
     old = env.token()
     env.clock.now = NOW + 5 * 86400  # a cached page, days old
     fresh_pv = "5b0d6c3e-1111-4222-8333-944444444444"
-    reply = env.call(method="GET", query=f"token={old}&pv={fresh_pv}", headers={"Origin": None})
+    result = env.call(method="GET", query=f"token={old}&pv={fresh_pv}", headers={"Origin": None})
+    reply = result.response
     assert reply.status == 200 and reply.header("cache-control") == "no-store"
     data = json.loads(reply.body)
     assert data["page_view_id"] == fresh_pv and data["ttl"] == 7200
     assert env.signer.verify(data["token"], host=HOST).page_view_id == fresh_pv
-    reply = env.call({"token": data["token"], "events": [event("PageView", fresh_pv)]})
-    assert reply.status == 202
+    posted = env.call({"token": data["token"], "events": [event("PageView", fresh_pv)]})
+    assert posted.response.status == 202 and set_cookie_names(posted) == []
     # the existing _fbp is refreshed server-side (Safari's cap), nothing is minted
-    set_cookies = [v for k, v in reply.headers if k == "Set-Cookie"]
-    assert set_cookies == []
     refreshed = env.call(method="GET", query=f"token={data['token']}")
-    assert json.loads(refreshed.body)["page_view_id"] == fresh_pv
-    assert refreshed.header("Set-Cookie") is not None
-    assert str(refreshed.header("Set-Cookie")).startswith(f"_fbp={FBP};")
+    assert json.loads(refreshed.response.body)["page_view_id"] == fresh_pv
+    assert str(refreshed.response.header("Set-Cookie")).startswith(f"_fbp={FBP};")
     no_cookie = env.call(method="GET", query=f"token={data['token']}", headers={"Cookie": None})
-    assert [k for k, _ in no_cookie.headers if k == "Set-Cookie"] == []
+    assert set_cookie_names(no_cookie) == []
 
 
 def test_refresh_refusals(env: Env) -> None:
     token = env.token()
-    bad_pv = env.call(method="GET", query=f"token={token}&pv=no")
-    assert (bad_pv.status, error_of(bad_pv)["field"]) == (400, "pv")
-    assert env.call(method="GET").status == 403
+    bad_pv = env.call(method="GET", query=f"token={token}&pv=no%20id")
+    assert (bad_pv.response.status, error_of(bad_pv)["field"]) == (400, "pv")
+    assert env.call(method="GET").response.status == 403
     cross = env.call(method="GET", query=f"token={token}", headers={"Sec-Fetch-Site": "cross-site"})
     assert error_of(cross)["code"] == "origin_forbidden"
     env.clock.now = NOW + 31 * 86400
@@ -298,33 +406,73 @@ def test_refresh_refusals(env: Env) -> None:
 def test_consent_messages_set_and_clear_the_cookie(env: Env) -> None:
     page_token = env.token()
     granted = env.call({"token": page_token, "consent": True})
-    assert granted.status == 204 and granted.body == b""
-    [cookie] = [v for k, v in granted.headers if k == "Set-Cookie"]
-    assert cookie.startswith("capib_consent=1; Max-Age=15552000; Path=/; Domain=example.com")
-    assert cookie.endswith("Secure; HttpOnly")
+    assert granted.response.status == 204 and granted.response.body == b""
+    consent_cookie = next(v for k, v in granted.response.headers if "capib_consent" in v)
+    assert consent_cookie.startswith(
+        "capib_consent=1; Max-Age=15552000; Path=/; Domain=example.com"
+    )
+    assert consent_cookie.endswith("Secure; HttpOnly")
+    assert granted.choice is None  # no hold id: nothing held to release
     env.clock.now = NOW + 3 * 3600  # page token expired; consent still accepted from the page
     revoked = env.call({"token": page_token, "consent": False})
-    names = [v.split("=")[0] for k, v in revoked.headers if k == "Set-Cookie"]
-    assert revoked.status == 204 and names == ["capib_consent", "_fbp", "_fbc", "_capib_pv"]
-    assert all("Max-Age=0" in v for k, v in revoked.headers if k == "Set-Cookie")
-    assert env.call({"token": env.token(), "consent": "yes"}).status == 400
-    assert env.call({"token": "forged", "consent": True}).status == 403
-    assert env.sink.events == []
+    assert revoked.response.status == 204
+    assert set_cookie_names(revoked) == ["capib_consent", "_fbp", "_fbc", "_capib_pv"]
+    assert all("Max-Age=0" in v for k, v in revoked.response.headers if k == "Set-Cookie")
+    assert env.call({"token": env.token(), "consent": "yes"}).response.status == 400
+    assert env.call({"token": "forged", "consent": True}).response.status == 403
 
 
-def set_cookie_names(reply: Response) -> list[str]:
-    return [v.split("=")[0] for k, v in reply.headers if k == "Set-Cookie"]
-
-
-def test_without_consent_events_are_held_under_the_browsers_hold_id() -> None:
+def test_without_consent_events_are_held_with_the_fbp_consent_will_set() -> None:
     env = Env(REQUIRED)
-    reply = env.events(event("PageView", PV), event(), hold=HOLD)
-    assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 2})
-    assert env.sink.holds == [HOLD, HOLD]
-    assert env.sink.events[1]["user_data"]["fbp"] == FBP  # enriched as usual, for later
-    assert set_cookie_names(reply) == []
+    no_cookie = {"Cookie": None}
+    result = env.call(
+        {"token": env.token(), "events": [event("PageView", PV), event()], "hold": HOLD},
+        headers=no_cookie,
+    )
+    assert answer(result) == (202, {"accepted": 2})
+    assert result.batch is not None and result.batch.hold == HOLD
+    assert set_cookie_names(result) == []
+    # no cookie may be set yet: the events carry the fbp the consent answer will set, and a
+    # click dated from the tab session's first page
+    fbp = held_fbp(SETTINGS.secret_key or "", HOLD, 1, STARTED_MS)
+    assert {e["user_data"]["fbp"] for e in result.events} == {fbp}
+    assert {e["user_data"]["fbc"] for e in result.events} == {f"fb.1.{STARTED_MS}.AbC_1"}
     refreshed = env.call(method="GET", query=f"token={env.token()}")  # _fbp is not re-set
-    assert refreshed.status == 200 and set_cookie_names(refreshed) == []
+    assert refreshed.response.status == 200 and set_cookie_names(refreshed) == []
+    # the consent answer sets those very values, before the browser unlocks the pixel
+    granted = env.call(
+        {"token": env.token(), "consent": True, "hold": HOLD},
+        headers={**no_cookie, "Referer": f"https://{HOST}/product/1?fbclid=AbC_1"},
+    )
+    assert set_cookies(granted) == {
+        "capib_consent": "1",
+        "_fbp": fbp,
+        "_fbc": f"fb.1.{STARTED_MS}.AbC_1",
+    }
+    assert granted.choice is not None and (granted.choice.hold, granted.choice.action) == (
+        HOLD,
+        "release",
+    )
+    # on a later page, the click id is in the page's referrer, which the browser sends along
+    later = env.call(
+        {
+            "token": env.token(),
+            "consent": True,
+            "hold": HOLD,
+            "referrer_url": f"https://{HOST}/product/1?fbclid=AbC_1",
+        },
+        headers={**no_cookie, "Referer": f"https://{HOST}/cart"},
+    )
+    assert set_cookies(later)["_fbc"] == f"fb.1.{STARTED_MS}.AbC_1"
+
+
+def test_a_hold_id_without_a_plausible_time_gets_no_derived_fbp() -> None:
+    env = Env(REQUIRED)
+    for hold in ("5b0d6c3e-7777-4222-8333-944444444444", "zzzzzzzzzzz-1234567890abcdef"):
+        result = env.call(
+            {"token": env.token(), "events": [event()], "hold": hold}, headers={"Cookie": None}
+        )
+        assert result.response.status == 202 and "fbp" not in result.events[0]["user_data"]
 
 
 @pytest.mark.parametrize(
@@ -340,76 +488,76 @@ def test_without_consent_events_are_held_under_the_browsers_hold_id() -> None:
 def test_held_events_need_a_well_formed_hold_id(hold: Any, code: str) -> None:
     env = Env(REQUIRED)
     extra = {} if hold is None else {"hold": hold}
-    reply = env.events(event(), **extra)
-    assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (400, code, "hold")
-    assert "16 to 64 characters" in error_of(reply)["message"]
-    assert env.sink.events == []
+    result = env.events(event(), **extra)
+    assert (result.response.status, error_of(result)["code"], error_of(result)["field"]) == (
+        400,
+        code,
+        "hold",
+    )
+    assert "16 to 64 characters" in error_of(result)["message"] and result.events == ()
 
 
 def test_with_the_consent_cookie_events_are_not_held() -> None:
     env = Env(REQUIRED)
     consented = {"Cookie": f"_fbp={FBP}; capib_consent=1"}
-    reply = env.call(
+    result = env.call(
         {"token": env.token(), "events": [event()], "hold": "ignored"}, headers=consented
     )
-    assert reply.status == 202 and env.sink.holds == [None]
+    assert result.batch is not None and result.batch.hold is None
     named = Env(dataclasses.replace(REQUIRED, consent_cookie="cmp_marketing"))
-    named.events(event(), hold=HOLD)  # capib_consent is not the cookie this site uses...
-    named.call({"token": named.token(), "events": [event()]}, headers=consented)
-    assert named.sink.holds == [HOLD]
-    named.call({"token": named.token(), "events": [event()]}, headers={"Cookie": "cmp_marketing=1"})
-    assert named.sink.holds == [HOLD, None]  # ...this one is
-    assert Env(REQUIRED, consent_required=False).events(event()).status == 202  # override
+    holds = [
+        named.events(event(), hold=HOLD),  # capib_consent is not the cookie this site uses...
+        named.call({"token": named.token(), "events": [event()]}, headers=consented),
+        named.call(
+            {"token": named.token(), "events": [event()]}, headers={"Cookie": "cmp_marketing=1"}
+        ),
+    ]
+    assert [r.batch.hold if r.batch else "refused" for r in holds] == [HOLD, "refused", None]
+    # the caller's decision wins over the policy's (PageBridge passes the one its pages use)
+    assert Env(REQUIRED).call(
+        {"token": named.token(), "events": [event()]}, consent=True
+    ).batch.hold is None  # type: ignore[union-attr]
 
 
 def test_an_apps_consent_check_decides_alone() -> None:
     def cmp_allows_marketing(request: RequestView) -> bool:
         return "marketing" in request.cookies.get("cmp", "").split(",")
 
-    env = Env(SETTINGS, consent_check=cmp_allows_marketing)  # even with consent "granted"
-    env.events(event(), hold=HOLD)
-    env.call(
-        {"token": env.token(), "events": [event()], "hold": HOLD},
-        headers={"Cookie": "capib_consent=1; cmp=analytics"},
-    )
-    env.call(
-        {"token": env.token(), "events": [event()]}, headers={"Cookie": "cmp=analytics,marketing"}
-    )
-    assert env.sink.holds == [HOLD, HOLD, None]
+    policy = ConsentPolicy.from_settings(SETTINGS, cmp_allows_marketing)  # consent "granted"
+    env = Env(SETTINGS, consent=policy)
+    results = [
+        env.events(event(), hold=HOLD),
+        env.call(
+            {"token": env.token(), "events": [event()], "hold": HOLD},
+            headers={"Cookie": "capib_consent=1; cmp=analytics"},
+        ),
+        env.call(
+            {"token": env.token(), "events": [event()]},
+            headers={"Cookie": "cmp=analytics,marketing"},
+        ),
+    ]
+    assert [r.batch.hold for r in results if r.batch] == [HOLD, HOLD, None]
     refreshed = env.call(method="GET", query=f"token={env.token()}")
     assert set_cookie_names(refreshed) == []
+    # the visitor saying yes to capi-bridge does not override the app's CMP: nothing released
+    said_yes = env.call({"token": env.token(), "consent": True, "hold": HOLD})
+    assert said_yes.choice is None and set_cookie_names(said_yes) == ["capib_consent"]
 
 
 def test_consent_messages_release_or_forget_the_tabs_held_events() -> None:
     env = Env(dataclasses.replace(REQUIRED, consent_cookie="cmp_marketing"))
     granted = env.call({"token": env.token(), "consent": True, "hold": HOLD})
-    assert granted.status == 204 and env.consents.released == [HOLD]
-    assert set_cookie_names(granted) == ["cmp_marketing"]
+    assert granted.response.status == 204 and granted.choice is not None
+    assert (granted.choice.hold, granted.choice.action) == (HOLD, "release")
+    assert set_cookie_names(granted) == ["cmp_marketing", "_fbp"]  # the existing one, re-set
     refused = env.call({"token": env.token(), "consent": False, "hold": HOLD})
-    assert refused.status == 204 and env.consents.forgotten == [HOLD]
+    assert refused.choice is not None and refused.choice.action == "forget"
     assert set_cookie_names(refused) == ["cmp_marketing", "_fbp", "_fbc", "_capib_pv"]
-    assert env.call({"token": env.token(), "consent": True}).status == 204  # nothing held
+    assert env.call({"token": env.token(), "consent": True}).choice is None  # nothing held
     bad = env.call({"token": env.token(), "consent": True, "hold": "../../etc"})
-    assert (bad.status, error_of(bad)["code"]) == (400, "hold_invalid")
+    assert (bad.response.status, error_of(bad)["code"]) == (400, "hold_invalid")
     forged = env.call({"token": "forged", "consent": True, "hold": HOLD})
-    assert forged.status == 403
-    assert (env.consents.released, env.consents.forgotten) == ([HOLD], [HOLD])
-
-
-def test_a_failing_release_still_records_the_choice(caplog: pytest.LogCaptureFixture) -> None:
-    env = Env(REQUIRED)
-    env.consents.error = OSError("disk full")
-    with caplog.at_level(logging.ERROR, logger="capi_bridge"):
-        reply = env.call({"token": env.token(), "consent": True, "hold": HOLD})
-    assert (reply.status, error_of(reply)["code"]) == (503, "unavailable")
-    assert reply.header("Retry-After") == "30" and set_cookie_names(reply) == ["capib_consent"]
-    assert "OSError" in caplog.text and HOLD not in caplog.text
-
-
-def test_an_endpoint_that_cannot_release_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="capi_bridge"):
-        Env(REQUIRED, release=None, forget=None)
-    assert "release=bridge.release" in caplog.text
+    assert forged.response.status == 403 and forged.choice is None
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -428,8 +576,8 @@ def test_an_endpoint_that_cannot_release_says_so(caplog: pytest.LogCaptureFixtur
     ],
 )
 def test_malformed_bodies(env: Env, body: bytes, status: int, code: str) -> None:
-    reply = env.call(body)
-    assert (reply.status, error_of(reply)["code"]) == (status, code)
+    result = env.call(body)
+    assert (result.response.status, error_of(result)["code"]) == (status, code)
 
 
 @pytest.mark.parametrize(
@@ -440,11 +588,15 @@ def test_malformed_bodies(env: Env, body: bytes, status: int, code: str) -> None
         ([event()] * 21, 413, "too_many_events", "events"),
         ([1], 400, "malformed", "events[0]"),
         ([event(extra=1)], 400, "unknown_field", "events[0].extra"),
-        ([event("Hack")], 400, "event_not_allowed", "events[0].event_name"),
-        ([event(event_name=7)], 400, "event_not_allowed", "events[0].event_name"),
-        ([event(event_id="short")], 400, "invalid_field", "events[0].event_id"),
+        ([event("x" * 51)], 400, "invalid_field", "events[0].event_name"),
+        ([event(event_name=7)], 400, "invalid_field", "events[0].event_name"),
+        ([event("Lead\n")], 400, "invalid_field", "events[0].event_name"),
+        ([event(event_id="")], 400, "invalid_field", "events[0].event_id"),
+        ([event(event_id="-leading")], 400, "invalid_field", "events[0].event_id"),
         ([event(event_id="x" * 65)], 400, "invalid_field", "events[0].event_id"),
         ([event(event_id="bad id!!")], 400, "invalid_field", "events[0].event_id"),
+        ([event(pixel_id="12a")], 400, "invalid_field", "events[0].pixel_id"),
+        ([event(pixel_id=111)], 400, "invalid_field", "events[0].pixel_id"),
         ([event(custom_data=[1])], 400, "invalid_field", "events[0].custom_data"),
         (
             [event(custom_data={"value": "ten"})],
@@ -486,43 +638,18 @@ def test_malformed_bodies(env: Env, body: bytes, status: int, code: str) -> None
             "events[0].custom_data",
         ),
         ([event(event_source_url=5)], 400, "invalid_field", "events[0].event_source_url"),
-        ([event(), event("Purchase", custom_data={"value": 1})], 400, "invalid_event", "events[1]"),
     ],
 )
-def test_bad_events_are_refused_and_nothing_is_stored(
+def test_bad_events_are_refused_and_nothing_is_accepted(
     env: Env, events: Any, status: int, code: str, field: str
 ) -> None:
-    reply = env.call({"token": env.token(), "events": events})
-    assert (reply.status, error_of(reply)["code"], error_of(reply)["field"]) == (
+    result = env.call({"token": env.token(), "events": events})
+    assert (result.response.status, error_of(result)["code"], error_of(result)["field"]) == (
         status,
         code,
         field,
     )
-    assert env.sink.events == []
-
-
-def test_meta_reasons_are_returned(env: Env) -> None:
-    reply = env.events(event("Purchase", custom_data={"value": 3}))
-    assert error_of(reply)["problems"] == [
-        "custom_data.currency is required for Purchase (ISO 4217, e.g. USD)"
-    ]
-
-
-def test_sink_invalid_event_is_a_400(env: Env) -> None:
-    env.sink.error = InvalidEvent(["event_time is too old"])
-    reply = env.events(event())
-    assert (reply.status, error_of(reply)["message"]) == (400, "event_time is too old")
-
-
-def test_a_failing_sink_is_a_503_and_logs_no_payload(
-    env: Env, caplog: pytest.LogCaptureFixture
-) -> None:
-    env.sink.error = OSError("disk full while writing jsmith@example.com")
-    with caplog.at_level(logging.DEBUG, logger="capi_bridge"):
-        reply = env.events(event())
-    assert (reply.status, reply.header("Retry-After")) == (503, "30")
-    assert error_of(reply)["code"] == "unavailable"
-    assert "OSError" in caplog.text and "jsmith" not in caplog.text and UA not in caplog.text
+    assert result.events == ()
 
 
 @pytest.mark.parametrize(
@@ -539,9 +666,9 @@ def test_a_failing_sink_is_a_503_and_logs_no_payload(
     ],
 )
 def test_request_level_refusals(env: Env, headers: dict[str, Any], status: int, code: str) -> None:
-    reply = env.call({"token": env.token(), "events": [event()]}, headers=headers)
-    assert (reply.status, error_of(reply)["code"]) == (status, code)
-    assert env.sink.events == []
+    result = env.call({"token": env.token(), "events": [event()]}, headers=headers)
+    assert (result.response.status, error_of(result)["code"]) == (status, code)
+    assert result.events == () and result.dropped == ()
 
 
 def test_origin_checks_accept_the_site(env: Env) -> None:
@@ -552,18 +679,19 @@ def test_origin_checks_accept_the_site(env: Env) -> None:
         {"Origin": "null", "Referer": f"https://{HOST}/page"},
     ]
     for headers in accepted:
-        assert env.call({"token": env.token(), "events": [event()]}, headers=headers).status == 202
+        result = env.call({"token": env.token(), "events": [event()]}, headers=headers)
+        assert result.response.status == 202
 
 
 def test_body_too_large(env: Env) -> None:
-    reply = env.call(b"x" * (MAX_BODY_BYTES + 1), headers={"Content-Length": None})
-    assert (reply.status, error_of(reply)["code"]) == (413, "body_too_large")
+    result = env.call(b"x" * (MAX_BODY_BYTES + 1), headers={"Content-Length": None})
+    assert (result.response.status, error_of(result)["code"]) == (413, "body_too_large")
 
 
 def test_methods_and_paths(env: Env) -> None:
-    reply = env.call(method="PUT")
-    assert (reply.status, reply.header("Allow")) == (405, "GET, POST")
-    assert env.call(path="/elsewhere").status == 404
+    result = env.call(method="PUT")
+    assert (result.response.status, result.response.header("Allow")) == (405, "GET, POST")
+    assert env.call(path="/elsewhere").response.status == 404
     assert env.endpoint.handles(SETTINGS.endpoint_path) and env.endpoint.handles(
         SETTINGS.script_path
     )
@@ -573,17 +701,17 @@ def test_methods_and_paths(env: Env) -> None:
 def test_rate_limit_per_client() -> None:
     clock = Clock()
     env = Env(rate_limiter=RateLimiter(3, clock=clock))
-    assert [env.call(method="GET").status for _ in range(3)] == [403, 403, 403]
+    assert [env.call(method="GET").response.status for _ in range(3)] == [403, 403, 403]
     limited = env.call(method="GET")
-    assert (limited.status, limited.header("Retry-After"), error_of(limited)["code"]) == (
-        429,
-        "20",
-        "rate_limited",
-    )
+    assert (
+        limited.response.status,
+        limited.response.header("Retry-After"),
+        error_of(limited)["code"],
+    ) == (429, "20", "rate_limited")
     other = env.call(method="GET", headers={"X-Forwarded-For": "8.8.4.4"})
-    assert other.status == 403  # another client has its own bucket
+    assert other.response.status == 403  # another client has its own bucket
     clock.now += 20
-    assert env.call(method="GET").status == 403
+    assert env.call(method="GET").response.status == 403
 
 
 def test_rate_limiter_memory_is_bounded() -> None:
@@ -598,34 +726,49 @@ def test_rate_limiter_memory_is_bounded() -> None:
 
 
 def test_script_route(env: Env) -> None:
-    versioned = env.call(method="GET", path=SETTINGS.script_path, query=f"v={script_version()}")
+    def get(**kw: Any) -> Response:
+        return env.call(method=kw.pop("method", "GET"), path=SETTINGS.script_path, **kw).response
+
+    versioned = get(query=f"v={script_version()}")
     assert versioned.status == 200 and versioned.body == script_bytes()
     assert versioned.header("Content-Type") == "text/javascript; charset=utf-8"
     assert versioned.header("Cache-Control") == "public, max-age=31536000, immutable"
     assert versioned.header("X-Content-Type-Options") == "nosniff"
-    plain = env.call(method="GET", path=SETTINGS.script_path)
+    plain = get()
     assert plain.header("Cache-Control") == "public, max-age=300"
     etag = str(plain.header("ETag"))
-    cached = env.call(method="GET", path=SETTINGS.script_path, headers={"If-None-Match": etag})
+    cached = get(headers={"If-None-Match": etag})
     assert cached.status == 304 and cached.body == b""
-    head = env.call(method="HEAD", path=SETTINGS.script_path)
+    head = get(method="HEAD")
     assert head.body == b"" and head.header("Content-Length") == str(len(script_bytes()))
-    assert env.call(method="POST", path=SETTINGS.script_path).status == 405
+    assert get(method="POST").status == 405
 
 
 @pytest.mark.parametrize("name", ["capi-bridge", "boot"])
 def test_shipped_build_is_not_stale(name: str) -> None:
+    recorded = json.loads((ROOT / "js" / "built.json").read_text())[name]
     source = (ROOT / "js" / f"{name}.js").read_bytes()
-    built = (ROOT / "capi_bridge" / "static" / f"{name}.min.js").read_text()
-    header = built.split("\n", 1)[0]
-    assert header == f"/*! capi-bridge {name}.js sha256:{hashlib.sha256(source).hexdigest()} */", (
-        "the shipped build is stale: run `npm ci && npm run build` in js/"
-    )
+    build = (ROOT / "capi_bridge" / "static" / f"{name}.min.js").read_bytes()
+    fix = "the shipped build is stale: run `npm ci && npm run build` in js/"
+    assert hashlib.sha256(source).hexdigest() == recorded["source"], fix
+    assert hashlib.sha256(build).hexdigest() == recorded["build"], fix
 
 
-def test_shipped_script_size_budget() -> None:
-    code = script_bytes().split(b"\n", 1)[1]
-    assert len(gzip.compress(code, compresslevel=9)) <= 1536
+@pytest.mark.parametrize(("name", "budget"), [("capi-bridge", 1536), ("boot", 768)])
+def test_shipped_script_size_budgets(name: str, budget: int) -> None:
+    """capi-bridge.js (what a browser downloads) and the boot script (what every page inlines)
+    gzipped: 1.5 KB and 768 B at most, measured on the files with the gzip tool's own header
+    (which carries the file name), so the figure holds however one measures."""
+    path = ROOT / "capi_bridge" / "static" / f"{name}.min.js"
+    data = path.read_bytes()
+    header = len(path.name) + 1  # gzip -9c stores the name, NUL-terminated
+    assert len(gzip.compress(data, compresslevel=9)) + header <= budget
+    if name == "capi-bridge":
+        assert data == script_bytes()  # served as built
+    else:
+        from capi_bridge.snippet import _boot
+
+        assert _boot() == data.decode().strip()  # inlined as built
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
@@ -647,9 +790,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-event_keys = st.sampled_from(
-    ["event_name", "event_id", "event_time", "custom_data", "event_source_url", "referrer_url", "x"]
-)
+event_keys = st.sampled_from([*sorted(EVENT_KEYS), "x"])
 custom_values = st.one_of(
     json_values,
     st.sampled_from([1, 9.99, "19.90", "EUR", "usd", ["a", 1], [{"id": "a", "quantity": 2}], True]),
@@ -680,6 +821,8 @@ def fuzz_event(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         data["custom_data"] = mostly(draw, {"value": 5, "currency": "EUR"}, custom_data)
     if not draw(st.integers(0, 3)):
+        data["pixel_id"] = mostly(draw, "111", st.sampled_from(["999", "x"]) | json_values)
+    if not draw(st.integers(0, 3)):
         data.update(draw(st.dictionaries(event_keys, json_values, max_size=2)))
     return data
 
@@ -703,10 +846,15 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
             )
         if not draw(st.integers(0, 4)):
             body["consent"] = mostly(draw, draw(st.booleans()), json_values)
-        if draw(st.booleans()):
-            body["sent_at"] = mostly(draw, NOW * 1000, json_values)
-        if draw(st.booleans()):
-            body["hold"] = mostly(draw, HOLD, json_values)
+        for key, valid in (
+            ("sent_at", NOW * 1000),
+            ("hold", HOLD),
+            ("px", 1),
+            ("hook", 1),
+            ("referrer_url", f"https://{HOST}/?fbclid=x"),
+        ):
+            if draw(st.booleans()):
+                body[key] = mostly(draw, valid, json_values)
     content_types = st.sampled_from(
         ["application/json", "text/html", "multipart/form-data; boundary=x", None]
     )
@@ -725,7 +873,7 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
             draw, f"_fbp={FBP}", st.sampled_from(["_fbc=fb.1.1.x", None]) | text_values
         ),
         "Referer": mostly(draw, None, st.just(f"https://{HOST}/?fbclid=x") | text_values),
-        "User-Agent": mostly(draw, UA, st.none() | text_values),
+        "User-Agent": mostly(draw, UA, st.sampled_from([None, HEADLESS]) | text_values),
     }
     method = mostly(draw, "POST", st.sampled_from(["GET", "GET", "PUT", "HEAD", "OPTIONS"]))
     return {
@@ -741,7 +889,7 @@ def fuzz_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=400, deadline=None)
 @given(fuzz_requests())
-def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str, Any]) -> None:
+def test_fuzzed_requests_never_5xx_nor_accept_without_a_valid_token(req: dict[str, Any]) -> None:
     env = Env(REQUIRED if req["required"] else SETTINGS)
     tokens = {
         "valid": env.token(),
@@ -764,19 +912,23 @@ def test_fuzzed_requests_never_5xx_nor_store_without_a_valid_token(req: dict[str
     errors = _Errors()
     logging.getLogger("capi_bridge").addHandler(errors)
     try:
-        reply = env.call(body, method=req["method"], headers=req["headers"], query=query)
+        result = env.call(body, method=req["method"], headers=req["headers"], query=query)
     finally:
         logging.getLogger("capi_bridge").removeHandler(errors)
+    reply = result.response
     assert reply.status < 500
     assert errors.records == [], [r.getMessage() for r in errors.records]
     if reply.status >= 400:
         assert set(json.loads(reply.body)["error"]) >= {"code", "message", "field"}
-    if env.sink.events:
-        assert token_kind == "valid" and reply.status == 202
-        assert json.loads(reply.body) == {"accepted": len(env.sink.events)}
+    if result.events or result.dropped or result.choice:
+        assert token_kind == "valid"
+    if result.events:
+        assert reply.status == 202
+        assert json.loads(reply.body)["accepted"] == len(result.events)
     consented = "capib_consent=1" in str(req["headers"].get("Cookie"))
     if req["required"] and not consented:
-        assert all(h is not None and HOLD_ID.fullmatch(h) for h in env.sink.holds)
+        if result.batch is not None:
+            assert result.batch.hold is not None and HOLD_ID.fullmatch(result.batch.hold)
         if not granting:  # no cookie is set (expiring one on withdrawal is fine)
             assert all("Max-Age=0" in v for k, v in reply.headers if k == "Set-Cookie")
 
@@ -791,7 +943,7 @@ def test_an_internal_error_is_a_400_and_logs_no_request_data(
 
     monkeypatch.setattr(module, "check_events", broken)
     with caplog.at_level(logging.DEBUG, logger="capi_bridge"):
-        reply = env.events(event())
-    assert (reply.status, error_of(reply)["code"]) == (400, "unprocessable")
+        result = env.events(event())
+    assert (result.response.status, error_of(result)["code"]) == (400, "unprocessable")
     assert "KeyError" in caplog.text and "jsmith" not in caplog.text
-    assert env.sink.events == []
+    assert result.events == ()

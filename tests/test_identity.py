@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from capi_bridge.cookies import cookie_domain
 from capi_bridge.identity import (
     TrustedProxies,
+    held_fbp,
     parse_fbc,
     parse_ip,
     resolve_identity,
@@ -310,6 +311,38 @@ def test_unusable_fbclid_is_ignored(bad: str) -> None:
     found = resolve_identity(req(query=f"fbclid={quote(bad)}"), Conf(), write_cookies=True)
     assert found.fbc is None
     assert not any(c.startswith("_fbc") for c in found.cookies)
+
+
+def test_the_pages_own_url_and_referrer_replace_the_requests() -> None:
+    """The mirror endpoint's requests come from the page: the click id is looked for in the
+    page's URL, then in the page's referrer, as the pixel looks for it."""
+    post = req(headers={"Referer": "https://www.example.com/cart"})
+    found = resolve_identity(
+        post,
+        Conf(),
+        now_ms=NOW_MS,
+        page_url="https://www.example.com/cart",
+        page_referrer=f"https://www.example.com/?fbclid={CLICK}",
+    )
+    assert found.fbc == f"fb.1.{NOW_MS}.{CLICK}"
+    assert found.referrer_url == f"https://www.example.com/?fbclid={CLICK}"
+    assert found.event_source_url == "https://www.example.com/cart"
+
+
+def test_held_events_carry_the_fbp_consent_will_set() -> None:
+    fbp = held_fbp("secret-key-one", "mx5qqf1v-hold", 1, NOW_MS)
+    assert valid_fbp(fbp) and fbp.startswith(f"fb.1.{NOW_MS}.")
+    assert held_fbp("secret-key-one", "mx5qqf1v-hold", 1, NOW_MS) == fbp  # every held event
+    assert held_fbp("secret-key-one", "mx5qqf1v-other", 1, NOW_MS) != fbp  # another tab
+    assert held_fbp("secret-key-two", "mx5qqf1v-hold", 1, NOW_MS) != fbp  # needs the secret
+    # not written without consent; used, and set, in place of a random one when allowed
+    held = resolve_identity(req(), Conf(), write_cookies=True, consent=False, fallback_fbp=fbp)
+    assert held.fbp == fbp and held.cookies == ()
+    granted = resolve_identity(req(), Conf(), write_cookies=True, fallback_fbp=fbp)
+    assert granted.cookies[0].startswith(f"_fbp={fbp};")
+    existing = "fb.1.1596403881668.1116446470"
+    kept = resolve_identity(req(headers={"Cookie": f"_fbp={existing}"}), Conf(), fallback_fbp=fbp)
+    assert kept.fbp == existing  # a browser that has one keeps it
 
 
 def test_refresh_only_never_builds_a_new_fbc_cookie() -> None:

@@ -277,20 +277,20 @@ def test_one_copy_only_and_two_names_are_flagged(make_core: Any, fake_graph: Fak
     # the id of a server Purchase reused by the page under another name
     shared = visitor.track("Purchase", custom_data={"value": 9, "currency": "EUR"}, pixel=False)
     assert visitor.post(page["token"], ("AddToCart", shared)).status == 202
-    # a mirrored Purchase the endpoint refuses: only the pixel fired it
+    # a mirrored Purchase the endpoint refuses: only the pixel fired it; counted, not a row
     refused = new_id()
     assert visitor.post(page["token"], ("Purchase", refused), value=5).status == 400
     found = rows(core)
+    assert refused not in found
+    [drop] = json.loads(get(core, DATA).body)["dropped"]
+    assert (drop["event_name"], drop["reason"], drop["count"]) == ("Purchase", "refused", 1)
+    assert "currency" in drop["detail"] and drop["meaning"].startswith("refused: Meta would")
     assert found[lead]["flags"][0].startswith("server copy only")
     assert found[lead]["browser"] is None and found[lead]["dedup"] is False
     two = found[shared]
     assert two["names"] == ["Purchase", "AddToCart"] and two["event_name"] == "Purchase"
     assert two["flags"][0].startswith("one id under several names (Purchase, AddToCart)")
     assert two["dedup"] is True  # the AddToCart pair itself (pixel + mirror) deduplicates
-    alone = found[refused]
-    assert alone["server"] is None and alone["state"] == "not sent"
-    [flag] = alone["flags"]
-    assert flag.startswith("the server copy was refused: ") and "currency" in flag
 
 
 def test_a_blocked_pixel_is_noted_not_flagged(make_core: Any) -> None:

@@ -3,12 +3,15 @@ without consent, CSP nonces, and the cookie that carries server events to the ne
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers.web import BROWSER, SECRET, events_body, new_id, pixel_twins
+from helpers.web import BROWSER, SECRET, events_body, page_config, pixel_twins
 
+from capi_bridge import drops
 from capi_bridge.pages import (
     PENDING_COOKIE,
     PENDING_LIMIT,
@@ -71,16 +74,27 @@ def test_bot_detection(agent: str, bot: bool) -> None:
     assert is_bot(agent) is bot
 
 
-def test_crawler_posts_are_acknowledged_and_dropped(make_core: Any, fake_graph: FakeGraph) -> None:
+def test_crawler_posts_are_acknowledged_dropped_and_counted(
+    make_core: Any, fake_graph: FakeGraph
+) -> None:
     core = make_core()
     page = core.open_page(view())
-    page.render()
-    token = page._html.split('"token":"')[1].split('"')[0]  # type: ignore[union-attr]
-    body = events_body(token, ("PageView", new_id()))
-    bot = view(method="POST", **{"user-agent": "Googlebot/2.1", "content-type": "text/plain"})
+    config = page_config(page.render())
+    body = events_body(config["token"], ("PageView", config["pv"]))
+    headers = {"user-agent": "Googlebot/2.1", "content-type": "text/plain"}
+    bot = view(core.settings.endpoint_path, method="POST", **headers)
     reply = core.handle(bot, body)
     assert reply.status == 202
+    assert json.loads(reply.body)["ignored"] == [{"field": "events[0]", "reason": "crawler"}]
     assert core.bridge.stats().pending == 0
+    core.drops.flush()
+    [count] = drops.read(core.bridge.outbox, 0, time.time())
+    assert (count.event_name, count.reason, count.detail, count.count) == (
+        "PageView",
+        "crawler",
+        "googlebot",
+        1,
+    )
 
 
 def test_scoped_test_code_needs_the_setting_and_a_valid_signature(make_core: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from capi_bridge.consent import ConsentPolicy
 from capi_bridge.request import RequestView
 from capi_bridge.settings import Settings
 from capi_bridge.signing import PageSigner
@@ -28,6 +29,7 @@ class Conf:
     data_processing_options: tuple[str, ...] = ()
     data_processing_options_country: int | None = None
     data_processing_options_state: int | None = None
+    mirror_pixel_calls: bool = True
 
 
 class Tags(HTMLParser):
@@ -92,7 +94,7 @@ def test_snippet_contents() -> None:
     assert '"https://connect.facebook.net/en_US/fbevents.js"' in inline
     assert "fbq.disablePushState=true;fbq.allowDuplicatePageViews=true;" in inline
     assert "fbq('init',\"111\");fbq('init',\"222\");" in inline
-    assert 'fbq("track","PageView",{},{eventID:' in inline
+    assert '["track","PageView",{},{eventID:' in inline  # boot.js, to the pixel unhooked
     assert "consent" not in inline.split("window.capiBridgeConfig")[0]
     assert config_of(markup) == {
         "endpoint": "/capi-bridge/events",
@@ -102,6 +104,8 @@ def test_snippet_contents() -> None:
         "ttl": 7200,
         "hold": False,
     }
+    off = render(dataclasses.replace(Conf(), mirror_pixel_calls=False))
+    assert config_of(off)["mirror"] is False  # boot.js leaves fbq alone
     external = tags.elements[1][1]
     assert external["src"] == f"/capi-bridge/capi-bridge.js?v={script_version()}"
     assert "async" in external
@@ -204,7 +208,7 @@ def test_renderer_binds_the_page_view_id_in_the_token() -> None:
 
 
 def test_renderer_sets_no_cookie_without_consent() -> None:
-    renderer = PageRenderer(SETTINGS, consent_required=True)
+    renderer = PageRenderer(SETTINGS, consent=ConsentPolicy(required=True))
     held = renderer.render(page_request("_fbp=fb.1.1596403881668.1116446470"))
     assert held.set_cookies == () and config_of(held.html)["hold"] is True
     granted = renderer.render(page_request("capib_consent=1"))
@@ -218,11 +222,11 @@ def test_renderer_takes_consent_rules_from_settings_or_the_app() -> None:
     assert config_of(renderer.render(page_request("capib_consent=1")).html)["hold"] is True
     granted = renderer.render(page_request("cmp_ok=1"))
     assert config_of(granted.html)["hold"] is False and granted.set_cookies
-    assert PageRenderer(site, consent_required=False).render(page_request()).set_cookies
+    assert PageRenderer(site, consent=ConsentPolicy()).render(page_request()).set_cookies
 
     def cmp(request: RequestView) -> bool:  # the app's own consent logic decides alone
         return request.cookies.get("cmp") == "all"
 
-    checked = PageRenderer(SETTINGS, consent_check=cmp)
+    checked = PageRenderer(SETTINGS, consent=ConsentPolicy.from_settings(SETTINGS, cmp))
     assert checked.render(page_request("capib_consent=1")).set_cookies == ()
     assert config_of(checked.render(page_request("cmp=all")).html)["hold"] is False

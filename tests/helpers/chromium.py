@@ -25,6 +25,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 STUB = (resources.files("capi_bridge") / "static" / "fbevents-stub.js").read_bytes()
+#: A desktop browser's user agent. Headless Chromium announces itself as HeadlessChrome, which
+#: capi-bridge (rightly) ignores as a bot, and so does the pixel: tests that expect events to be
+#: mirrored give their pages this one.
+DESKTOP_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/156.0.0.0 Safari/537.36"
+)
 
 
 def launch() -> Iterator[Any]:

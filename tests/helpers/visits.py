@@ -66,9 +66,16 @@ class Visitor:
         return config
 
     def post(
-        self, token: str, *events: tuple[str, str], px: int | None = 1, **custom: Any
+        self,
+        token: str,
+        *events: tuple[str, str],
+        px: int | None = 1,
+        ua: str = UA,
+        pixel_id: str | None = None,
+        **custom: Any,
     ) -> Response:
-        """What capi-bridge.js posts for ``(event_name, event_id)`` pairs."""
+        """What capi-bridge.js posts for ``(event_name, event_id)`` pairs (``pixel_id``: the
+        one pixel of a ``trackSingle`` call; ``ua``: the browser's user agent)."""
         now = int(time.time())
         body: dict[str, Any] = {
             "token": token,
@@ -80,6 +87,7 @@ class Visitor:
                     "event_time": now,
                     "event_source_url": f"http://{HOST}/product",
                     **({"custom_data": custom} if custom else {}),
+                    **({"pixel_id": pixel_id} if pixel_id else {}),
                 }
                 for name, event_id in events
             ],
@@ -93,6 +101,7 @@ class Visitor:
             origin=f"http://{HOST}",
             content_type="text/plain",
             sec_fetch_dest="empty",
+            user_agent=ua,
         )
         return self.core.handle(request, json.dumps(body).encode())
 

@@ -14,7 +14,7 @@ BROWSER = {
     "Sec-Fetch-Dest": "document",
 }
 _CONFIG = re.compile(r"window\.capiBridgeConfig=(\{.*?\});")
-_TWIN = re.compile(r"fbq\((\"track(?:Custom)?\",.*?)\);")
+_TWIN = re.compile(r"capiBridge\.fb\((\[\"track(?:Custom)?\",.*?\])\);")
 
 
 def page_config(html: str) -> dict[str, Any]:
@@ -26,12 +26,13 @@ def page_config(html: str) -> dict[str, Any]:
 
 
 def pixel_twins(html: str) -> list[list[Any]]:
-    """The ``fbq('track', name, data, {eventID})`` calls a page fires for server events."""
+    """The ``fbq('track', name, data, {eventID})`` calls a page fires for server events (through
+    ``capiBridge.fb``, which hands them to the pixel without mirroring them again)."""
     start = html.find("data-capi-bridge-events>")
     if start < 0:
         return []
     script = html[start : html.index("</script>", start)]
-    return [json.loads(f"[{args}]") for args in _TWIN.findall(script)]
+    return [json.loads(args) for args in _TWIN.findall(script)]
 
 
 def events_body(token: str, *events: tuple[str, str]) -> bytes:
