@@ -16,6 +16,7 @@ counting the Purchase twice. No cookie of ours is set while consent is required 
 from __future__ import annotations
 
 import contextvars
+import datetime
 import functools
 import html
 import logging
@@ -28,12 +29,13 @@ from typing import Any
 from capi_bridge.bridge import Bridge
 from capi_bridge.cookies import expire_cookie, set_cookie
 from capi_bridge.endpoint import HOLD_ID, PIXEL_LOADED, BrowserEndpoint
+from capi_bridge.errors import InvalidUserData
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
 from capi_bridge.inspector import Inspector
 from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
-from capi_bridge.observations import Origin, refused_copy, twin_copies
+from capi_bridge.observations import Origin, dropped_fields, refused_copy, twin_copies
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import (
@@ -64,6 +66,20 @@ TEST_PARAM = "capi_bridge_test"
 TEST_COOKIE = "_capib_test"
 TEST_LINK_MAX_AGE = 86400
 TEST_COOKIE_MAX_AGE = 3600
+
+#: Why a visitor's value was dropped, worded without the value (logs never carry user data).
+_DROPPED = {
+    "em": "is not an e-mail address",
+    "ph": "is not a phone number with a country calling code",
+    "fn": "is not a first name",
+    "ln": "is not a last name",
+    "ct": "is not a city",
+    "st": "is not a state or province",
+    "zp": "is not a postal code",
+    "country": "is not a country",
+    "db": "is not a date of birth",
+    "ge": "is not a gender Meta accepts (m or f)",
+}
 
 #: How the events a request brings in reached us, for the inspector (see observations.py).
 _MIRRORED = {flag: Origin("browser", pixel_loaded=flag) for flag in (None, True, False)}
@@ -238,13 +254,14 @@ class Page:
         #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
         self.nonce: str | None = None
         self.placed = False
-        self._user_data: dict[str, str] = {}
+        self._user_data: dict[str, Any] = {}
         self._identity: Identity | None = None
         self._consent: bool | None = None
         self._html: str | None = None
         self._page_cookies: tuple[str, ...] = ()
         self._tracked: list[dict[str, Any]] = []
         self._hold: str | None = None
+        self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
 
     @property
     def request(self) -> RequestView:
@@ -276,22 +293,58 @@ class Page:
 
     def identify(self, **user_data: Any) -> None:
         """Attach the signed-in visitor's data (``em``, ``ph``, ``external_id``...) to every
-        event of this request. Values are normalized now (a bad one fails here, naming the
-        field) and hashed when the event is stored; raw values never leave the process."""
+        event of this request. Values are normalized now and hashed when the event is stored;
+        raw values never leave the process.
+
+        Tracking never breaks the app: a value that is not what its key needs (an address an
+        ``<input type=email>`` accepts, ``jane@intranet``) is visitor data, not a bug, so it is
+        dropped with a warning naming the key (never the value), the events go out with the
+        rest, and the inspector and diagnostics count the drop. ``strict`` settings make it
+        raise instead (for the app's tests). An unknown key or a value of the wrong type is a
+        programming error and always raises."""
         for field, value in user_data.items():
             if value is None:
                 continue
-            if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
-                raise ValueError(
-                    f"identify(): {field!r} is not a Meta customer-information key; "
-                    f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
-                )
-            text = str(value)
-            self._user_data[field] = (
-                normalize(field, text, country=self._user_data.get("country"))
-                if field in HASHED_FIELDS
-                else text
+            if isinstance(value, (list, tuple)):
+                raise TypeError(f"identify(): give {field} one value, not a {type(value).__name__}")
+            text = self._user_value(field, value, self._user_data.get("country"))
+            if text is not None:
+                self._user_data[field] = text
+            else:
+                self._user_data.pop(field, None)
+
+    def _user_value(self, field: str, value: Any, country: str | None) -> Any:
+        """``value`` normalized for ``field``; None when it carries nothing or was dropped."""
+        if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
+            raise ValueError(
+                f"{field!r} is not a Meta customer-information key; "
+                f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
             )
+        if isinstance(value, (list, tuple)):
+            kept = [self._user_value(field, item, country) for item in value if item is not None]
+            return [item for item in kept if item is not None] or None
+        if field == "db" and isinstance(value, datetime.date):
+            value = value.strftime("%Y%m%d")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TypeError(
+                f"user_data {field!r} must be text (or a number), not {type(value).__name__}"
+            )
+        if field in PLAIN_FIELDS:
+            return value
+        try:
+            return normalize(field, str(value), country=country) or None
+        except InvalidUserData:
+            reason = _DROPPED.get(field, "cannot be normalized the way Meta requires")
+            if self.core.settings.strict:
+                raise InvalidUserData(field, reason) from None
+            logger.warning(
+                "capi-bridge: user_data.%s %s; dropped, the events go out without it "
+                "(CAPI_BRIDGE_STRICT=true raises instead)",
+                field,
+                reason,
+            )
+            self._dropped[field] = reason
+            return None
 
     def track(
         self,
@@ -311,14 +364,24 @@ class Page:
         """
         eid = event_id or new_event_id()
         identity = self.identity
+        dropped_before = dict(self._dropped)
+        extra: dict[str, Any] = {}
+        if user_data:
+            country = user_data.get("country") or self._user_data.get("country")
+            hint = country if isinstance(country, str) else None
+            for field, value in user_data.items():
+                if value is not None:
+                    extra[field] = self._user_value(field, value, hint)
         event: dict[str, Any] = {
             "event_name": event_name,
             "event_id": eid,
             "event_time": int(self.core._clock()),
             "action_source": "website",
             "event_source_url": event_source_url or identity.event_source_url,
-            "user_data": {**identity.user_data(), **self._user_data, **(user_data or {})},
+            "user_data": {**identity.user_data(), **self._user_data, **extra},
         }
+        # identify()'s drops concern every event of the request, a track() argument's this one
+        dropped, self._dropped = self._dropped, dropped_before
         if custom_data:
             event["custom_data"] = dict(custom_data)
         # Without consent the event waits in the outbox (never sent unless released).
@@ -329,6 +392,10 @@ class Page:
         )
         if twin:
             self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
+        if dropped:
+            pixels = self.core.settings.pixel_ids
+            notes = dropped_fields(pixels, event_name, eid, dropped, self.core._clock())
+            self.core.bridge.observe_later(notes)
         return eid
 
     @functools.cached_property
