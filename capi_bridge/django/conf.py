@@ -2,8 +2,9 @@
 
 ``settings.CAPI_BRIDGE`` is a dict of the ``CAPI_BRIDGE_*`` names without the prefix
 (``{"PIXEL_ID": ..., "ACCESS_TOKEN": ...}``), Django's way (``DEBUG_TOOLBAR_CONFIG``,
-``REST_FRAMEWORK``); environment variables fill what it leaves out, and the secret key that signs
-page tokens defaults to Django's ``SECRET_KEY``. ``CONSENT_CHECK`` may name a function
+``REST_FRAMEWORK``); environment variables fill what it leaves out (or sets to None), and the
+secret key that signs page tokens defaults to Django's ``SECRET_KEY``. ``CONSENT_CHECK`` may
+name a function
 (``"myapp.consent.allowed"``) that decides consent from a :class:`~capi_bridge.request.RequestView`.
 
 The :class:`~capi_bridge.pages.PageBridge` is built on first use in each process (the middleware
@@ -57,7 +58,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, A
     mine = configured()
     check = mine.pop("CONSENT_CHECK", None)
     values: dict[str, Any] = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
-    values.update((ENV_PREFIX + str(k).upper(), v) for k, v in mine.items())
+    values.update((ENV_PREFIX + str(k).upper(), v) for k, v in mine.items() if v is not None)
     overrides: dict[str, Any] = {}
     secret = getattr(django_settings, "SECRET_KEY", None)
     if not values.get(ENV_PREFIX + "SECRET_KEY") and secret:

@@ -147,11 +147,11 @@ def csp_nonce(request: HttpRequest) -> str | None:
         nonce = getattr(request, "csp_nonce", None)
         if nonce is None:  # Django 6's own CSP middleware
             nonce = importlib.import_module("django.middleware.csp").get_nonce(request)
+        text = "" if nonce is None else str(nonce)  # str(): django-csp's nonce is lazy
     except ImportError:  # Django before 6: no built-in CSP
         return None
     except Exception:  # django-csp after its header went out: the W003 order problem
         return None
-    text = str(nonce) if nonce else ""
     return text or None
 
 
