@@ -73,9 +73,10 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--framework",
-        choices=("flask", "starlette"),
+        choices=("flask", "starlette", "django"),
         default="flask",
-        help="which example shop to serve (default flask; starlette runs on uvicorn)",
+        help="which example shop to serve (default flask; starlette runs on uvicorn, django on "
+        "Django's own threaded server)",
     )
     p.set_defaults(func=_cmd_demo)
 
