@@ -55,7 +55,7 @@ CLOSE_TIMEOUT = 5.0
 _NEEDS = {
     "flask": ("flask",),
     "starlette": ("starlette", "uvicorn", "jinja2"),
-    "django": ("django",),
+    "django": ("django", "jinja2"),
 }
 #: Each shop's file in ``examples/`` (Django's is a project: its manage.py).
 _SHOPS = {

@@ -9,19 +9,20 @@ Starlette shops. The page-token secret defaults to ``SECRET_KEY``; the shop take
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from django.core.management.utils import get_random_secret_key
+
+#: The Jinja2 templates the Flask and Starlette shops render: one shop, three frameworks
+#: (Django's Jinja2 backend puts ``csrf_input`` and ``csrf_token`` in their context).
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # A fresh key per start unless given: the shop keeps no sessions worth keeping.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or get_random_secret_key()
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
-INSTALLED_APPS = [
-    "django.contrib.staticfiles",
-    "capi_bridge.django",
-    "shop",
-]
+INSTALLED_APPS = ["capi_bridge.django"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.gzip.GZipMiddleware",
@@ -32,18 +33,11 @@ MIDDLEWARE = [
 ROOT_URLCONF = "shop.urls"
 TEMPLATES = [
     {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.template.context_processors.csrf",
-            ]
-        },
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "DIRS": [TEMPLATES_DIR],
     }
 ]
 DATABASES: dict[str, dict[str, str]] = {}
-STATIC_URL = "static/"
 USE_TZ = True
 WSGI_APPLICATION = "shop.wsgi.application"
 ASGI_APPLICATION = "shop.asgi.application"

@@ -35,7 +35,7 @@ def page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
     bridge = get_bridge().settings
     banner = bridge.consent_required and request.COOKIES.get(bridge.consent_cookie) != "1"
     context.update(cart_count=len(cart_ids(request)), consent_banner=banner)
-    return render(request, f"shop/{template}", context)
+    return render(request, template, context)
 
 
 def index(request: HttpRequest) -> HttpResponse:
