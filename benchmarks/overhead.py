@@ -288,11 +288,37 @@ def compare(
     }
 
 
+def one(case: str, count: int) -> None:
+    """``--one flask/page/wrapped --count N``: only N requests of one case, for instruction
+    counts on a noisy machine: ``valgrind --tool=callgrind`` this at two counts; the difference
+    over the extra requests is the cost per request, whatever the load of the machine."""
+    framework, kind, variant = case.split("/")
+    wrapped = variant == "wrapped"
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = f"{tmp}/outbox.sqlite3"
+        loop = asyncio.new_event_loop()
+        if framework == "flask":
+            run = wsgi_runner(flask_app(wrapped, outbox), f"/{kind}")
+        elif framework == "starlette":
+            run = asgi_runner(starlette_app(wrapped, outbox), f"/{kind}", loop)
+        else:
+            bare, with_bridge = django_apps(outbox)
+            run = wsgi_runner(with_bridge if wrapped else bare, f"/{kind}")
+        for _ in range(20 + count):  # 20 to warm caches (templates, regexes) in both runs
+            run()
+        loop.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--one", help="framework/kind/bare|wrapped: only that case (callgrind)")
+    parser.add_argument("--count", type=int, default=100, help="requests for --one")
     args = parser.parse_args()
+    if args.one:
+        one(args.one, args.count)
+        return
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         outbox = f"{tmp}/outbox.sqlite3"

@@ -16,7 +16,6 @@ counting the Purchase twice. No cookie of ours is set while consent is required 
 from __future__ import annotations
 
 import contextvars
-import datetime
 import functools
 import html
 import logging
@@ -29,12 +28,10 @@ from typing import Any
 from capi_bridge.bridge import Bridge
 from capi_bridge.cookies import expire_cookie, set_cookie
 from capi_bridge.endpoint import HOLD_ID, PIXEL_LOADED, BrowserEndpoint
-from capi_bridge.errors import InvalidUserData
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
 from capi_bridge.inspector import Inspector
-from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
 from capi_bridge.observations import Origin, dropped_fields, refused_copy, twin_copies
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
@@ -45,6 +42,7 @@ from capi_bridge.signing import (
     SignedValues,
 )
 from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, ConsentCheck, PageRenderer, script_json
+from capi_bridge.visitor_data import visitor_value
 
 logger = logging.getLogger("capi_bridge.pages")
 
@@ -66,20 +64,6 @@ TEST_PARAM = "capi_bridge_test"
 TEST_COOKIE = "_capib_test"
 TEST_LINK_MAX_AGE = 86400
 TEST_COOKIE_MAX_AGE = 3600
-
-#: Why a visitor's value was dropped, worded without the value (logs never carry user data).
-_DROPPED = {
-    "em": "is not an e-mail address",
-    "ph": "is not a phone number with a country calling code",
-    "fn": "is not a first name",
-    "ln": "is not a last name",
-    "ct": "is not a city",
-    "st": "is not a state or province",
-    "zp": "is not a postal code",
-    "country": "is not a country",
-    "db": "is not a date of birth",
-    "ge": "is not a gender Meta accepts (m or f)",
-}
 
 #: How the events a request brings in reached us, for the inspector (see observations.py).
 _MIRRORED = {flag: Origin("browser", pixel_loaded=flag) for flag in (None, True, False)}
@@ -314,37 +298,10 @@ class Page:
                 self._user_data.pop(field, None)
 
     def _user_value(self, field: str, value: Any, country: str | None) -> Any:
-        """``value`` normalized for ``field``; None when it carries nothing or was dropped."""
-        if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
-            raise ValueError(
-                f"{field!r} is not a Meta customer-information key; "
-                f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
-            )
-        if isinstance(value, (list, tuple)):
-            kept = [self._user_value(field, item, country) for item in value if item is not None]
-            return [item for item in kept if item is not None] or None
-        if field == "db" and isinstance(value, datetime.date):
-            value = value.strftime("%Y%m%d")
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise TypeError(
-                f"user_data {field!r} must be text (or a number), not {type(value).__name__}"
-            )
-        if field in PLAIN_FIELDS:
-            return value
-        try:
-            return normalize(field, str(value), country=country) or None
-        except InvalidUserData:
-            reason = _DROPPED.get(field, "cannot be normalized the way Meta requires")
-            if self.core.settings.strict:
-                raise InvalidUserData(field, reason) from None
-            logger.warning(
-                "capi-bridge: user_data.%s %s; dropped, the events go out without it "
-                "(CAPI_BRIDGE_STRICT=true raises instead)",
-                field,
-                reason,
-            )
-            self._dropped[field] = reason
-            return None
+        """``value`` normalized for ``field``; None when it carries nothing or was dropped
+        (noted in ``_dropped`` for the inspector and diagnostics)."""
+        strict = self.core.settings.strict
+        return visitor_value(field, value, country=country, strict=strict, dropped=self._dropped)
 
     def track(
         self,
