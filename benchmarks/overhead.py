@@ -2,13 +2,14 @@
 
     python benchmarks/overhead.py [--requests 3000] [--rounds 7]
 
-In-process, no sockets: each request calls the WSGI callable (Flask) or the ASGI callable
-(Starlette, on one event loop) directly, with the headers of a returning visitor's browser
-navigation (user agent, Accept, ``Sec-Fetch-Dest: document``, a cookie header holding ``_fbp``),
-and drains the whole body. Three responses per framework:
+In-process, no sockets: each request calls the WSGI callable (Flask, Django's WSGI handler) or
+the ASGI callable (Starlette, on one event loop) directly, with the headers of a returning
+visitor's browser navigation (user agent, Accept, ``Sec-Fetch-Dest: document``, a cookie
+header holding ``_fbp``), and drains the whole body. Three responses per framework:
 
-* ``page``: a view rendering a Jinja2 template of about 20 KB (a product list of 100 items);
-  the Starlette endpoint is ``async def``. Target: with/without <= 1.10.
+* ``page``: a view rendering a template of about 20 KB (a product list of 100 items): Jinja2
+  for Flask and Starlette (whose endpoint is ``async def``), Django's own template engine for
+  Django, the same page. Target: with/without <= 1.10.
 * ``json``: a small JSON response to the same navigation headers. Target <= 1.03.
 * ``trivial``: a constant 20 KB HTML string, for reference (the worst case: nothing to hide
   our work behind).
@@ -41,8 +42,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from capi_bridge.asgi import CapiBridgeMiddleware
 from capi_bridge.flask import CapiBridge
+from capi_bridge.settings import Settings
+from capi_bridge.starlette import CapiBridgeMiddleware
 
 TARGETS = {"page": 1.10, "json": 1.03}
 PRODUCTS = [
@@ -59,6 +61,8 @@ TEMPLATE = """<!doctype html>
 <button class="add" data-id="{{ p.id }}">Add to cart</button></li>
 {% endfor %}</ul></main><footer>Example shop</footer></body></html>
 """
+#: The same page in Django's template language.
+DJANGO_TEMPLATE = TEMPLATE.replace('"%.2f"|format(p.price)', "p.price|floatformat:2")
 TRIVIAL = (
     "<!doctype html><html><head><title>t</title></head><body>" + "x" * 20_400 + "</body></html>"
 )
@@ -161,7 +165,8 @@ def starlette_app(wrapped: bool, outbox: str) -> Any:
 
     middleware = []
     if wrapped:
-        middleware = [Middleware(CapiBridgeMiddleware, outbox_path=outbox, **SETTINGS)]
+        settings = Settings(outbox_path=outbox, **SETTINGS)
+        middleware = [Middleware(CapiBridgeMiddleware, settings=settings)]
     return Starlette(
         routes=[Route("/page", page), Route("/json", data), Route("/trivial", trivial)],
         middleware=middleware,
@@ -204,6 +209,51 @@ def asgi_runner(app: Any, path: str, loop: asyncio.AbstractEventLoop) -> Callabl
     return run
 
 
+# --- Django ---------------------------------------------------------------------------------
+
+
+def django_apps(outbox: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Django's WSGI handler without and with the middleware (settings once per process)."""
+    import django
+    from django.conf import settings
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http import HttpResponse, JsonResponse
+    from django.template import engines
+    from django.test import override_settings
+    from django.urls import path
+
+    def page(request: Any) -> HttpResponse:
+        html = engines["django"].from_string(DJANGO_TEMPLATE)
+        return HttpResponse(html.render({"title": "All products", "products": PRODUCTS}))
+
+    def data(request: Any) -> JsonResponse:
+        return JsonResponse({"ok": True, "items": 3})
+
+    def trivial(request: Any) -> HttpResponse:
+        return HttpResponse(TRIVIAL)
+
+    global urlpatterns
+    urlpatterns = [path("page", page), path("json", data), path("trivial", trivial)]
+    settings.configure(
+        SECRET_KEY=SETTINGS["secret_key"],
+        ALLOWED_HOSTS=["shop.example"],
+        INSTALLED_APPS=["capi_bridge.django"],
+        MIDDLEWARE=["capi_bridge.django.CapiBridgeMiddleware"],
+        ROOT_URLCONF=__name__,
+        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates"}],
+        DATABASES={},
+        CAPI_BRIDGE={**{k.upper(): v for k, v in SETTINGS.items()}, "OUTBOX_PATH": outbox},
+    )
+    django.setup()
+    wrapped = WSGIHandler()
+    with override_settings(MIDDLEWARE=[]):
+        bare = WSGIHandler()
+    return bare, wrapped
+
+
+urlpatterns: list[Any] = []
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -238,17 +288,44 @@ def compare(
     }
 
 
+def one(case: str, count: int) -> None:
+    """``--one flask/page/wrapped --count N``: only N requests of one case, for instruction
+    counts on a noisy machine: ``valgrind --tool=callgrind`` this at two counts; the difference
+    over the extra requests is the cost per request, whatever the load of the machine."""
+    framework, kind, variant = case.split("/")
+    wrapped = variant == "wrapped"
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = f"{tmp}/outbox.sqlite3"
+        loop = asyncio.new_event_loop()
+        if framework == "flask":
+            run = wsgi_runner(flask_app(wrapped, outbox), f"/{kind}")
+        elif framework == "starlette":
+            run = asgi_runner(starlette_app(wrapped, outbox), f"/{kind}", loop)
+        else:
+            bare, with_bridge = django_apps(outbox)
+            run = wsgi_runner(with_bridge if wrapped else bare, f"/{kind}")
+        for _ in range(20 + count):  # 20 to warm caches (templates, regexes) in both runs
+            run()
+        loop.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--one", help="framework/kind/bare|wrapped: only that case (callgrind)")
+    parser.add_argument("--count", type=int, default=100, help="requests for --one")
     args = parser.parse_args()
+    if args.one:
+        one(args.one, args.count)
+        return
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         outbox = f"{tmp}/outbox.sqlite3"
         bare_flask, wrapped_flask = flask_app(False, outbox), flask_app(True, outbox)
         loop = asyncio.new_event_loop()
         bare_star, wrapped_star = starlette_app(False, outbox), starlette_app(True, outbox)
+        bare_django, wrapped_django = django_apps(outbox)
         for kind in ("page", "json", "trivial"):
             results[f"flask/{kind}"] = compare(
                 wsgi_runner(bare_flask, f"/{kind}"),
@@ -259,6 +336,12 @@ def main() -> None:
             results[f"starlette/{kind}"] = compare(
                 asgi_runner(bare_star, f"/{kind}", loop),
                 asgi_runner(wrapped_star, f"/{kind}", loop),
+                args.requests,
+                args.rounds,
+            )
+            results[f"django/{kind}"] = compare(
+                wsgi_runner(bare_django, f"/{kind}"),
+                wsgi_runner(wrapped_django, f"/{kind}"),
                 args.requests,
                 args.rounds,
             )

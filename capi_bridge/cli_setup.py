@@ -76,6 +76,7 @@ def _add_demo(sub: Subparsers) -> None:
         examples=[
             "capi-bridge demo                         # http://127.0.0.1:8000",
             "capi-bridge demo --framework starlette --port 0",
+            "capi-bridge demo --framework django",
         ],
         exits=[
             (EXIT_OK, "stopped with Ctrl-C"),
@@ -90,9 +91,10 @@ def _add_demo(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--framework",
-        choices=("flask", "starlette"),
+        choices=("flask", "starlette", "django"),
         default="flask",
-        help="which example shop to serve (default flask; starlette runs on uvicorn)",
+        help="which example shop to serve (default flask; starlette runs on uvicorn, django on "
+        "Django's own threaded server)",
     )
     p.set_defaults(func=_cmd_demo)
 

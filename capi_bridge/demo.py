@@ -3,7 +3,8 @@
 A newcomer with no Meta account and no internet should see the redundant setup work within a
 second: the fake Graph API (:class:`~capi_bridge.testing.FakeGraph`, in this process) plays
 Meta's server and also serves ``fbevents-stub.js`` in place of Meta's pixel library; the shop is
-``examples/flask_app.py`` or ``examples/starlette_app.py`` from the source tree, loaded as is and
+``examples/flask_app.py``, ``examples/starlette_app.py`` or ``examples/django_shop/`` from the
+source tree, loaded as is and
 configured only through the ``CAPI_BRIDGE_*`` variables README documents, so what the demo runs
 is exactly what a developer would copy. Everything binds to 127.0.0.1.
 
@@ -45,13 +46,23 @@ logger = logging.getLogger("capi_bridge.demo")
 HOST = "127.0.0.1"
 DEMO_PIXEL = "1234567890"
 DEMO_TOKEN = "demo-token"  # the only token the demo's fake Graph API accepts
-FRAMEWORKS = ("flask", "starlette")
+FRAMEWORKS = ("flask", "starlette", "django")
 #: How long a server may take to answer its first request before the demo gives up.
 READY_TIMEOUT = 15.0
 #: Bound on the flush at shutdown; the fake Graph API is local, so this is generous.
 CLOSE_TIMEOUT = 5.0
 #: What each framework needs beyond capi-bridge itself (module names, for the error message).
-_NEEDS = {"flask": ("flask",), "starlette": ("starlette", "uvicorn", "jinja2")}
+_NEEDS = {
+    "flask": ("flask",),
+    "starlette": ("starlette", "uvicorn", "jinja2"),
+    "django": ("django", "jinja2"),
+}
+#: Each shop's file in ``examples/`` (Django's is a project: its manage.py).
+_SHOPS = {
+    "flask": "flask_app.py",
+    "starlette": "starlette_app.py",
+    "django": "django_shop/manage.py",
+}
 
 
 class DemoError(Exception):
@@ -64,7 +75,7 @@ def examples_dir() -> Path:
 
 
 def _shop_file(framework: str) -> Path:
-    path = examples_dir() / f"{framework}_app.py"
+    path = examples_dir() / _SHOPS[framework]
     if not path.is_file():
         raise DemoError(
             f"the example shop {path} is missing: the demo runs the shop from the source tree, "
@@ -173,6 +184,40 @@ def _serve_flask(module: ModuleType, sock: socket.socket) -> _Running:
         server.server_close()
         flushed: bool = app.extensions["capi_bridge"].close(CLOSE_TIMEOUT)
         return flushed
+
+    return _Running(thread.is_alive, stop)
+
+
+def _serve_django(manage: Path, sock: socket.socket) -> _Running:
+    """The Django shop on Django's own threaded WSGI server (runserver's), on our socket."""
+    sys.path.insert(0, str(manage.parent))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "shop.settings"
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+    from django.core.wsgi import get_wsgi_application
+
+    from capi_bridge.django import conf
+
+    try:
+        app = get_wsgi_application()  # loads the middleware, which checks the settings
+    except ImproperlyConfigured as exc:
+        raise DemoError(str(exc)) from None
+    logging.getLogger("django.server").setLevel(logging.WARNING)  # one line per request
+    server = ThreadedWSGIServer(sock.getsockname(), WSGIRequestHandler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock  # already bound and listening
+    server.server_name, server.server_port = HOST, sock.getsockname()[1]
+    server.setup_environ()
+    server.set_app(app)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-shop", daemon=True
+    )
+    thread.start()
+
+    def stop() -> bool:
+        server.shutdown()
+        server.server_close()
+        return conf.core().close(CLOSE_TIMEOUT)
 
     return _Running(thread.is_alive, stop)
 
@@ -348,6 +393,8 @@ def _mention_user_settings(env: Mapping[str, str], say: Callable[[str], None]) -
 
 
 def _start_shop(framework: str, path: Path, sock: socket.socket) -> _Running:
+    if framework == "django":
+        return _serve_django(path, sock)
     module = _load_shop(path)
     serve = _serve_flask if framework == "flask" else _serve_starlette
     return serve(module, sock)

@@ -25,6 +25,8 @@ the number of pixels it went to; events held for consent count once released):
 * ``refused``: events whose server copy the mirror refused as invalid, and dead letters (Meta
   rejected them, or they expired), by reason;
 * ``ignored``: browser events the mirror ignored, by reason (see ``drops.REASONS``);
+* ``dropped``: events sent without a user_data key the app gave, because the visitor's value
+  was invalid (``identify(em="jane@intranet")``), by key and reason;
 * ``emq_estimate``: see :data:`EMQ_WEIGHTS`.
 """
 
@@ -35,7 +37,7 @@ import statistics
 from typing import Any
 
 from capi_bridge import drops, observation_log
-from capi_bridge.observations import BROWSER, KEYS, SERVER, TWIN
+from capi_bridge.observations import BROWSER, KEYS, NOTE, SERVER, TWIN
 from capi_bridge.outbox import Outbox
 
 #: Weights of the match-quality **estimate**, on Meta's 0-10 scale: score = 10 x sum(weight of
@@ -93,6 +95,7 @@ class EventDiagnostics:
     ignored: tuple[dict[str, Any], ...] = ()
     #: Browser events of the site's pixels the mirror ignored or refused (no server copy).
     not_mirrored: int = 0
+    dropped: tuple[dict[str, Any], ...] = ()
 
     @property
     def coverage(self) -> float | None:
@@ -139,6 +142,7 @@ class EventDiagnostics:
             },
             "refused": list(self.refused),
             "ignored": list(self.ignored),
+            "dropped": list(self.dropped),
             "emq_estimate": self.emq_estimate,
         }
 
@@ -237,6 +241,14 @@ def compute(outbox: Outbox, now: float, window: float) -> Diagnostics:
                 "count": count,
             }
         )
+    dropped: dict[str, list[dict[str, Any]]] = {}
+    for name, problem, count in outbox.query(
+        "SELECT event_name, problem, count(DISTINCT event_id) FROM observations"
+        f" WHERE channel = {NOTE} AND id >= ? AND at >= ? AND at <= ?"
+        " GROUP BY event_name, problem",
+        (start, since, now),
+    ):
+        dropped.setdefault(name, []).append({"message": problem, "count": count})
     events = []
     for row in totals:
         name, count, server, browser, dedup, server_only, reported, loaded = row[:8]
@@ -256,6 +268,7 @@ def compute(outbox: Outbox, now: float, window: float) -> Diagnostics:
                 pixel_loaded=loaded,
                 fbc_ages=tuple(sorted(ages.get(name, ()))),
                 refused=tuple(refused.pop(name, ())),
+                dropped=tuple(dropped.get(name, ())),
             )
         )
     for name, reasons in sorted(refused.items()):  # dead letters of events observed earlier
@@ -330,6 +343,8 @@ def format_text(diagnostics: Diagnostics) -> str:
         for i in e.ignored:
             detail = f" ({i['detail']})" if i["detail"] else ""
             lines.append(f"  not mirrored     {i['count']} x {i['meaning']}{detail}")
+        for d in e.dropped:
+            lines.append(f"  dropped          {d['count']} x {d['message']}")
     weights = ", ".join(f"{k} {w}" for k, w in EMQ_WEIGHTS.items())
     lines.append("")
     lines.append(f"Match quality is an estimate: {EMQ_METHOD}")

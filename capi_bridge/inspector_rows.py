@@ -12,7 +12,8 @@ Meta from deduplicating or matching them, naming the cause (peers spec §3, comp
   counted by name and reason (:mod:`capi_bridge.drops`), listed apart.
 
 The pair deduplicates when both copies exist with the same name. Flags: one id under several
-names, one copy only, and copies carrying different ``fbp``.
+names, one copy only, copies carrying different ``fbp``, and a visitor's value dropped as
+invalid (a note, not a copy).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from capi_bridge.observation_log import Outcome, Seen
-from capi_bridge.observations import BROWSER, PIXEL_KEYS, SERVER, TWIN, key_labels, previews
+from capi_bridge.observations import (
+    BROWSER,
+    NOTE,
+    PIXEL_KEYS,
+    SERVER,
+    TWIN,
+    key_labels,
+    previews,
+)
 
 #: A server event's pixel twin fires on the next page within this long (pages.PENDING_MAX_AGE).
 TWIN_WAIT = 600.0
@@ -96,6 +105,8 @@ def _row(
                 "from fetch() without capiBridge.track(name, data, {eventID: id}), or a page "
                 "never rendered)"
             )
+    for problem in dict.fromkeys(s.row.problem for s in oldest_first if s.row.channel == NOTE):
+        flags.append(f"sent without a visitor's value: {problem}")
     fbp_flag = _fbp_disagreement(browser, server)
     if fbp_flag:
         flags.append(fbp_flag)

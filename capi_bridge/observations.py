@@ -32,7 +32,10 @@ Channels:
   ``twin`` is 1 when its pixel twin is on its way to the next page;
 * ``twin``: a rendered page fired the pixel twin of a server event. These are noted at render
   time in memory (:class:`ObservationBuffer`) and written by the dispatcher, so rendering a page
-  never waits on SQLite.
+  never waits on SQLite;
+* ``note`` (:data:`NOTE`): no copy, a remark on a server event: a visitor's value the app gave
+  (``identify(em="jane@intranet")``) was dropped as invalid and the event went without it
+  (``problem`` names the key and why, never the value). Buffered like twins.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 BROWSER, SERVER, TWIN = 1, 2, 3
+#: Not a copy of the event but a note about it: a visitor's value dropped as invalid.
+NOTE = 4
 
 #: Rows older than this are pruned by the dispatcher: Meta's dedup coverage is a 7-day
 #: average, and 7 days is also how late an event may reach Meta.
@@ -262,6 +267,35 @@ def twin_copies(
         row
         for name, event_id in fired
         for row in observations(pixels, name, event_id, now, TWIN_ORIGIN, described)
+    ]
+
+
+def dropped_fields(
+    pixels: Sequence[str],
+    event_name: str,
+    event_id: str,
+    dropped: Mapping[str, str],
+    now: float,
+) -> list[Observation]:
+    """Notes that ``event_id`` went out without the user_data keys of ``dropped`` (key ->
+    why, worded without the value), one per pixel and key."""
+    return [
+        Observation(
+            now,
+            pixel,
+            event_name,
+            event_id,
+            NOTE,
+            None,
+            None,
+            0,
+            None,
+            None,
+            "",
+            f"user_data.{field} dropped: {why}",
+        )
+        for field, why in dropped.items()
+        for pixel in pixels
     ]
 
 

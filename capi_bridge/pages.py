@@ -38,8 +38,7 @@ from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
 from capi_bridge.inspector import Inspector
 from capi_bridge.mirror import settle
-from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
-from capi_bridge.observations import Origin, twin_copies
+from capi_bridge.observations import Origin, dropped_fields, twin_copies
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import (
@@ -49,6 +48,7 @@ from capi_bridge.signing import (
     SignedValues,
 )
 from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, ConsentCheck, PageRenderer, script_json
+from capi_bridge.visitor_data import visitor_value
 
 logger = logging.getLogger("capi_bridge.pages")
 
@@ -199,13 +199,14 @@ class Page:
         #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
         self.nonce: str | None = None
         self.placed = False
-        self._user_data: dict[str, str] = {}
+        self._user_data: dict[str, Any] = {}
         self._identity: Identity | None = None
         self._consent: bool | None = None
         self._html: str | None = None
         self._page_cookies: tuple[str, ...] = ()
         self._tracked: list[dict[str, Any]] = []
         self._hold: str | None = None
+        self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
 
     @property
     def request(self) -> RequestView:
@@ -237,22 +238,31 @@ class Page:
 
     def identify(self, **user_data: Any) -> None:
         """Attach the signed-in visitor's data (``em``, ``ph``, ``external_id``...) to every
-        event of this request. Values are normalized now (a bad one fails here, naming the
-        field) and hashed when the event is stored; raw values never leave the process."""
+        event of this request. Values are normalized now and hashed when the event is stored;
+        raw values never leave the process.
+
+        Tracking never breaks the app: a value that is not what its key needs (an address an
+        ``<input type=email>`` accepts, ``jane@intranet``) is visitor data, not a bug, so it is
+        dropped with a warning naming the key (never the value), the events go out with the
+        rest, and the inspector and diagnostics count the drop. ``strict`` settings make it
+        raise instead (for the app's tests). An unknown key or a value of the wrong type is a
+        programming error and always raises."""
         for field, value in user_data.items():
             if value is None:
                 continue
-            if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
-                raise ValueError(
-                    f"identify(): {field!r} is not a Meta customer-information key; "
-                    f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
-                )
-            text = str(value)
-            self._user_data[field] = (
-                normalize(field, text, country=self._user_data.get("country"))
-                if field in HASHED_FIELDS
-                else text
-            )
+            if isinstance(value, (list, tuple)):
+                raise TypeError(f"identify(): give {field} one value, not a {type(value).__name__}")
+            text = self._user_value(field, value, self._user_data.get("country"))
+            if text is not None:
+                self._user_data[field] = text
+            else:
+                self._user_data.pop(field, None)
+
+    def _user_value(self, field: str, value: Any, country: str | None) -> Any:
+        """``value`` normalized for ``field``; None when it carries nothing or was dropped
+        (noted in ``_dropped`` for the inspector and diagnostics)."""
+        strict = self.core.settings.strict
+        return visitor_value(field, value, country=country, strict=strict, dropped=self._dropped)
 
     def track(
         self,
@@ -272,14 +282,24 @@ class Page:
         """
         eid = event_id or new_event_id()
         identity = self.identity
+        dropped_before = dict(self._dropped)
+        extra: dict[str, Any] = {}
+        if user_data:
+            country = user_data.get("country") or self._user_data.get("country")
+            hint = country if isinstance(country, str) else None
+            for field, value in user_data.items():
+                if value is not None:
+                    extra[field] = self._user_value(field, value, hint)
         event: dict[str, Any] = {
             "event_name": event_name,
             "event_id": eid,
             "event_time": int(self.core._clock()),
             "action_source": "website",
             "event_source_url": event_source_url or identity.event_source_url,
-            "user_data": {**identity.user_data(), **self._user_data, **(user_data or {})},
+            "user_data": {**identity.user_data(), **self._user_data, **extra},
         }
+        # identify()'s drops concern every event of the request, a track() argument's this one
+        dropped, self._dropped = self._dropped, dropped_before
         if custom_data:
             event["custom_data"] = dict(custom_data)
         # Without consent the event waits in the outbox (never sent unless released).
@@ -290,6 +310,10 @@ class Page:
         )
         if twin:
             self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
+        if dropped:
+            pixels = self.core.settings.pixel_ids
+            notes = dropped_fields(pixels, event_name, eid, dropped, self.core._clock())
+            self.core.bridge.observe_later(notes)
         return eid
 
     @functools.cached_property

@@ -261,6 +261,9 @@ class Settings:
     scoped_test_events: bool = False
     auto_inject: bool = True
     advanced_matching: bool = False
+    #: Data problems (a visitor's malformed e-mail...) raise instead of dropping the field with
+    #: a warning: for the app's own tests, never in production.
+    strict: bool = False
 
     # --- inspector and diagnostics ------------------------------------------------------------
     inspector: bool = False

@@ -1,12 +1,15 @@
 """WSGI middleware: the pixel snippet in every HTML page, the mirror endpoint, the script route.
 
-A thin adapter over :class:`capi_bridge.pages.PageBridge` (the framework-neutral core) and
-:mod:`capi_bridge.injection`. PEP 3333 shapes it:
+``app.wsgi_app = CapiBridgeMiddleware(app.wsgi_app)`` (settings from ``CAPI_BRIDGE_*``
+variables) or ``CapiBridgeMiddleware(app, settings=Settings(...))``. The Flask extension is this
+middleware plus Flask conveniences. What happens to a response is decided by the response core
+(:class:`~capi_bridge.responses.PageResponse`); this module only moves bytes the way PEP 3333
+asks:
 
 * requests that cannot be a navigation (``Sec-Fetch-Dest`` says fetch/XHR/image) go straight to
   the app; a navigation gets a :class:`~capi_bridge.pages.Page` in ``environ`` (server events,
-  ``identify()``), only a GET may have the snippet inserted, and a response we do not rewrite is
-  returned *unchanged* but for our ``Set-Cookie`` headers (keeping ``wsgi.file_wrapper``);
+  ``identify()``), and a response we do not rewrite is returned *unchanged* but for our
+  ``Set-Cookie`` headers (keeping ``wsgi.file_wrapper`` and ``len()``);
 * when we rewrite a response with a ``Content-Length``, the server's ``start_response`` is called
   late, just before the first body bytes, so the length can be corrected once we know whether the
   snippet went in; without one, headers go at once and the wrapper yields ``b""`` while it buffers
@@ -14,159 +17,175 @@ A thin adapter over :class:`capi_bridge.pages.PageBridge` (the framework-neutral
   always forwarded;
 * ``start_response`` may be called again with ``exc_info``; no reference to ``exc_info`` is kept;
 * an app that uses the legacy ``write()`` callable is passed through untouched.
+
+A bad setting raises :class:`~capi_bridge.errors.ConfigError` here, when the app is built, so
+the server never starts with a broken bridge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from capi_bridge.injection import Injector, is_navigation, should_inject
-from capi_bridge.pages import PAGE_ENVIRON_KEY, Page, PageBridge
+from capi_bridge.injection import is_navigation
+from capi_bridge.pages import PAGE_ENVIRON_KEY, PageBridge
 from capi_bridge.request import RequestView
-from capi_bridge.settings import Settings
+from capi_bridge.responses import PageResponse, body_limit, build_core, read_wsgi_body
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from capi_bridge.bridge import Bridge
+    from capi_bridge.settings import Settings
+    from capi_bridge.snippet import ConsentCheck
+
+__all__ = ["NONCE_ENVIRON_KEY", "CapiBridgeMiddleware", "wsgi_nonce"]
+
+#: Where a WSGI app (or a middleware inside ours) may leave the CSP nonce for our ``<script>``.
+NONCE_ENVIRON_KEY = "capi_bridge.csp_nonce"
 
 
 class CapiBridgeMiddleware:
-    """``app.wsgi_app = CapiBridgeMiddleware(app.wsgi_app, settings)``."""
+    """The WSGI middleware; keyword arguments as for every capi-bridge middleware:
+
+    ``settings`` (default: read from ``CAPI_BRIDGE_*`` environment variables), ``bridge`` (a
+    delivery engine to share), ``consent_check(request) -> bool`` (your consent platform's
+    decision), or ``core`` (a :class:`PageBridge` shared with another adapter).
+    """
 
     def __init__(
         self,
         app: WSGIApplication,
-        settings: Settings | None = None,
         *,
+        settings: Settings | None = None,
         bridge: Bridge | None = None,
+        consent_check: ConsentCheck | None = None,
         core: PageBridge | None = None,
     ) -> None:
         self.app = app
-        if core is None:
-            core = PageBridge(settings or Settings.from_env(), bridge=bridge)
-        self.core = core
+        self.core = build_core(
+            settings=settings, bridge=bridge, consent_check=consent_check, core=core
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if self.core.is_route(path):
+        core = self.core
+        if core.is_route(environ.get("PATH_INFO", "")):
             return self._serve_route(environ, start_response)
         if not is_navigation(environ.get("HTTP_SEC_FETCH_DEST")):
             return self.app(environ, start_response)
-        page = self.core.open_page(lambda: RequestView.from_wsgi(environ))
+        page = core.open_page(lambda: RequestView.from_wsgi(environ))
         environ[PAGE_ENVIRON_KEY] = page
-        inject = environ.get("REQUEST_METHOD") == "GET" and self.core.settings.auto_inject
-        response = _PageResponse(start_response, page, inject=inject)
+        inject = environ.get("REQUEST_METHOD") == "GET" and core.settings.auto_inject
+        body = PageResponse(
+            lambda: page, lambda: page, inject=inject, nonce=lambda: wsgi_nonce(environ)
+        )
+        response = _Start(start_response, body)
         result = self.app(environ, response.start_response)
-        if not response.rewriting:
-            return result
-        return _InjectingBody(result, response)
+        if response.called and not response.body.rewriting:
+            return result  # the app's own iterable: file_wrapper and len() kept
+        return _Body(result, response)  # rewriting, or an app that starts while iterating
 
     def _serve_route(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        limit = self.core.endpoint.max_body_bytes
-        body = b""
-        if 0 < length <= limit:
-            body = environ["wsgi.input"].read(length)
-        elif length > limit:
-            body = b"\0" * (limit + 1)  # never read: the endpoint answers 413 by size
+        body = read_wsgi_body(environ, body_limit(self.core))
         reply = self.core.handle(RequestView.from_wsgi(environ), body)
         start_response(reply.status_line, list(reply.headers))
         return [reply.body]
 
 
-class _PageResponse:
-    """Intercepts ``start_response`` and decides, from status and headers, whether to rewrite."""
+def wsgi_nonce(environ: WSGIEnvironment) -> str | None:
+    """The page's CSP nonce: ``environ["capi_bridge.csp_nonce"]``, else Flask-Talisman's
+    ``request.csp_nonce`` (Werkzeug keeps the request object in ``environ``)."""
+    nonce = environ.get(NONCE_ENVIRON_KEY)
+    if nonce is None:
+        nonce = getattr(environ.get("werkzeug.request"), "csp_nonce", None)
+    return nonce if isinstance(nonce, str) and nonce else None
 
-    def __init__(self, start_response: StartResponse, page: Page, *, inject: bool) -> None:
+
+class _Start:
+    """Intercepts ``start_response``: the core decides, this sends the start line (late when a
+    length must be corrected)."""
+
+    __slots__ = ("_headers", "_status", "_upstream", "_write", "body", "called", "started")
+
+    def __init__(self, start_response: StartResponse, body: PageResponse) -> None:
         self._upstream = start_response
-        self.page = page
-        self._inject = inject
-        self.rewriting = False
+        self.body = body
+        self.called = False
         self.started = False
         self._status = ""
         self._headers: list[tuple[str, str]] = []
-        self.injector: Injector | None = None
-        self._upstream_write: Any = None
+        self._write: Callable[[bytes], object] | None = None
 
     def start_response(
         self,
         status: str,
         headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None = None,
-    ) -> Any:
+    ) -> Callable[[bytes], object]:
         if exc_info is not None and self.started:
-            return self._upstream(status, headers, exc_info)
-        code = int(status.split(" ", 1)[0])
-        lowered = [(name.lower(), value) for name, value in headers]
-        if not (self._inject and should_inject(code, lowered)):
-            self.rewriting = False
-            return self._upstream(status, list(headers) + self.page.response_headers(), exc_info)
-        self.rewriting = True
+            return self._upstream(status, headers, exc_info)  # re-raises: too late to change
+        self.called = True
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 0  # not ours to judge: passed through as the app sent it
+        extra = self.body.start(code, [(name.lower(), value) for name, value in headers])
         self._status = status
-        # render first: the page's cookies (fbp minted for it) come with its snippet
-        self.injector = None if self.page.placed else Injector(self.page.snippet_bytes())
-        self._headers = list(headers) + self.page.response_headers()
-        if not any(name == "content-length" for name, _ in lowered):
-            # Nothing to correct: send headers now, so the body may yield b"" while buffering.
-            self.begin(False)
-        return self._write
+        self._headers = [*headers, *extra]
+        if not self.body.held:
+            self.begin()
+        return self.write
 
-    def begin(self, injected: bool) -> None:
-        """Send the held status and headers, with ``Content-Length`` grown by the snippet."""
+    def begin(self) -> None:
+        """Send the status and headers, ``Content-Length`` corrected once the body decided."""
         if self.started:
             return
         self.started = True
         headers = self._headers
-        if injected and self.injector is not None:
-            grow = len(self.injector.snippet)
+        if self.body.held:
             headers = [
-                (name, str(int(value) + grow) if name.lower() == "content-length" else value)
+                (name, self.body.length(value) if name.lower() == "content-length" else value)
                 for name, value in headers
             ]
-        self._upstream_write = self._upstream(self._status, headers)
+        self._write = self._upstream(self._status, headers)
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         """Legacy ``write()``: the body bypasses the iterable, so stop rewriting and forward."""
         if not self.started:
-            self.injector = None
-            self.begin(False)
-        self._upstream_write(data)
+            self.body.injector = None  # nothing buffered yet: write() comes before iteration
+            self.begin()
+        assert self._write is not None
+        self._write(data)
 
 
-class _InjectingBody:
+class _Body:
     """The rewritten body: buffers to the insertion point, then streams; forwards ``close()``."""
 
-    def __init__(self, result: Iterable[bytes], response: _PageResponse) -> None:
+    __slots__ = ("_result", "_start")
+
+    def __init__(self, result: Iterable[bytes], start: _Start) -> None:
         self._result = result
-        self._response = response
+        self._start = start
 
     def __iter__(self) -> Iterator[bytes]:
-        response = self._response
-        injector = response.injector
+        start = self._start
+        body = start.body
         for chunk in self._result:
-            if injector is None:
-                response.begin(False)
-                yield chunk
-                continue
-            out = injector.feed(chunk)
-            if injector.decided:
-                response.begin(injector.injected)
-            if response.started:
+            out = body.feed(chunk)
+            if start.called and not start.started and body.decided:
+                start.begin()
+            if start.started:
                 yield out  # b"" while still buffering: PEP 3333's block rule
-        tail = b"" if injector is None else injector.finish()
-        response.begin(injector is not None and injector.injected)
+        tail = body.finish()
+        if start.called:
+            start.begin()
         if tail:
             yield tail
 
     def close(self) -> None:
-        close = getattr(self._result, "close", None)
+        close: Any = getattr(self._result, "close", None)
         if close is not None:
             close()

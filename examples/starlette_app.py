@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from capi_bridge.asgi import CapiBridgeMiddleware
-from capi_bridge.starlette import capi_pixel, get_core, identify, track
+from capi_bridge.starlette import CapiBridgeMiddleware, capi_pixel, get_core, identify, track
 
 HERE = Path(__file__).resolve().parent
 PRODUCTS: dict[str, dict[str, Any]] = {

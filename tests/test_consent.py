@@ -9,7 +9,9 @@ from capi_bridge.pages import PageBridge
 from capi_bridge.request import RequestView
 from capi_bridge.settings import Settings
 
-SETTINGS = Settings(pixel_id="1", access_token="t", secret_key="consent-tests-secret-key-0123456789")
+SETTINGS = Settings(
+    pixel_id="1", access_token="t", secret_key="consent-tests-secret-key-0123456789"
+)
 
 
 def request(cookie: str = "") -> RequestView:

@@ -111,8 +111,13 @@ def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> Non
 
 @pytest.mark.parametrize(
     ("framework", "signum"),
-    [("flask", signal.SIGTERM), ("starlette", signal.SIGTERM), ("flask", signal.SIGINT)],
-    ids=["flask-SIGTERM", "starlette-SIGTERM", "flask-Ctrl-C"],
+    [
+        ("flask", signal.SIGTERM),
+        ("starlette", signal.SIGTERM),
+        ("django", signal.SIGTERM),
+        ("flask", signal.SIGINT),
+    ],
+    ids=["flask-SIGTERM", "starlette-SIGTERM", "django-SIGTERM", "flask-Ctrl-C"],
 )
 def test_demo_serves_the_shop_and_stops_cleanly(
     start_demo: Callable[..., Demo], tmp_path: Path, framework: str, signum: int

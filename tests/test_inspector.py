@@ -146,7 +146,7 @@ def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 @pytest.mark.parametrize("enabled", [False, True])
 def test_wsgi(delivery_settings: Any, enabled: bool) -> None:
     settings = delivery_settings(secret_key=SECRET, inspector=enabled)
-    app = CapiBridgeMiddleware(_wsgi_app, settings)
+    app = CapiBridgeMiddleware(_wsgi_app, settings=settings)
     try:
         environ = {
             "REQUEST_METHOD": "GET",
@@ -187,7 +187,7 @@ async def _asgi(settings: Any, client: tuple[str, int]) -> httpx.Response:
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b"the app's own 404"})
 
-    middleware = AsgiMiddleware(app, settings)
+    middleware = AsgiMiddleware(app, settings=settings)
     transport = httpx.ASGITransport(app=middleware, client=client)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=f"http://{HOST}") as http:

@@ -1,0 +1,214 @@
+"""The response core every adapter drives: one page response, and bounded request bodies.
+
+The WSGI, ASGI and Django middlewares differ only in how bytes and headers travel
+(``start_response`` and an iterable; ``send()`` messages; a response object). What happens to a
+response is decided here, once, so the adapters cannot drift apart:
+
+* :class:`PageResponse`, at the start line: is this a page to rewrite (auto-injection on for a
+  GET navigation, status 200, HTML, not encoded, not an attachment, and the template tag has not
+  placed the snippet already)? Which cookies does the response carry (the page's own, or those a
+  server event earned on a redirect)? Must the start line be held until the body is decided?
+  Only when there is a ``Content-Length`` to correct: a streamed page's headers go at once. Then
+  the body, chunk by chunk, buffered only up to the insertion point or the search limit
+  (:class:`~capi_bridge.injection.Injector`) and passed through after that. Streaming and
+  compressed responses are never buffered: they fail the gate and pass untouched.
+* :func:`read_wsgi_body`, :func:`read_asgi_body` and :func:`read_limited`: the request body of
+  one of our routes, read to at most ``limit + 1`` bytes whatever the client announced or
+  streamed (chunked), so an oversize POST gets the endpoint's 413 on every adapter, and no
+  client can make us hold more than the limit.
+* :func:`build_core`: the app-wide :class:`~capi_bridge.pages.PageBridge` from the keyword
+  arguments every middleware takes, the environment as fallback; a bad setting or an outbox that
+  cannot be opened is a :class:`~capi_bridge.errors.ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from capi_bridge.bridge import Bridge
+from capi_bridge.errors import ConfigError
+from capi_bridge.injection import Injector, should_inject
+from capi_bridge.pages import Page, PageBridge
+from capi_bridge.settings import Settings, env
+from capi_bridge.snippet import ConsentCheck
+
+__all__ = [
+    "PageResponse",
+    "body_limit",
+    "build_core",
+    "read_asgi_body",
+    "read_limited",
+    "read_wsgi_body",
+]
+
+
+class PageResponse:
+    """One response to a request that may be a navigation.
+
+    ``current()`` returns the request's :class:`Page` if something made one (a view that called
+    ``track``, the template tag); ``make()`` makes it when the response turns out to be a page;
+    ``nonce()`` reads the app's CSP nonce (django-csp, Flask-Talisman...) when one is rendered.
+    Call :meth:`start` with the status and the headers (lower-case names), send what it returns
+    along with the app's headers, then pass every body chunk through :meth:`feed` and the end
+    of the body through :meth:`finish`. While :attr:`held` the start line waits: send it once
+    :attr:`decided`, with ``Content-Length`` set by :meth:`length`.
+    """
+
+    __slots__ = ("_current", "_inject", "_make", "_nonce", "held", "injector")
+
+    def __init__(
+        self,
+        current: Callable[[], Page | None],
+        make: Callable[[], Page],
+        *,
+        inject: bool,
+        nonce: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._current = current
+        self._make = make
+        self._inject = inject
+        self._nonce = nonce
+        #: Set while the body is being rewritten (None: pass everything through).
+        self.injector: Injector | None = None
+        #: Whether the start line must wait for the body's decision (a length to correct).
+        self.held = False
+
+    def start(self, status: int, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Decide from the status and headers; returns the headers to add (``Set-Cookie``).
+
+        May be called again (WSGI's ``start_response`` with ``exc_info``): it starts over."""
+        self.injector = None
+        self.held = False
+        page: Page | None
+        if self._inject and should_inject(status, headers):
+            page = self._make()
+            if not page.placed:
+                if page.nonce is None and self._nonce is not None:
+                    page.nonce = self._nonce()  # the app's CSP nonce, read only for a page
+                # render first: the page's cookies (an fbp minted for it) come with its snippet
+                self.injector = Injector(page.snippet_bytes())
+                self.held = any(name == "content-length" for name, _ in headers)
+        else:
+            page = self._current()
+        if page is None or not page.navigation:
+            return []
+        return page.response_headers()
+
+    @property
+    def rewriting(self) -> bool:
+        return self.injector is not None
+
+    @property
+    def decided(self) -> bool:
+        """Whether the body's fate is known: what is held may be sent."""
+        return self.injector is None or self.injector.decided
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What may be sent of the body so far (``b""`` while looking for ``</head>``)."""
+        return chunk if self.injector is None else self.injector.feed(chunk)
+
+    def finish(self) -> bytes:
+        """The end of the body: whatever was still held."""
+        return b"" if self.injector is None else self.injector.finish()
+
+    def length(self, value: str) -> str:
+        """The ``Content-Length`` to send in place of ``value``, once :attr:`decided`."""
+        injector = self.injector
+        if injector is None or not injector.injected:
+            return value
+        try:
+            return str(int(value) + len(injector.snippet))
+        except ValueError:  # a malformed length: leave it to the server, as the app sent it
+            return value
+
+
+# --- request bodies of our routes ----------------------------------------------------------------
+
+
+def body_limit(core: PageBridge) -> int:
+    """The largest body the endpoint takes; readers stop one byte past it (the endpoint then
+    answers 413 by size). Read from the endpoint, the one place that knows."""
+    return int(core.endpoint.max_body_bytes)
+
+
+def read_limited(read: Callable[[int], bytes], limit: int, length: int | None = None) -> bytes:
+    """Read from a file-like ``read`` until its end or ``length`` bytes, and never more than
+    ``limit + 1`` bytes: one byte past the limit is enough to know the body is too large."""
+    want = limit + 1 if length is None else min(length, limit + 1)
+    parts: list[bytes] = []
+    got = 0
+    while got < want:
+        chunk = read(want - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_wsgi_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """A WSGI request body, bounded. PEP 3333 forbids reading past ``CONTENT_LENGTH``; a body
+    without one (chunked) is read only when the server says its stream ends by itself
+    (``wsgi.input_terminated``: gunicorn, Werkzeug, mod_wsgi), else it counts as empty."""
+    raw = environ.get("CONTENT_LENGTH")
+    length: int | None
+    if raw:
+        try:
+            length = int(raw)
+        except ValueError:
+            return b""
+        if length <= 0:
+            return b""
+    elif environ.get("wsgi.input_terminated"):
+        length = None
+    else:
+        return b""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    return read_limited(stream.read, limit, length)
+
+
+async def read_asgi_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], limit: int
+) -> bytes | None:
+    """An ASGI request body, bounded: no ``receive()`` once more than ``limit`` bytes came.
+    None when the client disconnected first."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body", False) or len(body) > limit:
+            return bytes(body[: limit + 1])
+
+
+# --- the app-wide core ---------------------------------------------------------------------------
+
+
+def build_core(
+    *,
+    settings: Settings | None = None,
+    bridge: Bridge | None = None,
+    consent_check: ConsentCheck | None = None,
+    core: PageBridge | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PageBridge:
+    """The :class:`PageBridge` a middleware serves: ``core`` as given, else one built from
+    ``settings`` (else the ``CAPI_BRIDGE_*`` variables of ``environ``, default ``os.environ``).
+    Raises :class:`ConfigError` naming the setting at fault, the outbox's included."""
+    if core is not None:
+        return core
+    if settings is None:
+        settings = Settings.from_env(environ)
+    try:
+        return PageBridge(settings, bridge=bridge, consent_check=consent_check)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            env("outbox_path"),
+            f"the outbox {settings.outbox_path!r} cannot be opened ({exc})",
+            "create its folder, or point it at a file the app's user may write",
+        ) from None

@@ -1,0 +1,76 @@
+"""A visitor's customer information, checked so that tracking never breaks the app.
+
+``<input type=email>`` accepts ``jane@intranet``; Meta does not. Such a value is the visitor's,
+not a bug in the app, so raising (a 500 at checkout) is the wrong answer: the field is dropped,
+the event goes out with the rest, a warning names the field (never the value, which is personal
+data), and the drop is noted for the inspector and diagnostics. Programming errors still raise:
+a key Meta does not know (``email=`` for ``em=``) or a value of the wrong type. ``strict``
+settings (``CAPI_BRIDGE_STRICT``) make data problems raise too, for the app's own tests, with
+the same value-free reason.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from capi_bridge.errors import InvalidUserData
+from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
+
+logger = logging.getLogger("capi_bridge.pages")
+
+#: Why a visitor's value was dropped, worded without the value (logs never carry user data).
+REASONS = {
+    "em": "is not an e-mail address",
+    "ph": "is not a phone number with a country calling code",
+    "fn": "is not a first name",
+    "ln": "is not a last name",
+    "ct": "is not a city",
+    "st": "is not a state or province",
+    "zp": "is not a postal code",
+    "country": "is not a country",
+    "db": "is not a date of birth",
+    "ge": "is not a gender Meta accepts (m or f)",
+}
+
+
+def visitor_value(
+    field: str, value: Any, *, country: str | None, strict: bool, dropped: dict[str, str]
+) -> Any:
+    """``value`` normalized for ``field`` (a list item by item); None when it carries nothing
+    or was dropped, in which case ``dropped[field]`` says why. Raises ``ValueError`` for an
+    unknown key, ``TypeError`` for a wrong type, and ``InvalidUserData`` when ``strict``."""
+    if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
+        raise ValueError(
+            f"{field!r} is not a Meta customer-information key; "
+            f"use one of {sorted(HASHED_FIELDS | PLAIN_FIELDS)}"
+        )
+    if isinstance(value, (list, tuple)):
+        kept = [
+            visitor_value(field, item, country=country, strict=strict, dropped=dropped)
+            for item in value
+            if item is not None
+        ]
+        return [item for item in kept if item is not None] or None
+    if field == "db" and isinstance(value, datetime.date):
+        value = value.strftime("%Y%m%d")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        kind = type(value).__name__
+        raise TypeError(f"user_data {field!r} must be text (or a number), not {kind}")
+    if field in PLAIN_FIELDS:
+        return value
+    try:
+        return normalize(field, str(value), country=country) or None
+    except InvalidUserData:
+        reason = REASONS.get(field, "cannot be normalized the way Meta requires")
+        if strict:
+            raise InvalidUserData(field, reason) from None
+        logger.warning(
+            "capi-bridge: user_data.%s %s; dropped, the events go out without it "
+            "(CAPI_BRIDGE_STRICT=true raises instead)",
+            field,
+            reason,
+        )
+        dropped[field] = reason
+        return None

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""The example shop on Django: ``python examples/django_shop/manage.py runserver``.
+
+Configuration comes only from ``CAPI_BRIDGE_*`` environment variables (README "Examples").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)

@@ -1,0 +1,1 @@
+"""The example shop on Django (see ``manage.py``)."""
