@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from capi_bridge import __version__
+from capi_bridge._version import __version__
 
 if TYPE_CHECKING:
     from capi_bridge.outbox import Outbox

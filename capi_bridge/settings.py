@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from capi_bridge import __version__
+from capi_bridge._version import __version__
 from capi_bridge.errors import ConfigError
 
 ENV_PREFIX = "CAPI_BRIDGE_"
