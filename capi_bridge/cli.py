@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from capi_bridge._version import __version__
 
 if TYPE_CHECKING:
-    from capi_bridge.outbox import Outbox
+    from capi_bridge.delivery.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +177,6 @@ def _add_outbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)"
 
     stats = actions.add_parser(
         "stats", help="pending, in flight, delivered, dead, held, last error"
@@ -204,25 +203,54 @@ def _add_outbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     purge.set_defaults(func=_cmd_outbox_purge)
     for action in (stats, dead, retry, purge):
-        action.add_argument("--path", default=None, help=path_help)
+        add_store_arguments(action)
 
 
-def _open_outbox(args: argparse.Namespace) -> Outbox | None:
-    """The outbox named by --path/env/default, or None (and a message) if there is none."""
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url``/``--path``/``--schema``: which outbox a command reads (the app's settings)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url",
+        default=None,
+        help="the outbox URL, sqlite:///file or postgresql://user:pass@host/db "
+        "(default: $CAPI_BRIDGE_OUTBOX_URL)",
+    )
+    where.add_argument(
+        "--path",
+        default=None,
+        help="the SQLite outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=None,
+        help="the PostgreSQL schema (default: $CAPI_BRIDGE_OUTBOX_SCHEMA or capi_bridge)",
+    )
+
+
+def _open_outbox(args: argparse.Namespace) -> Store | None:
+    """The outbox named by --url/--path, the environment or the defaults, or None (and a
+    message) if there is none: the CLI never creates an outbox."""
     import dataclasses
     import os
-    import sqlite3
 
-    from capi_bridge.outbox import Outbox
+    from capi_bridge.delivery import open_store
+    from capi_bridge.delivery.store import StoreError
     from capi_bridge.settings import ENV_PREFIX, Settings
 
-    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "outbox_path")
-    path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or str(default)
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    url = args.url or (None if args.path else os.environ.get(ENV_PREFIX + "OUTBOX_URL"))
+    if not url:
+        path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or defaults["outbox_path"]
+        url = f"sqlite:///{path}"
+    schema = args.schema or os.environ.get(ENV_PREFIX + "OUTBOX_SCHEMA") or "capi_bridge"
     try:
-        return Outbox(path, create=False)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"capi-bridge: cannot open the outbox at {os.path.abspath(path)}: {exc}")
-        print("Pass --path or set CAPI_BRIDGE_OUTBOX_PATH to the app's outbox file.")
+        return open_store(url, schema=schema, create=False)
+    except StoreError as exc:
+        print(f"capi-bridge: {exc}")
+        print(
+            "Pass --url (or --path for a SQLite file), or set CAPI_BRIDGE_OUTBOX_URL / "
+            "CAPI_BRIDGE_OUTBOX_PATH, to the app's outbox."
+        )
         return None
 
 
@@ -238,13 +266,11 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from capi_bridge.outbox_admin import read_stats
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
     now = time.time()
-    stats = read_stats(outbox, now)
+    stats = outbox.stats(now)
     if args.json:
         print(json.dumps(stats.as_dict(), sort_keys=True))
         return 0
@@ -278,17 +304,15 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from capi_bridge.outbox_admin import dead_letters
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
-    letters = dead_letters(outbox, args.limit)
+    letters = outbox.dead_letters(args.limit)
     if args.json:
         print(json.dumps([dataclasses.asdict(d) for d in letters]))
         return 0
     if not letters:
-        print(f"no dead letters in {outbox.path}")
+        print(f"no dead letters in {outbox.location}")
         return 0
     for d in letters:
         codes = "/".join(str(c) for c in (d.code, d.subcode) if c is not None) or "-"
@@ -303,13 +327,11 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
 def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
     import time
 
-    from capi_bridge.outbox_admin import retry_dead
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
-    moved = retry_dead(outbox, None if args.all else args.ids, time.time())
-    print(f"requeued {moved} dead letters in {outbox.path}")
+    moved = outbox.retry_dead(None if args.all else args.ids, time.time())
+    print(f"requeued {moved} dead letters in {outbox.location}")
     print("The app's dispatchers send them within a second; watch `capi-bridge outbox stats`.")
     return 0 if moved or args.all else 1
 
@@ -317,15 +339,12 @@ def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
 def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     import time
 
-    from capi_bridge.outbox_admin import purge
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
     both = not (args.delivered or args.dead)
     older = None if args.older_than is None else args.older_than * 3600
-    removed = purge(
-        outbox,
+    removed = outbox.purge(
         delivered=args.delivered or both,
         dead=args.dead or both,
         older_than=older,
@@ -334,7 +353,7 @@ def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     age = "" if args.older_than is None else f" older than {args.older_than:g} h"
     print(
         f"deleted {removed['delivered']} delivered keys and {removed['dead']} dead letters{age}"
-        f" from {outbox.path}; pending events are never purged"
+        f" from {outbox.location}; pending events are never purged"
     )
     if removed["delivered"]:
         print("Deleted keys no longer deduplicate: those events would be sent again if re-sent.")

@@ -1,259 +1,31 @@
-"""Diagnostics: how well the redundant setup works, per event name, from the observations.
+"""``capi-bridge diagnostics`` and the inspector's diagnostics: the report as text.
 
-Events Manager reports deduplication and match quality a day late and per account; these
-figures come from what capi-bridge itself saw, across every worker process, over a window
-(``Bridge.diagnostics(window)``, ``{inspector_path}/diagnostics``, ``capi-bridge
-diagnostics``). Counts and key presence only: no user data is read or returned.
-
-Definitions (per event name, over the window; an *event* is one (event_name, event_id), whatever
-the number of pixels it went to; events held for consent count once released):
-
-* ``count``: distinct event ids;
-* **browser copy**: a mirror post from capi-bridge.js (it called ``fbq`` with that name and id)
-  or a pixel twin fired by a rendered page; **server copy**: the mirror's own server copy
-  (unless the mirror refused it as invalid) or a server-originated event (``track()``,
-  ``Bridge.enqueue``). A server event with a twin therefore counts as browser + server;
-* ``dedup.coverage``: of the events with a browser copy, the share that also have a server copy
-  with the same name and id, which is Meta's "event coverage" of a redundant setup
-  (pixel-capi.md §3.3, Dataset Quality API: the share of pixel events covered by CAPI);
-* ``key_share``: of the events with a server copy, the share whose server copy carries each
-  match key (what CAPI sends and Meta scores);
-* ``fbc_age``: seconds from the ad click (the time in ``fbc``) to the event, server copies;
-* ``refused``: events whose server copy the mirror refused as invalid, and dead letters (Meta
-  rejected them, or they expired), by reason;
-* ``emq_estimate``: see :data:`EMQ_WEIGHTS`.
+The figures themselves (what each one means, the match-quality weights and their sources) are
+in :mod:`capi_bridge.delivery.report`; the store computes them from what capi-bridge observed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
-from typing import Any
-
-from capi_bridge import observation_log
-from capi_bridge.observations import BROWSER, KEYS, SERVER, TWIN
-from capi_bridge.outbox import Outbox
-
-#: Weights of the match-quality **estimate**, on Meta's 0-10 scale: score = 10 x sum(weight of
-#: each key present) / sum(all weights), averaged over the events. Meta publishes no numeric
-#: weights (pixel-capi.md §4, [UNDOC]); these follow the priority table of Meta's Business Help
-#: Center "About Event Match Quality" as quoted in pixel-capi.md §4 (High = 3: em, fbc; Medium =
-#: 2: ph, external_id, fbp; Low = 1: fn, ln, ct, zp...). The IP address, absent from that table,
-#: gets 2: Meta's Best Practices name it among "high-quality customer information parameters",
-#: while the Dataset Quality API's example uplift for it (20.65 %) is a third of e-mail's
-#: (58.96 %). The user agent gets 1: every website event must carry it, and Meta lists it for
-#: matching but in no priority tier. Meta's real score also weighs the quality of each value and
-#: the share of events it matched, which capi-bridge cannot see.
-EMQ_WEIGHTS: dict[str, int] = {
-    "em": 3,
-    "fbc": 3,
-    "ph": 2,
-    "external_id": 2,
-    "fbp": 2,
-    "ip": 2,
-    "ua": 1,
-    "other": 1,
-}
-EMQ_SOURCE = (
-    "pixel-capi.md §4: Meta's Business Help Center 'About Event Match Quality' priority table "
-    "(High: email, fbc; Medium: phone, external_id, fbp, birthdate, country; Low: first/last "
-    "name, city, zip), Meta Best Practices (IP among high-quality parameters), Dataset Quality "
-    "API example uplifts (email 58.96 %, IP 20.65 %). Meta publishes no numeric weights."
+from capi_bridge.delivery.report import (
+    EMQ_METHOD,
+    EMQ_SOURCE,
+    EMQ_WEIGHTS,
+    FBC_BUCKETS,
+    Diagnostics,
+    EventDiagnostics,
+    compute,
 )
-EMQ_METHOD = (
-    "10 x the weighted share of match keys present on the server copies (key presence only; "
-    "Meta also weighs value quality and match rates, which are not visible here)."
-)
-#: fbc age buckets (upper bounds in seconds).
-FBC_BUCKETS = (("< 1 h", 3600), ("1-24 h", 86400), ("1-7 d", 7 * 86400), ("7-28 d", 28 * 86400))
 
-_SERVER_SIDE = f"(channel = {SERVER} OR (channel = {BROWSER} AND problem IS NULL))"
-_BITS = {label: bit for bit, label, _ in KEYS}
-
-
-@dataclasses.dataclass(frozen=True)
-class EventDiagnostics:
-    """The figures of one event name (see the module docstring for each definition)."""
-
-    event_name: str
-    count: int
-    server_copies: int
-    browser_copies: int
-    deduplicated: int
-    server_only: int
-    key_share: dict[str, float]
-    pixel_loaded_reported: int
-    pixel_loaded: int
-    fbc_ages: tuple[int, ...]
-    refused: tuple[dict[str, Any], ...]
-
-    @property
-    def coverage(self) -> float | None:
-        return self.deduplicated / self.browser_copies if self.browser_copies else None
-
-    @property
-    def emq_estimate(self) -> float | None:
-        """Estimated match quality, 0-10 (see :data:`EMQ_WEIGHTS`); None without server copies."""
-        if not self.server_copies:
-            return None
-        total = sum(EMQ_WEIGHTS.values())
-        score = sum(EMQ_WEIGHTS[k] * share for k, share in self.key_share.items())
-        return round(10 * score / total, 1)
-
-    def as_dict(self) -> dict[str, Any]:
-        ages = self.fbc_ages
-        buckets = {label: 0 for label, _ in FBC_BUCKETS} | {">= 28 d": 0}
-        for age in ages:
-            label = next((name for name, bound in FBC_BUCKETS if age < bound), ">= 28 d")
-            buckets[label] += 1
-        loaded = self.pixel_loaded_reported
-        return {
-            "event_name": self.event_name,
-            "count": self.count,
-            "server_copies": self.server_copies,
-            "key_share": self.key_share,
-            "dedup": {
-                "browser_events": self.browser_copies,
-                "with_server_copy": self.deduplicated,
-                "coverage": self.coverage,
-                "server_only": self.server_only,
-            },
-            "pixel_loaded": {
-                "reported": loaded,
-                "loaded": self.pixel_loaded,
-                "share": self.pixel_loaded / loaded if loaded else None,
-            },
-            "fbc_age": {
-                "events": len(ages),
-                "median": statistics.median(ages) if ages else None,
-                "buckets": buckets,
-            },
-            "refused": list(self.refused),
-            "emq_estimate": self.emq_estimate,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Diagnostics:
-    """Every event name's figures over ``window`` seconds up to ``until``."""
-
-    path: str
-    window: float
-    until: float
-    events: tuple[EventDiagnostics, ...]
-
-    def by_name(self) -> dict[str, EventDiagnostics]:
-        return {e.event_name: e for e in self.events}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "outbox": self.path,
-            "window": self.window,
-            "since": self.until - self.window,
-            "until": self.until,
-            "events": [e.as_dict() for e in self.events],
-            "emq": {
-                "label": "estimate",
-                "method": EMQ_METHOD,
-                "weights": EMQ_WEIGHTS,
-                "source": EMQ_SOURCE,
-            },
-            "definitions": {
-                "count": "distinct event ids",
-                "browser copy": "a mirror post from capi-bridge.js, or a pixel twin a page fired",
-                "server copy": "the mirror's server copy (unless refused), or a server event",
-                "dedup.coverage": "share of events with a browser copy that also have a server "
-                "copy with the same name and id",
-                "key_share": "share of events with a server copy whose server copy has the key",
-                "fbc_age": "seconds from the ad click (fbc) to the event",
-            },
-        }
-
-
-def compute(outbox: Outbox, now: float, window: float) -> Diagnostics:
-    """The figures over ``[now - window, now]``; a few aggregate queries over the window."""
-    since = now - window
-    start = observation_log.first_id_since(outbox, since)
-    bits = ", ".join(
-        f"max(CASE WHEN {_SERVER_SIDE} THEN (keys & {bit}) != 0 END) AS k_{label}"
-        for label, bit in _BITS.items()
-    )
-    per_event = (
-        "SELECT event_name, event_id,"
-        f" max(channel IN ({BROWSER}, {TWIN})) AS browser,"
-        f" coalesce(max({_SERVER_SIDE}), 0) AS server,"
-        f" max(CASE WHEN channel = {BROWSER} THEN pixel_loaded END) AS loaded,"
-        f" min(CASE WHEN {_SERVER_SIDE} THEN fbc_age END) AS fbc_age,"
-        f" max(CASE WHEN channel = {BROWSER} THEN problem END) AS problem, {bits}"
-        " FROM observations WHERE id >= ? AND at >= ? AND at <= ?"
-        " GROUP BY event_name, event_id"
-    )
-    shares = ", ".join(f"coalesce(sum(k_{label}), 0)" for label in _BITS)
-    totals = outbox.query(
-        f"WITH ev AS ({per_event}) SELECT event_name, count(*), sum(server), sum(browser),"
-        " sum(browser AND server), sum(server AND NOT browser), count(loaded),"
-        f" coalesce(sum(loaded), 0), {shares} FROM ev GROUP BY event_name ORDER BY event_name",
-        (start, since, now),
-    )
-    ages: dict[str, list[int]] = {}
-    for name, age in outbox.query(
-        f"WITH ev AS ({per_event}) SELECT event_name, fbc_age FROM ev"
-        " WHERE server AND fbc_age IS NOT NULL",
-        (start, since, now),
-    ):
-        ages.setdefault(name, []).append(int(age))
-    refused: dict[str, list[dict[str, Any]]] = {}
-    for name, problem, count in outbox.query(
-        f"WITH ev AS ({per_event}) SELECT event_name, problem, count(*) FROM ev"
-        " WHERE problem IS NOT NULL AND NOT server GROUP BY event_name, problem",
-        (start, since, now),
-    ):
-        refused.setdefault(name, []).append(
-            {"reason": "refused by the mirror endpoint", "message": problem, "count": count}
-        )
-    for name, reason, message, code, subcode, count in outbox.query(
-        "SELECT event_name, reason, message, code, subcode, count(DISTINCT event_id)"
-        " FROM dead_letters WHERE failed_at >= ? AND failed_at <= ?"
-        " GROUP BY event_name, reason, message, code, subcode",
-        (since, now),
-    ):
-        refused.setdefault(name, []).append(
-            {
-                "reason": "rejected by Meta" if reason == "rejected" else reason,
-                "message": message,
-                "code": code,
-                "subcode": subcode,
-                "count": count,
-            }
-        )
-    events = []
-    for row in totals:
-        name, count, server, browser, dedup, server_only, reported, loaded = row[:8]
-        events.append(
-            EventDiagnostics(
-                event_name=name,
-                count=count,
-                server_copies=server,
-                browser_copies=browser,
-                deduplicated=dedup,
-                server_only=server_only,
-                key_share={
-                    label: (hits / server if server else 0.0)
-                    for label, hits in zip(_BITS, row[8:], strict=True)
-                },
-                pixel_loaded_reported=reported,
-                pixel_loaded=loaded,
-                fbc_ages=tuple(sorted(ages.get(name, ()))),
-                refused=tuple(refused.pop(name, ())),
-            )
-        )
-    for name, reasons in sorted(refused.items()):  # dead letters of events observed earlier
-        events.append(
-            EventDiagnostics(
-                name, 0, 0, 0, 0, 0, dict.fromkeys(_BITS, 0.0), 0, 0, (), tuple(reasons)
-            )
-        )
-    return Diagnostics(outbox.path, window, now, tuple(events))
+__all__ = [
+    "EMQ_METHOD",
+    "EMQ_SOURCE",
+    "EMQ_WEIGHTS",
+    "FBC_BUCKETS",
+    "Diagnostics",
+    "EventDiagnostics",
+    "compute",
+    "format_text",
+]
 
 
 def format_text(diagnostics: Diagnostics) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from capi_bridge.observation_log import Outcome, Seen
+from capi_bridge.delivery.records import Outcome, Seen
 from capi_bridge.observations import BROWSER, PIXEL_KEYS, SERVER, TWIN, key_labels, previews
 
 #: A server event's pixel twin fires on the next page within this long (pages.PENDING_MAX_AGE).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -135,6 +136,9 @@ class Settings:
     retry_base: float = 1.0
     dedup_window: float = 172800.0
     outbox_synchronous: str = "NORMAL"
+    outbox_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    outbox_schema: str = "capi_bridge"
+    probe_interval: float = 30.0
 
     # --- requests and browser bridge ----------------------------------------------------------
     trusted_proxies: int | tuple[str, ...] = 0
@@ -228,6 +232,7 @@ class Settings:
         self._validate_numbers()
         self._validate_proxies()
         self._validate_choices()
+        self._validate_outbox()
         for name in ("endpoint_path", "script_path", "inspector_path"):
             value = getattr(self, name)
             if not value.startswith("/"):
@@ -284,6 +289,7 @@ class Settings:
             "token_max_age": self.token_max_age > 0,
             "rate_limit": self.rate_limit > 0,
             "held_ttl": 0 < self.held_ttl <= 7 * 86400,
+            "probe_interval": self.probe_interval > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -298,6 +304,45 @@ class Settings:
                 f"{self.outbox_synchronous!r} is not NORMAL or FULL",
                 "use NORMAL (survives a crash of the app; a power loss may lose the last "
                 "commits) or FULL (fsync on every enqueue, several times slower)",
+            )
+
+    @property
+    def store_url(self) -> str:
+        """Where the outbox is: ``outbox_url``, else ``sqlite:///`` + ``outbox_path``."""
+        return self.outbox_url or "sqlite:///" + self.outbox_path
+
+    def _validate_outbox(self) -> None:
+        url = self.store_url
+        scheme, _, rest = url.partition("://")
+        if scheme == "sqlite":
+            if not rest.startswith("/") or len(rest) < 2:
+                raise ConfigError(
+                    env("outbox_url"),
+                    "a SQLite outbox URL needs a file path",
+                    "use sqlite:///relative/file.sqlite3 or sqlite:////absolute/file.sqlite3",
+                )
+        elif scheme in ("postgresql", "postgres"):
+            missing = [
+                m for m in ("psycopg", "psycopg_pool") if importlib.util.find_spec(m) is None
+            ]
+            if missing:
+                raise ConfigError(
+                    env("outbox_url"),
+                    f"a PostgreSQL outbox needs {' and '.join(missing)}, which is not installed",
+                    "pip install 'capi-bridge[postgres]' (psycopg 3 and psycopg-pool)",
+                )
+        else:
+            raise ConfigError(
+                env("outbox_url"),
+                f"{scheme or url!r} is not an outbox URL scheme",
+                "use sqlite:///path/to/outbox.sqlite3 (one host) or "
+                "postgresql://user:password@host:5432/database (several hosts)",
+            )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self.outbox_schema or ""):
+            raise ConfigError(
+                env("outbox_schema"),
+                f"{self.outbox_schema!r} is not a PostgreSQL schema name",
+                "use letters, digits and '_' (default capi_bridge)",
             )
 
     @property
