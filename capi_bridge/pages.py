@@ -167,7 +167,9 @@ class PageBridge:
             _REQUEST_TEST_CODE.reset(reset)
 
     def _sink(self, event: Mapping[str, Any], hold: str | None = None) -> None:
-        self.bridge.enqueue(
+        # submit: a locked or unavailable outbox never fails nor holds the request (the events
+        # wait in memory for it, see Bridge.submit)
+        self.bridge.submit(
             event,
             test_event_code=_REQUEST_TEST_CODE.get(),
             hold=hold,
@@ -176,7 +178,7 @@ class PageBridge:
 
     def _refused(self, event: Mapping[str, Any], problem: str, pixel_loaded: bool | None) -> None:
         """The mirror refused ``event`` while the pixel fired it: record the lone pixel copy."""
-        self.bridge.observe(
+        self.bridge.observe_later(
             refused_copy(self.settings.pixel_ids, event, problem, pixel_loaded, self._clock())
         )
 
@@ -324,7 +326,7 @@ class Page:
         # Without consent the event waits in the outbox (never sent unless released).
         hold = None if self.consent else self._hold_key()
         twin = pixel and self.consent and self.navigation
-        self.core.bridge.enqueue(
+        self.core.bridge.submit(  # never fails nor holds the page for the outbox
             event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
         )
         if twin:

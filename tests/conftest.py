@@ -5,12 +5,12 @@ Keep this file to fixtures that several test modules need; one-module helpers li
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers.stores import POSTGRES_URL
 
 from capi_bridge.testing import FakeGraph
 
@@ -36,12 +36,6 @@ def outbox_path(tmp_path: object) -> str:
     import os
 
     return os.path.join(str(tmp_path), "outbox.sqlite3")
-
-
-#: The PostgreSQL server the store tests use (``tests/run`` makes sure one answers there).
-POSTGRES_URL = os.environ.get(
-    "CAPI_BRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from helpers.delivery_worker import PIXEL, RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
+from helpers.stores import POSTGRES_URL
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.testing import FakeGraph
@@ -411,8 +412,6 @@ def test_hosts_sharing_postgres_deliver_everything_once(
     a shared store never reclaims leases by pid). One is SIGKILLed while Meta holds its batch;
     the others take its events over when its lease expires. Every accepted event arrives, and
     none twice: leases of live hosts are never taken."""
-    from conftest import POSTGRES_URL
-
     target = {"outbox_url": POSTGRES_URL, "outbox_schema": pg_schema}
     fake_graph.add_fault(mode="delay", seconds=60.0, count=1)  # the victim's first batch
     victim = _worker(target, "crash", POSTGRES_URL, fake_graph.url, "victim", "100000", lease=3)

@@ -1,5 +1,6 @@
-"""Diagnostics on a scripted mix of events (real SQLite, the real fake Graph API): every figure
-is compared with a count made by hand from the script below."""
+"""Diagnostics on a scripted mix of events (on both stores: a SQLite file and a PostgreSQL
+schema; the real fake Graph API): every figure is compared with a count made by hand from the
+script below."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ FBC = f"fb.1.{CLICKED_MS}.IwAR2xYz_AbC-123"
 
 
 @pytest.fixture
-def core(delivery_settings: Any) -> Iterator[PageBridge]:
-    core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True))
+def core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[PageBridge]:
+    core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True, **store_target))
     yield core
     core.close(timeout=0)
 

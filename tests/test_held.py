@@ -15,10 +15,10 @@ import pytest
 from helpers.delivery_worker import make_event
 
 from capi_bridge.bridge import Bridge
-from capi_bridge.errors import InvalidEvent
 from capi_bridge.delivery.sqlite_schema import SCHEMA_VERSION
 from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
 from capi_bridge.delivery.store import State
+from capi_bridge.errors import InvalidEvent
 from capi_bridge.testing import FakeGraph
 
 MakeBridge = Callable[..., Bridge]

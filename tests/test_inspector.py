@@ -28,11 +28,13 @@ DATA = PAGE + "/data"
 
 
 @pytest.fixture
-def make_core(delivery_settings: Any) -> Iterator[Any]:
+def make_core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[Any]:
+    """Inspectors reading each store in turn (a SQLite file, a PostgreSQL schema)."""
     cores: list[PageBridge] = []
 
     def make(**overrides: Any) -> PageBridge:
-        core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True, **overrides))
+        values = {"secret_key": SECRET, "inspector": True, **store_target, **overrides}
+        core = PageBridge(delivery_settings(**values))
         cores.append(core)
         return core
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from helpers.stores import POSTGRES_URL
 
 from capi_bridge.delivery import open_store
 from capi_bridge.delivery.store import Claim, State, Store, StoreError
@@ -247,8 +248,6 @@ def test_a_reader_never_creates_an_outbox(store_target: dict[str, Any]) -> None:
 
 
 def test_many_processes_install_the_postgres_schema_once(pg_schema: str) -> None:
-    from conftest import POSTGRES_URL
-
     code = (
         "import sys; from capi_bridge.delivery import open_store;"
         "s = open_store(sys.argv[1], schema=sys.argv[2]); print(s.mark()); s.close()"

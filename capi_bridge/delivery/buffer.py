@@ -81,17 +81,15 @@ class RowBuffer:
             )
         return kept
 
-    def take(self) -> Pending | None:
-        """The oldest call, removed (put it back with :meth:`put_back` if it cannot be
-        stored)."""
+    def first(self) -> Pending | None:
+        """The oldest call, left in place until :meth:`stored` (so ``flush()`` keeps waiting
+        for it while it is being written)."""
         with self._lock:
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._rows -= len(item.rows)
-            return item
+            return self._items[0] if self._items else None
 
-    def put_back(self, item: Pending) -> None:
+    def stored(self, item: Pending) -> None:
+        """``item`` (the oldest) is in the outbox now."""
         with self._lock:
-            self._items.appendleft(item)
-            self._rows += len(item.rows)
+            if self._items and self._items[0] is item:
+                self._items.popleft()
+                self._rows -= len(item.rows)

@@ -48,6 +48,8 @@ CHECKPOINT_EVERY = 0.5
 FORGET_EVERY = 600.0
 #: How often held events past ``held_ttl`` are dropped (a minute late is no harm).
 EXPIRE_HELD_EVERY = 60.0
+#: At most one WARNING per this many seconds while the store is unavailable.
+UNAVAILABLE_LOG_EVERY = 60.0
 #: While the store refuses the rows buffered in memory, try again this often.
 SPILL_RETRY = 0.5
 
@@ -135,6 +137,7 @@ class Dispatcher:
         self._next_forget = 0.0
         self._next_expire_held = 0.0
         self._next_spill = 0.0
+        self._next_unavailable_log = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"capi-bridge-dispatcher-{self.pid}", daemon=True
         )
@@ -173,18 +176,26 @@ class Dispatcher:
         backing off keep it False until ``timeout``.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        target = self.store.mark()
+        target = -1  # the store's mark, read once nothing of ours waits in memory
         with self._lock:
             self._forcing += 1
         self._wake.set()
         try:
-            while len(self.buffered) or self.store.pending(self.owner, target):
+            while True:
+                try:
+                    if len(self.buffered):  # stored later, with ids above today's mark
+                        target = -1
+                    else:
+                        target = self.store.mark() if target < 0 else target
+                        if not self.store.pending(self.owner, target):
+                            return True
+                except self.store.errors:
+                    pass  # unavailable for now: wait, as for a send that failed
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 with self._progress:
                     self._progress.wait(min(remaining, 0.05))
-            return True
         finally:
             with self._lock:
                 self._forcing -= 1
@@ -220,6 +231,9 @@ class Dispatcher:
             while not self._stop.is_set():
                 try:
                     wait = self._cycle()
+                except self.store.errors as exc:  # locked, read-only, disk full, db down
+                    self._unavailable(exc)
+                    wait = ERROR_PAUSE
                 except Exception:
                     logger.exception(
                         "capi-bridge dispatcher: unexpected error; events stay in %s, "
@@ -241,6 +255,20 @@ class Dispatcher:
             if self._client is not None:
                 self._client.close()
             self.store.close()
+
+    def _unavailable(self, exc: BaseException) -> None:
+        """The store failed: one WARNING per UNAVAILABLE_LOG_EVERY, not a traceback a second
+        (the events are safe where they are; the loop tries again)."""
+        now = time.monotonic()
+        if now >= self._next_unavailable_log:
+            self._next_unavailable_log = now + UNAVAILABLE_LOG_EVERY
+            logger.warning(
+                "capi-bridge dispatcher: the outbox at %s is unavailable (%s); retrying every "
+                "%.0f s, events kept where they are",
+                self.store.location,
+                exc,
+                ERROR_PAUSE,
+            )
 
     def _listen(self) -> Callable[[], None] | None:
         """Be woken when another process stores rows (a store that can signal it)."""
@@ -301,16 +329,21 @@ class Dispatcher:
         """Store the rows the request path had to keep in memory; False while it cannot."""
         if time.monotonic() < self._next_spill:
             return False
-        while (item := self.buffered.take()) is not None:
+        while (item := self.buffered.first()) is not None:
             try:
                 self.store.enqueue(
-                    item.rows, item.now, hold=item.hold, tags=item.tags, origin=self.owner
+                    item.rows,
+                    item.now,
+                    hold=item.hold,
+                    tags=item.tags,
+                    origin=self.owner,
+                    wait=SPILL_RETRY,  # a lock still held: deliver meanwhile, retry soon
                 )
             except self.store.errors as exc:
-                self.buffered.put_back(item)
                 self._next_spill = time.monotonic() + SPILL_RETRY
                 logger.debug("outbox still unavailable for buffered events: %s", exc)
                 return False
+            self.buffered.stored(item)
         logger.info("capi-bridge: the outbox is back; events kept in memory are stored")
         return True
 

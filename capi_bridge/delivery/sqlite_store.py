@@ -88,6 +88,19 @@ class _Connection(sqlite3.Connection):
 _INHERITED: list[sqlite3.Connection] = []
 
 
+#: Failures after which a connection is closed and opened afresh: one opened while the file
+#: was read-only stays read-only, and one that met an I/O error may be in a bad state.
+_REOPEN = frozenset({8, 10, 14})  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+
+
+def _stale(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (int(code) & 0xFF) in _REOPEN
+    text = str(exc)
+    return "readonly" in text or "disk I/O" in text or "unable to open" in text
+
+
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY (any extended code): another connection holds the lock; retry."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
@@ -162,6 +175,14 @@ class SQLiteStore(SQLiteLeases, SqlReads):
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
+    def _discard(self, exc: sqlite3.Error) -> None:
+        """Forget this thread's connection after ``exc`` if it cannot recover by itself."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and _stale(exc):
+            self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     def close(self) -> None:
         """Close this thread's connection; others close when their threads end."""
         conn = getattr(self._local, "conn", None)
@@ -222,19 +243,27 @@ class SQLiteStore(SQLiteLeases, SqlReads):
     def write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks."""
         conn = self.conn()
-        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), wait)
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT (disk full...) must not leave it open
-                conn.execute("ROLLBACK")
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), wait)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT (disk full...) must not stay open
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._discard(exc)
             raise
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """All rows of a read, retried while another connection holds a lock."""
         conn = self.conn()
-        return self._retry(lambda: conn.execute(sql, params).fetchall())
+        try:
+            return self._retry(lambda: conn.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            self._discard(exc)
+            raise
 
     # --- enqueue ------------------------------------------------------------------------------
 
@@ -257,6 +286,21 @@ class SQLiteStore(SQLiteLeases, SqlReads):
         there to show). With ``hold`` the rows are stored held under that key (see
         :meth:`release`); their tags are filed only if they are released.
         """
+        try:
+            return self._insert(rows, now, hold, tags, origin, wait)
+        except sqlite3.Error as exc:
+            self._discard(exc)
+            raise
+
+    def _insert(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        hold: str | None,
+        tags: Sequence[Tag],
+        origin: str,
+        wait: float | None,
+    ) -> int:
         sql = insert_sql(held=hold is not None, observed=bool(tags))
         extra: tuple[str, ...] = () if hold is None else (hold,)
         conn = self.conn()

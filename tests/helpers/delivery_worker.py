@@ -69,11 +69,7 @@ def _settings(outbox: str, graph_url: str) -> Any:
         "request_timeout": 5.0,
         "close_timeout": 30.0,
     }
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith("CAPI_BRIDGE_") and not k.startswith("CAPI_BRIDGE_TEST_")
-    }
+    environ = {k: v for k, v in os.environ.items() if k.startswith("CAPI_BRIDGE_")}
     values = {k: v for k, v in values.items() if f"CAPI_BRIDGE_{k.upper()}" not in environ}
     return Settings.from_env(
         environ, pixel_id=PIXEL, access_token=TOKEN, graph_url=graph_url, **where, **values

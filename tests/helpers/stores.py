@@ -1,0 +1,14 @@
+"""Where the store tests find PostgreSQL: ``tests/run`` makes sure a server answers there.
+
+The variable is taken out of the environment once read: it starts with ``CAPI_BRIDGE_`` like
+the settings, and ``Settings.from_env`` rightly refuses a ``CAPI_BRIDGE_*`` name it does not know
+(in this process and in the app processes the tests start).
+"""
+
+from __future__ import annotations
+
+import os
+
+POSTGRES_URL = os.environ.pop(
+    "CAPI_BRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
