@@ -298,6 +298,14 @@ class Settings:
                     f"{getattr(self, name)!r} is out of range",
                     "see the configuration table in README.md for sensible values",
                 )
+        if self.lease_seconds <= self.request_timeout:
+            raise ConfigError(
+                env("lease_seconds"),
+                f"{self.lease_seconds!r} is not longer than request_timeout "
+                f"({self.request_timeout!r}): another process could take over a batch still "
+                "on its way to Meta and send it twice",
+                "keep lease_seconds well above request_timeout (defaults: 60 and 10)",
+            )
         if self.outbox_synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(
                 env("outbox_synchronous"),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from helpers.delivery_worker import PIXEL, make_event
+from helpers.stores import read_only
 
 import capi_bridge
 from capi_bridge.bridge import Bridge
@@ -169,8 +170,13 @@ def test_a_failing_outbox_is_reported_not_swallowed(make_bridge: MakeBridge) -> 
     from capi_bridge.delivery.store import OutboxUnavailable
 
     bridge = make_bridge()
-    bridge.outbox.conn().execute("PRAGMA query_only = ON")  # as if the disk were read-only
-    with pytest.raises(OutboxUnavailable, match="nothing was stored"):
-        bridge.enqueue(make_event(1))
-    with pytest.raises(OutboxUnavailable):
-        bridge.enqueue_many([make_event(2)])
+    bridge.enqueue(make_event(0))
+    with read_only(bridge.outbox.location):  # the file cannot be written any more
+        with pytest.raises(OutboxUnavailable, match="nothing was stored"):
+            bridge.enqueue(make_event(1))
+        with pytest.raises(OutboxUnavailable):
+            bridge.enqueue_many([make_event(2), make_event(3)])
+        with pytest.raises(OutboxUnavailable):
+            bridge.release("tab-session-id-0001")
+    bridge.enqueue(make_event(4))  # writable again: a connection opened meanwhile recovers
+    assert [r[0] for r in bridge.outbox.query("SELECT event_id FROM outbox")] == ["ev-0", "ev-4"]

@@ -16,8 +16,11 @@ from capi_bridge.diagnostics import EMQ_WEIGHTS, Diagnostics, format_text
 from capi_bridge.pages import PageBridge
 from capi_bridge.testing import FakeGraph
 
-CLICKED_MS = int((time.time() - 7200) * 1000)  # an ad click two hours ago
-FBC = f"fb.1.{CLICKED_MS}.IwAR2xYz_AbC-123"
+
+def fbc() -> str:
+    """An ad click two hours before now (made when the script runs, not at import: the age
+    is compared with two hours)."""
+    return f"fb.1.{int((time.time() - 7200) * 1000)}.IwAR2xYz_AbC-123"
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ def script(core: PageBridge, fake: FakeGraph) -> dict[str, str]:
     """The mix; returns the ids worth naming."""
     ids: dict[str, str] = {}
     # A: a visitor from an ad (fbp and fbc), the pixel library loaded: PageView, AddToCart.
-    a = Visitor(core, {"_fbc": FBC})
+    a = Visitor(core, {"_fbc": fbc()})
     page = a.page("/product")
     ids["pv_a"] = page["pv"]
     assert a.post(page["token"], ("PageView", page["pv"])).status == 202

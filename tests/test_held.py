@@ -44,6 +44,8 @@ def delivery_settings(fake_graph: FakeGraph, store_target: dict[str, Any]) -> ob
         return Settings(**values)
 
     return make
+
+
 KEY = "0f8fad5b-d9cb-469f-a165-70867728950e"
 OTHER_KEY = "tab_session-2_ABCDEFGH"
 NOW = 1_800_000_000.0
@@ -154,9 +156,7 @@ def test_release_from_another_bridge_on_the_same_file(
     assert sorted(sent_ids(fake_graph)) == ["ev-1", "ev-2"]
 
 
-def test_held_events_expire_after_held_ttl(
-    make_bridge: MakeBridge, fake_graph: FakeGraph
-) -> None:
+def test_held_events_expire_after_held_ttl(make_bridge: MakeBridge, fake_graph: FakeGraph) -> None:
     web = make_bridge(held_ttl=3600)
     web.enqueue(make_event(1), hold=KEY)
     web.enqueue(make_event(2), hold=OTHER_KEY)

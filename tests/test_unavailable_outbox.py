@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers.stores import read_only
 from helpers.web import BROWSER, SECRET
 
 from capi_bridge.bridge import Bridge
@@ -23,18 +23,6 @@ from capi_bridge.testing import FakeGraph
 
 #: A redirect that takes longer than this waited for the outbox (the old behaviour: 10 s).
 QUICK = 1.0
-
-
-@contextlib.contextmanager
-def read_only(path: str) -> Iterator[None]:
-    """The outbox file and its WAL made immutable (``chattr +i``): every write fails, through
-    connections already open too, as on a read-only or failed disk; even root cannot write."""
-    files = [path, path + "-wal"]
-    subprocess.run(["chattr", "+i", *files], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", *files], check=True)
 
 
 @contextlib.contextmanager
