@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from capi_bridge.assembly import build_core
 from capi_bridge.injection import Injector, is_navigation, should_inject
 from capi_bridge.pages import CORE_STATE_KEY, PAGE_STATE_KEY, Page, PageBridge, page_in
 from capi_bridge.request import RequestView
@@ -46,7 +47,7 @@ class CapiBridgeMiddleware:
         if core is None:
             if settings is None:
                 settings = Settings.from_env(**options)
-            core = PageBridge(settings)
+            core = build_core(settings)
         self.core = core
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

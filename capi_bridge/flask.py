@@ -17,6 +17,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from markupsafe import Markup
 
+from capi_bridge.assembly import build_core
 from capi_bridge.bridge import Bridge
 from capi_bridge.injection import Injector, inject_once, is_navigation, should_inject
 from capi_bridge.pages import Page, PageBridge
@@ -48,7 +49,7 @@ class CapiBridge:
     def init_app(self, app: Flask) -> None:
         """Read settings, register the endpoint and script routes and the request hooks."""
         settings = self._settings or _settings_from(app)
-        core = PageBridge(settings, bridge=self._bridge, consent_check=self._consent_check)
+        core = build_core(settings, bridge=self._bridge, consent_check=self._consent_check)
         app.extensions[EXTENSION_KEY] = core
         routes = [
             (settings.endpoint_path, "capi_bridge_endpoint", ["GET", "POST"]),

@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.cookies import expire_cookie, set_cookie
@@ -31,7 +31,6 @@ from capi_bridge.endpoint import HOLD_ID, PIXEL_LOADED, BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
-from capi_bridge.inspector import Inspector
 from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
 from capi_bridge.observations import Origin, refused_copy, twin_copies
 from capi_bridge.request import RequestView, Response
@@ -90,6 +89,23 @@ def is_bot(user_agent: str | None) -> bool:
     return bool(user_agent) and _BOTS.search(user_agent or "") is not None
 
 
+class RouteTool(Protocol):
+    """A tool served on capi-bridge's own paths (the inspector)."""
+
+    page_path: str
+    data_path: str
+    diagnostics_path: str
+    paths: frozenset[str]
+
+    def handles(self, path: str) -> bool: ...
+
+    def handle(self, request: RequestView) -> Response: ...
+
+
+#: Builds the inspector for an app: ``(settings, bridge, clock) -> tool``.
+InspectorFactory = Callable[[Settings, Bridge, Callable[[], float]], RouteTool]
+
+
 class PageBridge:
     """The app-wide core the adapters wrap; create one per app (thread-safe)."""
 
@@ -100,6 +116,7 @@ class PageBridge:
         bridge: Bridge | None = None,
         consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
+        inspector: InspectorFactory | None = None,
     ) -> None:
         self.settings = settings
         self.bridge = bridge if bridge is not None else Bridge(settings)
@@ -125,9 +142,13 @@ class PageBridge:
             refused=self._refused,
             clock=clock,
         )
-        #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise).
+        #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise). A
+        #: tool, built by ``inspector`` (the adapters pass :class:`capi_bridge.inspector.Inspector`
+        #: through :func:`capi_bridge.assembly.build_core`): pages never import the tools.
         self.inspector = (
-            Inspector(settings, self.bridge, clock=clock) if settings.inspector else None
+            inspector(settings, self.bridge, clock)
+            if settings.inspector and inspector is not None
+            else None
         )
         self._routes = frozenset(
             (settings.endpoint_path, settings.script_path)

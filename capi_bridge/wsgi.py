@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from capi_bridge.assembly import build_core
 from capi_bridge.injection import Injector, is_navigation, should_inject
 from capi_bridge.pages import PAGE_ENVIRON_KEY, Page, PageBridge
 from capi_bridge.request import RequestView
@@ -46,7 +47,7 @@ class CapiBridgeMiddleware:
     ) -> None:
         self.app = app
         if core is None:
-            core = PageBridge(settings or Settings.from_env(), bridge=bridge)
+            core = build_core(settings or Settings.from_env(), bridge=bridge)
         self.core = core
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

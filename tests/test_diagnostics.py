@@ -12,6 +12,7 @@ import pytest
 from helpers.visits import Visitor, new_id
 from helpers.web import SECRET
 
+from capi_bridge.assembly import build_core
 from capi_bridge.diagnostics import EMQ_WEIGHTS, Diagnostics, format_text
 from capi_bridge.pages import PageBridge
 from capi_bridge.testing import FakeGraph
@@ -25,7 +26,7 @@ def fbc() -> str:
 
 @pytest.fixture
 def core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[PageBridge]:
-    core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True, **store_target))
+    core = build_core(delivery_settings(secret_key=SECRET, inspector=True, **store_target))
     yield core
     core.close(timeout=0)
 

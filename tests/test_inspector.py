@@ -16,6 +16,7 @@ from helpers.visits import HOST, Visitor, new_id, view
 from helpers.web import SECRET
 
 from capi_bridge.asgi import CapiBridgeMiddleware as AsgiMiddleware
+from capi_bridge.assembly import build_core
 from capi_bridge.flask import CapiBridge
 from capi_bridge.inspector import make_inspector_link
 from capi_bridge.pages import PageBridge
@@ -34,7 +35,7 @@ def make_core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[
 
     def make(**overrides: Any) -> PageBridge:
         values = {"secret_key": SECRET, "inspector": True, **store_target, **overrides}
-        core = PageBridge(delivery_settings(**values))
+        core = build_core(delivery_settings(**values))
         cores.append(core)
         return core
 
