@@ -33,26 +33,9 @@ MakeBridge = Callable[..., Bridge]
 
 
 @pytest.fixture
-def delivery_settings(fake_graph: FakeGraph, store_target: dict[str, Any]) -> object:
+def delivery_settings(delivery_settings: Any, store_target: dict[str, Any]) -> object:
     """Every test of this module runs on both stores."""
-    from capi_bridge.settings import Settings
-
-    def make(**overrides: object) -> Settings:
-        values: dict[str, Any] = {
-            "pixel_id": PIXEL,
-            "access_token": "test-token",
-            "graph_url": fake_graph.url,
-            "linger": 0.02,
-            "retry_base": 0.02,
-            "max_backoff": 1.0,
-            "request_timeout": 5.0,
-            "close_timeout": 5.0,
-            **store_target,
-        }
-        values.update(overrides)
-        return Settings(**values)
-
-    return make
+    return lambda **overrides: delivery_settings(**{**store_target, **overrides})
 
 
 def outbox_arg(target: dict[str, Any]) -> str:

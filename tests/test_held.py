@@ -26,24 +26,9 @@ DEAD, HELD, PENDING = State.DEAD, State.HELD, State.PENDING
 
 
 @pytest.fixture
-def delivery_settings(fake_graph: FakeGraph, store_target: dict[str, Any]) -> object:
+def delivery_settings(delivery_settings: Any, store_target: dict[str, Any]) -> object:
     """The Bridge tests of this module run on both stores."""
-    from capi_bridge.settings import Settings
-
-    def make(**overrides: object) -> Settings:
-        values: dict[str, Any] = {
-            "pixel_id": "1234567890",
-            "access_token": "test-token",
-            "graph_url": fake_graph.url,
-            "linger": 0.02,
-            "retry_base": 0.02,
-            "max_backoff": 1.0,
-            **store_target,
-        }
-        values.update(overrides)
-        return Settings(**values)
-
-    return make
+    return lambda **overrides: delivery_settings(**{**store_target, **overrides})
 
 
 KEY = "0f8fad5b-d9cb-469f-a165-70867728950e"
