@@ -221,7 +221,7 @@ def rows(core: PageBridge) -> dict[str, dict[str, Any]]:
 
 
 def test_mirrored_events_pair_and_show_meta_s_reply(make_core: Any, fake_graph: FakeGraph) -> None:
-    core = make_core()
+    core = make_core(linger=5.0)  # the post's two events go in one batch (flush() sends it)
     visitor = Visitor(core)
     page = visitor.page("/product")
     cart = new_id()
