@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.store import Claim, Claimed, State
 from capi_bridge.graph import GraphResult
@@ -39,11 +39,13 @@ _SET_LAST_ERROR = (
 class PostgresLeases:
     """Mixed into :class:`~capi_bridge.delivery.postgres_store.PostgresStore`."""
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
 
-    def write(self, wait: float | None = None) -> contextlib.AbstractContextManager[Any]:
-        raise NotImplementedError
+        def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+            raise NotImplementedError
+
+        def write(self, wait: float | None = None) -> contextlib.AbstractContextManager[Any]:
+            raise NotImplementedError
 
     def groups(self) -> list[tuple[str, str]]:
         """Distinct (pixel_id, test_code) with pending rows: a skip-scan over the index."""

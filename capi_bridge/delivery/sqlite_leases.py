@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED, FILE_OBSERVED_SQL
 from capi_bridge.delivery.store import Claim, Claimed, State
@@ -52,17 +52,19 @@ def dead_owner_check(host: str, is_alive: Callable[[int], bool]) -> Callable[[st
 class SQLiteLeases:
     """Mixed into :class:`~capi_bridge.delivery.sqlite_store.SQLiteStore`."""
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
 
-    def write(self, wait: float | None = None) -> contextlib.AbstractContextManager[Any]:
-        raise NotImplementedError
+        def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+            raise NotImplementedError
 
-    def mark(self) -> int:
-        raise NotImplementedError
+        def write(self, wait: float | None = None) -> contextlib.AbstractContextManager[Any]:
+            raise NotImplementedError
 
-    def ingested(self) -> int:
-        raise NotImplementedError
+        def mark(self) -> int:
+            raise NotImplementedError
+
+        def ingested(self) -> int:
+            raise NotImplementedError
 
     def prepare(self, limit: int = 5000) -> int:
         """Make fresh rows claimable: move them into the indexes, in id order; returns how
