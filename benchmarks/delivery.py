@@ -1,18 +1,21 @@
-"""End-to-end delivery throughput: capi-bridge against Meta's facebook-business SDK.
+"""End-to-end delivery throughput and recovery, per store, against Meta's facebook-business SDK.
 
-    python benchmarks/delivery.py [--events 100000] [--sdk-common 2000] [--runs 1]
+    python benchmarks/delivery.py [--store sqlite|postgresql] [--events 100000] [--runs 1]
+        [--outage 60] [--postgres-url URL]
 
-Every figure is "from the first event handed over until the server has acknowledged all of
-them", on the same realistic website events (raw e-mail, phone, names, external id, IP, user
-agent, fbp/fbc, URL, value/currency/contents), against the same minimal loopback server: a
+Every throughput figure is "from the first event handed over until the server has acknowledged
+all of them", on the same realistic website events (raw e-mail, phone, names, external id, IP,
+user agent, fbp/fbc, URL, value/currency/contents), against the same minimal loopback server: a
 separate process that acknowledges each POST at once without parsing JSON (it counts events with
 one ``bytes.count``), HTTP/1.1 keep-alive, one write per reply with TCP_NODELAY. Not the fake
 Graph server: its validation would dominate the measurement.
 
-Runs: capi-bridge ``enqueue()`` per event (each durable on return) and ``enqueue_many()`` in
-chunks of 1000, each on a fresh outbox in a temporary directory; the SDK with one
-``EventRequest`` of 1000 events at a time (best case) and one per event (common use). Prints
-events/s, the ratios and one JSON line.
+In one run, on the chosen store (a fresh SQLite file, or a fresh schema dropped afterwards):
+``enqueue()`` per event from 1 process and from 4 processes at once (each durable on return),
+``enqueue_many()`` in chunks of 1000; and the SDK with one ``EventRequest`` of 1000 events (best
+case) and one per event (common use). Then the drain time after an outage: the ack server
+answers 500 for ``--outage`` seconds while 3,000 events wait; the figure is the time from its
+recovery until it has acknowledged all of them. Prints events/s, the ratios and one JSON line.
 """
 
 from __future__ import annotations
@@ -29,18 +32,25 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 TOKEN = "bench-token"
+POSTGRES_URL = os.environ.get(
+    "CAPI_BRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 # --- the ack server (runs in its own process) -------------------------------------------------
 
 
 class _Ack(socketserver.StreamRequestHandler):
     count = 0
+    down = False  # an outage: every POST answers 500
     lock = threading.Lock()
 
     def setup(self) -> None:
@@ -57,16 +67,25 @@ class _Ack(socketserver.StreamRequestHandler):
                 if header[:15].lower() == b"content-length:":
                     length = int(header[15:])
             body = self.rfile.read(length) if length else b""
+            status = b"200 OK"
             if line.startswith(b"GET /_count"):
                 reply = json.dumps({"events": _Ack.count}).encode()
+            elif line.startswith((b"GET /_down", b"GET /_up")):
+                _Ack.down = line.startswith(b"GET /_down")
+                reply = b"{}"
+            elif _Ack.down:
+                status, reply = (
+                    b"500 Internal Server Error",
+                    b'{"error":{"message":"down","code":2}}',
+                )
             else:
                 n = body.count(b"event_name")
                 with _Ack.lock:
                     _Ack.count += n
                 reply = b'{"events_received":%d,"messages":[],"fbtrace_id":"x"}' % n
             self.wfile.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (len(reply), reply)
+                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (status, len(reply), reply)
             )
 
 
@@ -78,9 +97,13 @@ def serve() -> None:
         server.serve_forever()
 
 
+def control(url: str, what: str) -> Any:
+    with urllib.request.urlopen(f"{url}/_{what}") as response:
+        return json.load(response)
+
+
 def acknowledged(url: str) -> int:
-    with urllib.request.urlopen(url + "/_count") as response:
-        return int(json.load(response)["events"])
+    return int(control(url, "count")["events"])
 
 
 def wait_acknowledged(url: str, target: int, timeout: float = 600) -> None:
@@ -89,6 +112,36 @@ def wait_acknowledged(url: str, target: int, timeout: float = 600) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"server acknowledged {acknowledged(url)} of {target} events")
         time.sleep(0.001)
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_store(kind: str, pg_url: str) -> Iterator[dict[str, str]]:
+    """Settings naming a new, empty outbox of ``kind``; removed afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="capi-bench-") as tmp:
+            yield {"outbox_path": os.path.join(tmp, "outbox.sqlite3")}
+        return
+    import psycopg
+
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    try:
+        yield {"outbox_url": pg_url, "outbox_schema": schema}
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def make_bridge(url: str, where: dict[str, str], **options: Any) -> Any:
+    from capi_bridge.bridge import Bridge
+    from capi_bridge.settings import Settings
+
+    settings = Settings(
+        pixel_id="1234567890", access_token=TOKEN, graph_url=url, **where, **options
+    )
+    return Bridge(settings)
 
 
 # --- the runs ---------------------------------------------------------------------------------
@@ -100,34 +153,93 @@ def events(n: int, prefix: str) -> list[dict[str, Any]]:
     return [make_event(i, prefix) for i in range(n)]
 
 
-def run_bridge(url: str, batch: list[dict[str, Any]], many: bool) -> dict[str, float]:
-    from capi_bridge.bridge import Bridge
-    from capi_bridge.settings import Settings
+def run_bridge(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
+    bridge = make_bridge(url, where)
+    base = acknowledged(url)
+    started = time.perf_counter()
+    if many:
+        for start in range(0, len(batch), 1000):
+            bridge.enqueue_many(batch[start : start + 1000])
+    else:
+        enqueue = bridge.enqueue
+        for event in batch:
+            enqueue(event)
+    if not bridge.flush(600):
+        raise RuntimeError(f"flush timed out: {bridge.stats()}")
+    wait_acknowledged(url, base + len(batch))
+    done = time.perf_counter()
+    bridge.close(10)
+    return done - started
 
-    with tempfile.TemporaryDirectory(prefix="capi-bench-") as tmp:
-        settings = Settings(
-            pixel_id="1234567890",
-            access_token=TOKEN,
-            graph_url=url,
-            outbox_path=os.path.join(tmp, "outbox.sqlite3"),
+
+def producer(url: str, where_json: str, prefix: str, count: int) -> int:
+    """One of several app processes (``--produce``): ready, then enqueue on "go"."""
+    bridge = make_bridge(url, json.loads(where_json))
+    batch = events(count, prefix)
+    bridge.enqueue(batch[0])  # opens the connections and starts the dispatcher
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for event in batch[1:]:
+        bridge.enqueue(event)
+    ok = bridge.flush(600)
+    bridge.close(10)
+    return 0 if ok else 1
+
+
+def run_processes(url: str, where: dict[str, str], n: int, processes: int, prefix: str) -> float:
+    """``enqueue()`` from ``processes`` processes at once; seconds until all acknowledged."""
+    base = acknowledged(url)
+    share = n // processes
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--produce",
+                url,
+                json.dumps(where),
+                f"{prefix}{p}",
+                str(share),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        bridge = Bridge(settings)
+        for p in range(processes)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    wait_acknowledged(url, base + processes)  # their first events
+    started = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    wait_acknowledged(url, base + processes * share)
+    seconds = time.perf_counter() - started
+    for proc in procs:
+        if proc.wait(60) != 0:
+            raise RuntimeError("a producer process failed")
+    return seconds
+
+
+def drain_after_outage(url: str, kind: str, pg_url: str, outage: float, n: int = 3000) -> float:
+    """Seconds from the end of an ``outage`` (500s) until ``n`` waiting events are acked."""
+    with fresh_store(kind, pg_url) as where:
+        bridge = make_bridge(url, where)
         base = acknowledged(url)
-        started = time.perf_counter()
-        if many:
-            for start in range(0, len(batch), 1000):
-                bridge.enqueue_many(batch[start : start + 1000])
-        else:
-            enqueue = bridge.enqueue
-            for event in batch:
-                enqueue(event)
-        accepted = time.perf_counter()
-        if not bridge.flush(600):
-            raise RuntimeError(f"flush timed out: {bridge.stats()}")
-        wait_acknowledged(url, base + len(batch))
-        done = time.perf_counter()
+        control(url, "down")
+        started = time.monotonic()
+        try:
+            bridge.enqueue_many(events(n, "outage"))
+            time.sleep(max(0.0, outage - (time.monotonic() - started)))
+        finally:
+            control(url, "up")
+        recovered = time.perf_counter()
+        wait_acknowledged(url, base + n)
+        seconds = time.perf_counter() - recovered
         bridge.close(10)
-    return {"accept_s": accepted - started, "total_s": done - started}
+    return seconds
 
 
 def run_sdk(url: str, batch: list[dict[str, Any]], per_request: int) -> float:
@@ -141,14 +253,21 @@ def run_sdk(url: str, batch: list[dict[str, Any]], per_request: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--events", type=int, default=100_000, help="events per run")
     parser.add_argument("--sdk-common", type=int, default=2000, help="events for SDK common use")
     parser.add_argument("--runs", type=int, default=1, help="runs of each; medians are reported")
+    parser.add_argument("--outage", type=float, default=60.0, help="outage seconds (0: skip)")
+    parser.add_argument("--postgres-url", default=POSTGRES_URL, help="database for postgresql")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return 0
+    if args.produce:
+        url, where, prefix, count = args.produce
+        return producer(url, where, prefix, int(count))
     server = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve"], stdout=subprocess.PIPE, text=True
     )
@@ -165,36 +284,45 @@ def _measure(url: str, args: argparse.Namespace) -> int:
     import _sdk_baseline
 
     _sdk_baseline.init(url, TOKEN)
-    n = args.events
-    run_bridge(url, events(2000, "warm"), many=False)  # imports, first connections
+    n, kind = args.events, args.store
+    with fresh_store(kind, args.postgres_url) as where:  # imports, first connections
+        run_bridge(url, where, events(2000, "warm"), many=False)
     _sdk_baseline.run(events(200, "warm"), 100)
-    rates: dict[str, list[float]] = {k: [] for k in ("enqueue", "accept", "many", "best", "common")}
+    names = ("enqueue", "enqueue_4p", "many", "best", "common")
+    rates: dict[str, list[float]] = {k: [] for k in names}
     for run in range(args.runs):
-        batch = events(n, f"r{run}")
-        one = run_bridge(url, batch, many=False)
-        rates["enqueue"].append(n / one["total_s"])
-        rates["accept"].append(n / one["accept_s"])
-        batch = events(n, f"m{run}")
-        rates["many"].append(n / run_bridge(url, batch, many=True)["total_s"])
+        with fresh_store(kind, args.postgres_url) as where:
+            rates["enqueue"].append(n / run_bridge(url, where, events(n, f"r{run}"), False))
+        with fresh_store(kind, args.postgres_url) as where:
+            rates["enqueue_4p"].append(n / run_processes(url, where, n, 4, f"p{run}-"))
+        with fresh_store(kind, args.postgres_url) as where:
+            rates["many"].append(n / run_bridge(url, where, events(n, f"m{run}"), True))
         rates["best"].append(n / run_sdk(url, events(n, f"b{run}"), 1000))
         common = events(args.sdk_common, f"c{run}")
         rates["common"].append(len(common) / run_sdk(url, common, 1))
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"\nevents per run: {n:,} (SDK common use: {args.sdk_common:,}); medians of {args.runs}")
-    print(f"  capi-bridge enqueue() per event, end to end: {med['enqueue']:>10,.0f} events/s")
-    print(f"    (accepted, durable on return:             {med['accept']:>10,.0f} events/s)")
-    print(f"  capi-bridge enqueue_many(1000), end to end:  {med['many']:>10,.0f} events/s")
-    print(f"  SDK best case (1000 per EventRequest):       {med['best']:>10,.0f} events/s")
-    print(f"  SDK common use (1 per EventRequest):         {med['common']:>10,.0f} events/s")
+    drain = drain_after_outage(url, kind, args.postgres_url, args.outage) if args.outage else None
+    print(f"\nstore: {kind}; events per run: {n:,} (SDK common use: {args.sdk_common:,});")
+    print(f"medians of {args.runs}, end to end (handed over until acknowledged):")
+    print(f"  enqueue() per event, 1 process:        {med['enqueue']:>10,.0f} events/s")
+    print(f"  enqueue() per event, 4 processes:      {med['enqueue_4p']:>10,.0f} events/s")
+    print(f"  enqueue_many(1000):                    {med['many']:>10,.0f} events/s")
+    print(f"  SDK best case (1000 per EventRequest): {med['best']:>10,.0f} events/s")
+    print(f"  SDK common use (1 per EventRequest):   {med['common']:>10,.0f} events/s")
     ratios = {
         "enqueue_vs_sdk_best": med["enqueue"] / med["best"],
+        "enqueue_4p_vs_sdk_best": med["enqueue_4p"] / med["best"],
         "enqueue_vs_sdk_common": med["enqueue"] / med["common"],
         "many_vs_sdk_best": med["many"] / med["best"],
     }
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}x")
-    print(json.dumps({"events": n, "runs": args.runs, "events_per_s": med, "ratios": ratios}))
+    if drain is not None:
+        print(f"  drain after a {args.outage:g} s outage (3,000 events): {drain:.1f} s")
+    summary = {"store": kind, "events": n, "runs": args.runs, "events_per_s": med}
+    summary |= {"ratios": ratios, "outage_s": args.outage, "drain_s": drain}
+    print(json.dumps(summary))
     return 0
 
 

@@ -24,11 +24,12 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from capi_bridge.assembly import build_core
 from capi_bridge.errors import ConfigError
 from capi_bridge.injection import is_navigation
 from capi_bridge.pages import CORE_STATE_KEY, PAGE_STATE_KEY, Page, PageBridge, page_in
 from capi_bridge.request import RequestView
-from capi_bridge.responses import PageResponse, body_limit, build_core, read_asgi_body
+from capi_bridge.responses import PageResponse, body_limit, read_asgi_body
 
 if TYPE_CHECKING:
     from capi_bridge.bridge import Bridge

@@ -1,14 +1,21 @@
 """``Bridge``: accept events on the request path, deliver them to Meta off it.
 
-``enqueue`` does only local work (schema guard, hashing, one SQLite commit, ~30 µs) and returns;
-a background dispatcher per process sends batches to the Conversions API. The page never waits
-for Meta, and an event ``enqueue`` returned for is never lost: it is on disk until Meta takes it
-or refuses it with a reason.
+``enqueue`` does only local work (schema guard, hashing, one commit to the outbox store: a
+SQLite file on one host, or PostgreSQL shared by several, see :mod:`capi_bridge.delivery`) and
+returns; a background dispatcher per process sends batches to the Conversions API. The page
+never waits for Meta, and an event ``enqueue`` returned for is never lost: it is stored until
+Meta takes it or refuses it with a reason.
+
+``submit`` is the request path's variant (``Page.track``, the mirror endpoint): it never waits
+more than about 100 ms for the store and never raises because the store is unavailable; the
+rows then wait in a bounded in-memory buffer of this process until the dispatcher can store
+them (:mod:`capi_bridge.delivery.buffer`), so a locked or read-only outbox, a full disk or a
+database that is down never turns a page into a 5xx.
 
 Threads (WSGI) call the plain methods. Coroutines (ASGI) may call the plain ``enqueue`` too: it
-costs one local SQLite commit and no network I/O, the same as a cache write. When the outbox is
-busy (another process holding the write lock) that commit can wait, so ``aenqueue`` and friends
-run the same work in a thread (``asyncio.to_thread``) and never block the event loop.
+costs one local commit and no call to Meta, the same as a cache write. When the outbox is busy
+(another process holding the write lock) that commit can wait, so ``aenqueue`` and friends run
+the same work in a thread (``asyncio.to_thread``) and never block the event loop.
 
 Consent: ``enqueue(..., hold=key)`` stores an event *held* under ``key`` (the browser's per-tab
 id) while its visitor has not consented: validated and hashed like any event, deduplicated by
@@ -25,18 +32,23 @@ is left stays in the outbox for the next start.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from capi_bridge import leases
-from capi_bridge.delivery import Dispatcher
+from capi_bridge.delivery import store_for
+from capi_bridge.delivery.buffer import Pending, RowBuffer
+from capi_bridge.delivery.dispatcher import Dispatcher, new_owner_id
+from capi_bridge.delivery.records import OutboxStats
+from capi_bridge.delivery.report import Diagnostics, compute
+from capi_bridge.delivery.retry import RetryPolicy
+from capi_bridge.delivery.store import NewRow, OutboxUnavailable
 from capi_bridge.errors import InvalidEvent, InvalidUserData
 from capi_bridge.events import Event, graph_event, new_event_id
 from capi_bridge.observations import (
@@ -48,14 +60,8 @@ from capi_bridge.observations import (
     describe,
     tag,
 )
-from capi_bridge.outbox import NewRow, Outbox, OutboxUnavailable
-from capi_bridge.outbox_admin import OutboxStats, read_stats
-from capi_bridge.retry import RetryPolicy
 from capi_bridge.settings import Settings
 from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
-
-if TYPE_CHECKING:
-    from capi_bridge.diagnostics import Diagnostics
 
 logger = logging.getLogger("capi_bridge.bridge")
 
@@ -65,6 +71,8 @@ EventLike = Event | Mapping[str, Any]
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
 #: Longest hold key accepted (the browser sends 16-64 characters; apps may use their own keys).
 MAX_HOLD_KEY = 128
+#: The most ``submit`` waits for a busy store before keeping the rows in memory instead.
+SUBMIT_WAIT = 0.1
 
 #: Objects kept referenced after fork() so the child never closes what the parent uses.
 _INHERITED: list[object] = []
@@ -75,9 +83,13 @@ class Bridge:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.outbox = Outbox(settings.outbox_path, synchronous=settings.outbox_synchronous)
+        #: The outbox store (:class:`~capi_bridge.delivery.store.Store`).
+        self.outbox = store_for(settings)
         self.policy = RetryPolicy(
-            base=settings.retry_base, cap=settings.max_backoff, pause=settings.auth_pause
+            base=settings.retry_base,
+            cap=settings.max_backoff,
+            pause=settings.auth_pause,
+            probe=settings.probe_interval,
         )
         self._pixels = settings.pixel_ids
         self._dpo: dict[str, Any] = {}
@@ -89,7 +101,9 @@ class Bridge:
                 )
                 self._dpo["data_processing_options_state"] = settings.data_processing_options_state
         self._dispatcher: Dispatcher | None = None
+        self._origin = new_owner_id()  # this process: leases and the rows flush() waits for
         self._buffer = ObservationBuffer()
+        self._spilled = RowBuffer()
         self._previews = settings.inspector
         self._lock = threading.Lock()
         self._closed = False
@@ -97,7 +111,7 @@ class Bridge:
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
     def __repr__(self) -> str:
-        return f"Bridge(outbox={self.outbox.path!r}, pixels={list(self._pixels)!r})"
+        return f"Bridge(outbox={self.outbox.location!r}, pixels={list(self._pixels)!r})"
 
     # --- accepting events ---------------------------------------------------------------------
 
@@ -114,8 +128,9 @@ class Bridge:
 
         The event goes to every configured pixel (as ``fbq('track')`` does) unless
         ``pixel_id`` names one. Raises :class:`~capi_bridge.errors.InvalidEvent` with every
-        problem when Meta would refuse it, and :class:`~capi_bridge.outbox.OutboxUnavailable`
-        when the outbox cannot store it (answer 503); nothing is stored then. The same
+        problem when Meta would refuse it, and
+        :class:`~capi_bridge.delivery.store.OutboxUnavailable` when the outbox cannot store it
+        (answer 503); nothing is stored then. The same
         (pixel, event_name, event_id) stored again within the dedup window is not sent twice.
         With ``hold`` the event waits for consent under that key: see :meth:`release`.
         ``origin`` says how it reached us, for the inspector (default: a server event).
@@ -126,6 +141,64 @@ class Bridge:
         rows, event_id, tags = self._rows(event, pixel_id, test_event_code, now, origin)
         self._store(rows, now, hold, tags)
         return event_id
+
+    def submit(
+        self,
+        event: EventLike,
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+        hold: str | None = None,
+        origin: Origin | None = None,
+    ) -> str:
+        """:meth:`enqueue` for the request path: never fails nor waits long for the outbox.
+
+        Validated and hashed the same way (:class:`InvalidEvent` still raises), then stored if
+        the outbox takes it within about 100 ms. If it cannot (locked, read-only, disk full,
+        database down), the event waits in this process's bounded memory buffer until the
+        dispatcher can store it: not durable until then, counted in ``stats().buffered``, and
+        in ``stats().lost`` (with a WARNING) if the buffer is full. Use it where a failing
+        outbox must not fail the response; use :meth:`enqueue` where the caller can retry.
+        """
+        if hold is not None:
+            _check_hold_key(hold, "hold")
+        now = time.time()
+        rows, event_id, tags = self._rows(event, pixel_id, test_event_code, now, origin)
+        self._submit(rows, now, hold, tags)
+        return event_id
+
+    def submit_many(
+        self,
+        events: Iterable[EventLike],
+        *,
+        pixel_id: str | None = None,
+        test_event_code: str | None = None,
+        hold: str | None = None,
+        origin: Origin | None = None,
+    ) -> list[str]:
+        """:meth:`enqueue_many` (all valid, or :class:`InvalidEvent` and none stored) for the
+        request path, stored as :meth:`submit` stores: the mirror endpoint's posts."""
+        if hold is not None:
+            _check_hold_key(hold, "hold")
+        now = time.time()
+        rows, ids, tags = self._many_rows(events, pixel_id, test_event_code, now, origin)
+        if rows:
+            self._submit(rows, now, hold, tags)
+        return ids
+
+    def _submit(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
+        try:
+            self.outbox.enqueue(
+                rows, now, hold=hold, tags=tags, origin=self._origin, wait=SUBMIT_WAIT
+            )
+        except self.outbox.errors as exc:
+            self._spilled.add(Pending(rows, now, hold, tags), exc)
+            self._notify(len(rows))
+            return
+        if hold is None:
+            self._notify(len(rows))
+        else:
+            self._running()
 
     def enqueue_many(
         self,
@@ -144,6 +217,21 @@ class Bridge:
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
+        rows, ids, tags = self._many_rows(events, pixel_id, test_event_code, now, origin)
+        if rows:
+            self._store(rows, now, hold, tags)
+        return ids
+
+    def _many_rows(
+        self,
+        events: Iterable[EventLike],
+        pixel_id: str | None,
+        test_code: str | None,
+        now: float,
+        origin: Origin | None,
+    ) -> tuple[list[NewRow], list[str], list[Tag]]:
+        """Every event's rows, or :class:`InvalidEvent` with the problems of all invalid ones
+        (as lines prefixed with their position, and by position in ``events``)."""
         rows: list[NewRow] = []
         ids: list[str] = []
         tags: list[Tag] = []
@@ -151,7 +239,7 @@ class Bridge:
         for index, event in enumerate(events):
             try:
                 event_rows, event_id, event_tags = self._rows(
-                    event, pixel_id, test_event_code, now, origin
+                    event, pixel_id, test_code, now, origin
                 )
             except InvalidEvent as exc:
                 problems[index] = exc.problems
@@ -162,15 +250,13 @@ class Bridge:
         if problems:
             lines = [f"event {i}: {p}" for i, found in problems.items() for p in found]
             raise InvalidEvent(lines, events=problems)
-        if rows:
-            self._store(rows, now, hold, tags)
-        return ids
+        return rows, ids, tags
 
     def _store(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            self.outbox.insert(rows, now, hold=hold, tags=tags)
-        except sqlite3.Error as exc:  # disk full, read-only file, lock held for 10 s...
-            raise OutboxUnavailable(self.outbox.path, exc) from exc
+            self.outbox.enqueue(rows, now, hold=hold, tags=tags, origin=self._origin)
+        except self.outbox.errors as exc:  # disk full, read-only, lock held for 10 s, db down
+            raise OutboxUnavailable(self.outbox.location, exc) from exc
         if hold is None:
             self._notify(len(rows))
         else:  # nothing to send, but some dispatcher must expire what is never released
@@ -189,9 +275,9 @@ class Bridge:
         """
         _check_hold_key(hold_key, "hold_key")
         try:
-            count = self.outbox.release(hold_key, time.time())
-        except sqlite3.Error as exc:
-            raise OutboxUnavailable(self.outbox.path, exc) from exc
+            count = self.outbox.release(hold_key, time.time(), self._origin)
+        except self.outbox.errors as exc:
+            raise OutboxUnavailable(self.outbox.location, exc) from exc
         if count:
             self._notify(count)
         logger.debug("released %d held events", count)  # never the key: it names a visitor
@@ -205,9 +291,9 @@ class Bridge:
         """
         _check_hold_key(hold_key, "hold_key")
         try:
-            count = self.outbox.forget_held(hold_key)
-        except sqlite3.Error as exc:
-            raise OutboxUnavailable(self.outbox.path, exc) from exc
+            count = self.outbox.forget(hold_key)
+        except self.outbox.errors as exc:
+            raise OutboxUnavailable(self.outbox.location, exc) from exc
         logger.debug("forgot %d held events", count)
         return count
 
@@ -278,25 +364,35 @@ class Bridge:
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.pid != os.getpid():
                 dispatcher = Dispatcher(
-                    self.settings, self.outbox, self.policy, observed=self._buffer
+                    self.settings,
+                    self.outbox,
+                    self.policy,
+                    owner=self._origin,
+                    observed=self._buffer,
+                    buffered=self._spilled,
                 )
                 dispatcher.start()
                 self._dispatcher = dispatcher
-                logger.debug("delivery started in pid %d from %s", os.getpid(), self.outbox.path)
+                logger.debug(
+                    "delivery started in pid %d from %s", os.getpid(), self.outbox.location
+                )
             return dispatcher
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what was accepted so far (partial batches too) within ``timeout`` seconds.
 
-        True when every event in the outbox at the time of the call has been delivered or
-        dead-lettered; False when some remain (Meta down, circuit open, time up). Events
+        True when every event this process stored (or released) before the call has been
+        delivered or dead-lettered; False when some remain (Meta down, circuit open, time up).
+        Other processes' events, other hosts' on a shared store, are theirs to flush. Events
         already backing off are not hurried: flush never makes delivery hammer Meta. Held
         events are not waited for: until :meth:`release` they are not accepted for delivery
         (they may wait up to ``held_ttl`` for a consent that never comes).
         """
         dispatcher = self._start()
         if dispatcher is None:
-            return not self.outbox.has_pending(self.outbox.max_id())
+            return not len(self._spilled) and not self.outbox.pending(
+                self._origin, self.outbox.mark()
+            )
         return dispatcher.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -315,14 +411,21 @@ class Bridge:
         left = self._buffer.drain()  # what the dispatcher had no time to write
         try:
             self.outbox.observe(left)
-        except sqlite3.Error as exc:
+        except self.outbox.errors as exc:
             logger.warning("capi-bridge: %d observations not written at close: %s", len(left), exc)
+        if len(self._spilled):
+            logger.warning(
+                "capi-bridge: %d events taken while the outbox was unavailable are lost at close",
+                len(self._spilled),
+            )
         self.outbox.close()
         return flushed
 
     def stats(self) -> OutboxStats:
-        """Counts across every process sharing the outbox, plus Meta's last error."""
-        return read_stats(self.outbox, time.time())
+        """Counts across every process sharing the outbox, plus Meta's last error; and this
+        process's rows waiting in memory for an unavailable outbox (``buffered``, ``lost``)."""
+        stats = self.outbox.stats(time.time())
+        return dataclasses.replace(stats, buffered=len(self._spilled), lost=self._spilled.lost)
 
     # --- observations (inspector, diagnostics) -------------------------------------------------
 
@@ -337,15 +440,14 @@ class Bridge:
         """Record observations of events that were not enqueued (the mirror refused them)."""
         try:
             self.outbox.observe(observed)
-        except sqlite3.Error as exc:
-            raise OutboxUnavailable(self.outbox.path, exc) from exc
+        except self.outbox.errors as exc:
+            raise OutboxUnavailable(self.outbox.location, exc) from exc
 
     def diagnostics(self, window: float = 86400.0) -> Diagnostics:
         """Per event name over the last ``window`` seconds, across every process: counts,
         match-key shares, dedup coverage, fbc age, refusals and an estimated match quality
-        (see :mod:`capi_bridge.diagnostics`). Counts and key presence only, never user data."""
-        from capi_bridge.diagnostics import compute
-
+        (see :mod:`capi_bridge.delivery.report`). Counts and key presence only, never user
+        data."""
         self.write_observations()
         return compute(self.outbox, time.time(), window)
 
@@ -353,7 +455,7 @@ class Bridge:
         """File every observation not yet in ``observations``: those riding in fresh outbox
         rows (any process's, by ingesting them now rather than at the dispatcher's next
         pass) and this process's pixel twins; for readers that want the latest."""
-        leases.ingest(self.outbox)
+        self.outbox.prepare()
         rows = self._buffer.drain()
         if rows:
             self.outbox.observe(rows)
@@ -433,3 +535,5 @@ def _after_fork(ref: weakref.ref[Bridge]) -> None:
         _INHERITED.append(bridge._dispatcher)
     bridge._dispatcher = None
     bridge._lock = threading.Lock()
+    bridge._origin = new_owner_id()  # the parent's rows are the parent's to flush
+    bridge._spilled = RowBuffer()

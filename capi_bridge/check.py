@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from capi_bridge import __version__
+from capi_bridge._version import __version__
 from capi_bridge.errors import ConfigError
 from capi_bridge.events import Event, UserData
 from capi_bridge.graph import GraphClient, GraphError, GraphResult, events_url

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from capi_bridge import __version__
+from capi_bridge._version import __version__
 from capi_bridge.cli_common import (
     DURATIONS,
     EXIT_FAILED,
@@ -30,7 +30,7 @@ from capi_bridge.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from capi_bridge.outbox import Outbox
+    from capi_bridge.delivery.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,21 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_outbox(sub: Subparsers) -> None:
-    no_outbox = (EXIT_FAILED, "no outbox at the path (nothing is created)")
+    no_outbox = (EXIT_FAILED, "no outbox there (nothing is created)")
     p = add_command(
         sub,
         "outbox",
         summary="inspect and repair the delivery outbox (stats, dead letters, purge)",
-        description="Look into the SQLite outbox every worker process of the app shares: "
-        "what waits, what Meta\nrefused and why; requeue dead letters after a fix; purge "
-        "old keys. Each action reads the\nfile at --path (default: $CAPI_BRIDGE_OUTBOX_PATH, "
-        "else the settings' default) and never\nshows customer data.",
+        description="Look into the outbox every worker process of the app shares (a SQLite "
+        "file, or a PostgreSQL\nschema): what waits, what Meta refused and why; requeue "
+        "dead letters after a fix; purge old\nkeys. Each action reads the outbox at --url "
+        "or --path (default: $CAPI_BRIDGE_OUTBOX_URL, else\n$CAPI_BRIDGE_OUTBOX_PATH, else "
+        "the settings' default) and never shows customer data.",
         examples=["capi-bridge outbox stats", "capi-bridge outbox ACTION --help"],
         exits=[(EXIT_OK, "done"), no_outbox, (EXIT_USAGE, "no ACTION: this help is printed")],
     )
     p.set_defaults(func=print_help(p))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
-    path_help = "the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH, else the settings' default)"
 
     stats = add_command(
         actions,
@@ -171,25 +171,54 @@ def _add_outbox(sub: Subparsers) -> None:
     )
     purge.set_defaults(func=_cmd_outbox_purge)
     for action in (stats, dead, retry, purge):
-        action.add_argument("--path", default=None, help=path_help)
+        add_store_arguments(action)
 
 
-def _open_outbox(args: argparse.Namespace) -> Outbox | None:
-    """The outbox named by --path/env/default, or None (and a message) if there is none."""
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url``/``--path``/``--schema``: which outbox a command reads (the app's settings)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url",
+        default=None,
+        help="the outbox URL, sqlite:///file or postgresql://user:pass@host/db "
+        "(default: $CAPI_BRIDGE_OUTBOX_URL)",
+    )
+    where.add_argument(
+        "--path",
+        default=None,
+        help="the SQLite outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=None,
+        help="the PostgreSQL schema (default: $CAPI_BRIDGE_OUTBOX_SCHEMA or capi_bridge)",
+    )
+
+
+def _open_outbox(args: argparse.Namespace) -> Store | None:
+    """The outbox named by --url/--path, the environment or the defaults, or None (and a
+    message) if there is none: the CLI never creates an outbox."""
     import dataclasses
     import os
-    import sqlite3
 
-    from capi_bridge.outbox import Outbox
+    from capi_bridge.delivery import open_store
+    from capi_bridge.delivery.store import StoreError
     from capi_bridge.settings import ENV_PREFIX, Settings
 
-    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "outbox_path")
-    path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or str(default)
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    url = args.url or (None if args.path else os.environ.get(ENV_PREFIX + "OUTBOX_URL"))
+    if not url:
+        path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or defaults["outbox_path"]
+        url = f"sqlite:///{path}"
+    schema = args.schema or os.environ.get(ENV_PREFIX + "OUTBOX_SCHEMA") or "capi_bridge"
     try:
-        return Outbox(path, create=False)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"capi-bridge: cannot open the outbox at {os.path.abspath(path)}: {exc}")
-        print("Pass --path or set CAPI_BRIDGE_OUTBOX_PATH to the app's outbox file.")
+        return open_store(url, schema=schema, create=False)
+    except StoreError as exc:
+        print(f"capi-bridge: {exc}")
+        print(
+            "Pass --url (or --path for a SQLite file), or set CAPI_BRIDGE_OUTBOX_URL / "
+            "CAPI_BRIDGE_OUTBOX_PATH, to the app's outbox."
+        )
         return None
 
 
@@ -205,13 +234,11 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from capi_bridge.outbox_admin import read_stats
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
     now = time.time()
-    stats = read_stats(outbox, now)
+    stats = outbox.stats(now)
     if args.json:
         print(json.dumps(stats.as_dict(), sort_keys=True))
         return 0
@@ -245,17 +272,15 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from capi_bridge.outbox_admin import dead_letters
-
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
-    letters = dead_letters(outbox, args.limit)
+    letters = outbox.dead_letters(args.limit)
     if args.json:
         print(json.dumps([dataclasses.asdict(d) for d in letters]))
         return 0
     if not letters:
-        print(f"no dead letters in {outbox.path}")
+        print(f"no dead letters in {outbox.location}")
         return 0
     for d in letters:
         codes = "/".join(str(c) for c in (d.code, d.subcode) if c is not None) or "-"
@@ -270,8 +295,6 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
 def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
     import time
 
-    from capi_bridge.outbox_admin import retry_dead, retry_preview
-
     if not args.ids and not args.all:
         print("capi-bridge outbox retry-dead: say which dead letters to requeue: --id N [N ...]")
         print("(the ids `capi-bridge outbox dead` lists) or --all. Nothing was requeued.")
@@ -280,9 +303,9 @@ def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
     if outbox is None:
         return EXIT_FAILED
     wanted = None if args.all else args.ids
-    found, held = retry_preview(outbox, wanted)
-    moved = retry_dead(outbox, wanted, time.time())
-    print(f"requeued {moved} dead letters in {outbox.path}")
+    found, held = outbox.retry_preview(wanted)
+    moved = outbox.retry_dead(wanted, time.time())
+    print(f"requeued {moved} dead letters in {outbox.location}")
     if moved:
         print("The app's dispatchers send them within a second; watch `capi-bridge outbox stats`.")
     missing = sorted(set(args.ids or ()) - set(found))
@@ -331,7 +354,6 @@ def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     import time
 
     from capi_bridge.durations import format_duration
-    from capi_bridge.outbox_admin import kept_by_purge, purge, read_stats
 
     window = _dedup_window()
     if window is None:
@@ -344,17 +366,17 @@ def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     now = time.time()
     removed = {"delivered": 0, "dead": 0}
     if args.delivered or both:
-        done = purge(outbox, delivered=True, dead=False, older_than=keys_age, now=now)
+        done = outbox.purge(delivered=True, dead=False, older_than=keys_age, now=now)
         removed["delivered"] = done["delivered"]
     if args.dead or both:
-        done = purge(outbox, delivered=False, dead=True, older_than=args.older_than, now=now)
+        done = outbox.purge(delivered=False, dead=True, older_than=args.older_than, now=now)
         removed["dead"] = done["dead"]
     print(
         f"deleted {removed['delivered']} delivered keys and {removed['dead']} dead letters"
-        f" from {outbox.path}"
+        f" from {outbox.location}"
     )
-    kept = kept_by_purge(
-        outbox, delivered_older_than=keys_age, dead_older_than=args.older_than, now=now
+    kept = outbox.kept_by_purge(
+        delivered_older_than=keys_age, dead_older_than=args.older_than, now=now
     )
     if (args.delivered or both) and kept.delivered_young:
         why = (
@@ -373,7 +395,7 @@ def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     if (args.dead or both) and kept.dead_young and args.older_than is not None:
         age = format_duration(args.older_than)
         print(f"kept {kept.dead_young} dead letters younger than {age}")
-    stats = read_stats(outbox, now)
+    stats = outbox.stats(now)
     if stats.undelivered or stats.held:
         print(
             f"kept {stats.undelivered} events waiting for delivery and {stats.held} held for "

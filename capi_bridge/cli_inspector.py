@@ -67,11 +67,9 @@ def add_commands(sub: Subparsers) -> None:
         ],
         exits=[(EXIT_OK, "printed"), (EXIT_FAILED, "no outbox at the path, or a bad --window")],
     )
-    diag.add_argument(
-        "--path",
-        default=None,
-        help="the outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH, else the settings' default)",
-    )
+    from capi_bridge.cli import add_store_arguments
+
+    add_store_arguments(diag)
     diag.add_argument(
         "--window",
         type=duration(),
@@ -122,12 +120,10 @@ def _cmd_inspector_link(args: argparse.Namespace) -> int:
 
 def _cmd_diagnostics(args: argparse.Namespace) -> int:
     import json
-    import sqlite3
     import time
 
     from capi_bridge.cli import _open_outbox
     from capi_bridge.diagnostics import compute, format_text
-    from capi_bridge.leases import ingest
 
     if args.window <= 0:
         print("capi-bridge: --window must be above 0, e.g. 24h or 7d.")
@@ -136,11 +132,11 @@ def _cmd_diagnostics(args: argparse.Namespace) -> int:
     if outbox is None:
         return 1
     try:
-        ingest(outbox)  # the observations of events no dispatcher has picked up yet
+        outbox.prepare()  # the observations of events no dispatcher has picked up yet
         result = compute(outbox, time.time(), args.window)
-    except sqlite3.Error as exc:
-        print(f"capi-bridge: cannot read the outbox at {outbox.path}: {exc}")
-        print("Pass --path (or set CAPI_BRIDGE_OUTBOX_PATH) to the app's outbox file.")
+    except outbox.errors as exc:
+        print(f"capi-bridge: cannot read the outbox at {outbox.location}: {exc}")
+        print("Pass --url or --path (or set CAPI_BRIDGE_OUTBOX_URL) to the app's outbox.")
         return 1
     print(json.dumps(result.as_dict(), sort_keys=True) if args.json else format_text(result))
     return 0

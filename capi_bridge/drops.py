@@ -15,8 +15,9 @@ short detail, in a table whose size is bounded whatever is posted:
 Nothing here is customer data: event names, a fixed set of reasons, and details that are a
 pixel id, a user-agent product word or Meta's reason for refusing an event.
 
-The counts live in a small ``dropped`` table of the outbox database, created on first use and
-written only by :meth:`DropTally.flush` and read only by :func:`read` (the one place its SQL is).
+The counts live in a small ``dropped`` table of the outbox (its SQL is in the stores,
+:meth:`~capi_bridge.delivery.store.Store.record_drops`), written only by
+:meth:`DropTally.flush` and read through :func:`read`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
+from capi_bridge.delivery.records import DropRow
 from capi_bridge.observations import RETENTION
 
 logger = logging.getLogger("capi_bridge.drops")
@@ -137,19 +137,24 @@ class DropCount:
         }
 
 
-class Store(Protocol):
-    """What is used of the outbox: a write transaction and a read (``Outbox`` has both)."""
-
-    def write(self) -> AbstractContextManager[sqlite3.Connection]: ...
-    def query(self, sql: str, params: Sequence[Any] = ...) -> list[Any]: ...
-
-
 _Key = tuple[int, str, str, str]
-_TABLE = (
-    "CREATE TABLE IF NOT EXISTS dropped (hour INTEGER NOT NULL, event_name TEXT NOT NULL,"
-    " reason TEXT NOT NULL, detail TEXT NOT NULL, count INTEGER NOT NULL, last_at REAL NOT NULL,"
-    " PRIMARY KEY (hour, event_name, reason, detail))"
-)
+
+
+class Store(Protocol):
+    """What is used of the outbox (its SQL is in :mod:`capi_bridge.delivery`)."""
+
+    errors: tuple[type[BaseException], ...]
+
+    def record_drops(
+        self,
+        counts: Mapping[_Key, tuple[int, float]],
+        *,
+        before_hour: int,
+        max_keys_per_hour: int,
+        other: str,
+    ) -> None: ...
+
+    def drop_counts(self, since_hour: int, until_hour: int) -> list[DropRow]: ...
 
 
 class DropTally:
@@ -188,9 +193,15 @@ class DropTally:
             self._flushed = self._clock()
         if not pending:
             return
+        store = self._store()
         try:
-            _write(self._store(), pending, self._flushed)
-        except sqlite3.Error as exc:
+            store.record_drops(
+                {key: (int(count), at) for key, (count, at) in pending.items()},
+                before_hour=int((self._flushed - RETENTION) // _HOUR),
+                max_keys_per_hour=MAX_KEYS_PER_HOUR,
+                other=OTHER,
+            )
+        except store.errors as exc:
             logger.warning("capi-bridge: dropped-event counts not written yet: %s", exc)
             with self._lock:
                 for key, (count, at) in pending.items():
@@ -201,40 +212,7 @@ class DropTally:
                     entry[1] = max(entry[1], at)
 
 
-def _write(store: Store, pending: dict[_Key, list[float]], now: float) -> None:
-    with store.write() as db:
-        db.execute(_TABLE)
-        db.execute("DELETE FROM dropped WHERE hour < ?", (int((now - RETENTION) // _HOUR),))
-        known: dict[int, set[tuple[str, str, str]]] = {}
-        for (hour, name, reason, detail), (count, at) in pending.items():
-            keys = known.get(hour)
-            if keys is None:
-                rows = db.execute(
-                    "SELECT event_name, reason, detail FROM dropped WHERE hour = ?", (hour,)
-                ).fetchall()
-                keys = known[hour] = {(str(n), str(r), str(d)) for n, r, d in rows}
-            if (name, reason, detail) not in keys and len(keys) >= MAX_KEYS_PER_HOUR:
-                name, detail = OTHER, ""
-            keys.add((name, reason, detail))
-            db.execute(
-                "INSERT INTO dropped VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT"
-                " (hour, event_name, reason, detail) DO UPDATE SET count = count + excluded.count,"
-                " last_at = max(last_at, excluded.last_at)",
-                (hour, name, reason, detail, int(count), at),
-            )
-
-
 def read(store: Store, since: float, until: float) -> list[DropCount]:
     """The counts of the hours overlapping ``[since, until]``, most frequent first."""
-    try:
-        rows = store.query(
-            "SELECT event_name, reason, detail, sum(count), max(last_at) FROM dropped"
-            " WHERE hour >= ? AND hour <= ? GROUP BY event_name, reason, detail"
-            " ORDER BY sum(count) DESC, event_name, reason, detail",
-            (int(since // _HOUR), int(until // _HOUR)),
-        )
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []  # nothing was ever dropped here
-        raise
-    return [DropCount(str(n), str(r), str(d), int(c), float(t)) for n, r, d, c, t in rows]
+    rows = store.drop_counts(int(since // _HOUR), int(until // _HOUR))
+    return [DropCount(*row) for row in rows]

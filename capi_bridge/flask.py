@@ -22,10 +22,10 @@ from typing import Any
 from flask import Flask, current_app, request
 from markupsafe import Markup
 
+from capi_bridge.assembly import build_core
 from capi_bridge.bridge import Bridge
 from capi_bridge.pages import PAGE_ENVIRON_KEY, Page, PageBridge
 from capi_bridge.request import RequestView
-from capi_bridge.responses import build_core
 from capi_bridge.settings import ENV_PREFIX, Settings, env
 from capi_bridge.snippet import ConsentCheck
 from capi_bridge.wsgi import CapiBridgeMiddleware, wsgi_nonce

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from capi_bridge import __version__
+from capi_bridge._version import __version__
 from capi_bridge.errors import CapiBridgeError
 from capi_bridge.settings import DEFAULT_API_VERSION, DEFAULT_PARTNER_AGENT
 

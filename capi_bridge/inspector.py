@@ -23,14 +23,12 @@ import functools
 import ipaddress
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from capi_bridge import observation_log
 from capi_bridge.drops import DropTally
 from capi_bridge.drops import read as read_drops
 from capi_bridge.inspector_rows import build_rows, group
@@ -137,7 +135,7 @@ class Inspector:
             if request.path == self.diagnostics_path:
                 return Response.json(200, self.diagnostics(request.query_param("window")))
             return self.page()
-        except sqlite3.Error as exc:
+        except self.bridge.outbox.errors as exc:
             logger.warning("inspector: the outbox cannot be read: %s", exc)
             return _error(503, "unavailable", f"the outbox cannot be read now ({exc})")
 
@@ -215,8 +213,8 @@ class Inspector:
         self.bridge.write_observations()  # pixel twins noted by this process's pages
         now = self._clock()
         outbox = self.bridge.outbox
-        groups = group(observation_log.recent(outbox, SCAN_LIMIT), ROW_LIMIT)
-        rows = build_rows(groups, lambda keys: observation_log.outcomes(outbox, keys, now), now)
+        groups = group(outbox.recent(SCAN_LIMIT), ROW_LIMIT)
+        rows = build_rows(groups, lambda keys: outbox.outcomes(keys, now), now)
         stats = self.bridge.stats()
         if self._drops is not None:
             self._drops.flush()

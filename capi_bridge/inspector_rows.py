@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from capi_bridge.observation_log import Outcome, Seen
+from capi_bridge.delivery.records import Outcome, Seen
 from capi_bridge.observations import (
     BROWSER,
     NOTE,

@@ -80,8 +80,8 @@ def settle(result: EndpointResult, bridge: Bridge, tally: DropTally | None = Non
     dropped = list(result.dropped)
     batch = result.batch
     if batch is not None:
-        try:
-            bridge.enqueue_many(
+        try:  # submit: a locked or unavailable outbox never fails nor holds the request
+            bridge.submit_many(
                 batch.events,
                 pixel_id=batch.pixel_id,
                 test_event_code=batch.test_event_code,

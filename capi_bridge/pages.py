@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.browser_payload import HOLD_ID
@@ -36,7 +36,6 @@ from capi_bridge.endpoint import BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
-from capi_bridge.inspector import Inspector
 from capi_bridge.mirror import settle
 from capi_bridge.observations import Origin, dropped_fields, twin_copies
 from capi_bridge.request import RequestView, Response
@@ -75,6 +74,23 @@ TEST_COOKIE_MAX_AGE = 3600
 _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 
 
+class RouteTool(Protocol):
+    """A tool served on capi-bridge's own paths (the inspector)."""
+
+    page_path: str
+    data_path: str
+    diagnostics_path: str
+    paths: frozenset[str]
+
+    def handles(self, path: str) -> bool: ...
+
+    def handle(self, request: RequestView) -> Response: ...
+
+
+#: Builds the inspector for an app: ``(settings, bridge, drop counts, clock) -> tool``.
+InspectorFactory = Callable[[Settings, Bridge, DropTally, Callable[[], float]], RouteTool]
+
+
 class PageBridge:
     """The app-wide core the adapters wrap; create one per app (thread-safe)."""
 
@@ -85,6 +101,7 @@ class PageBridge:
         bridge: Bridge | None = None,
         consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
+        inspector: InspectorFactory | None = None,
     ) -> None:
         self.settings = settings
         self.bridge = bridge if bridge is not None else Bridge(settings)
@@ -100,10 +117,12 @@ class PageBridge:
         )
         #: Browser events not stored (ignored or refused), counted for inspector and diagnostics.
         self.drops = DropTally(lambda: self.bridge.outbox, clock=clock)
-        #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise).
+        #: The live inspector, when ``settings.inspector`` is on (absent routes otherwise). A
+        #: tool, built by ``inspector`` (the adapters pass :class:`capi_bridge.inspector.Inspector`
+        #: through :func:`capi_bridge.assembly.build_core`): pages never import the tools.
         self.inspector = (
-            Inspector(settings, self.bridge, drops=self.drops, clock=clock)
-            if settings.inspector
+            inspector(settings, self.bridge, self.drops, clock)
+            if settings.inspector and inspector is not None
             else None
         )
         self._routes = frozenset(
@@ -305,7 +324,7 @@ class Page:
         # Without consent the event waits in the outbox (never sent unless released).
         hold = None if self.consent else self._hold_key()
         twin = pixel and self.consent and self.navigation
-        self.core.bridge.enqueue(
+        self.core.bridge.submit(  # never fails nor holds the page for the outbox
             event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
         )
         if twin:

@@ -16,28 +16,21 @@ response is decided here, once, so the adapters cannot drift apart:
   one of our routes, read to at most ``limit + 1`` bytes whatever the client announced or
   streamed (chunked), so an oversize POST gets the endpoint's 413 on every adapter, and no
   client can make us hold more than the limit.
-* :func:`build_core`: the app-wide :class:`~capi_bridge.pages.PageBridge` from the keyword
-  arguments every middleware takes, the environment as fallback; a bad setting or an outbox that
-  cannot be opened is a :class:`~capi_bridge.errors.ConfigError` naming the setting.
+
+The app-wide core the middlewares serve is built by :func:`capi_bridge.assembly.build_core`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from capi_bridge.bridge import Bridge
-from capi_bridge.errors import ConfigError
 from capi_bridge.injection import Injector, should_inject
 from capi_bridge.pages import Page, PageBridge
-from capi_bridge.settings import Settings, env
-from capi_bridge.snippet import ConsentCheck
 
 __all__ = [
     "PageResponse",
     "body_limit",
-    "build_core",
     "read_asgi_body",
     "read_limited",
     "read_wsgi_body",
@@ -184,31 +177,3 @@ async def read_asgi_body(
         body += message.get("body", b"")
         if not message.get("more_body", False) or len(body) > limit:
             return bytes(body[: limit + 1])
-
-
-# --- the app-wide core ---------------------------------------------------------------------------
-
-
-def build_core(
-    *,
-    settings: Settings | None = None,
-    bridge: Bridge | None = None,
-    consent_check: ConsentCheck | None = None,
-    core: PageBridge | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> PageBridge:
-    """The :class:`PageBridge` a middleware serves: ``core`` as given, else one built from
-    ``settings`` (else the ``CAPI_BRIDGE_*`` variables of ``environ``, default ``os.environ``).
-    Raises :class:`ConfigError` naming the setting at fault, the outbox's included."""
-    if core is not None:
-        return core
-    if settings is None:
-        settings = Settings.from_env(environ)
-    try:
-        return PageBridge(settings, bridge=bridge, consent_check=consent_check)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            env("outbox_path"),
-            f"the outbox {settings.outbox_path!r} cannot be opened ({exc})",
-            "create its folder, or point it at a file the app's user may write",
-        ) from None

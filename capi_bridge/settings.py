@@ -22,7 +22,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from capi_bridge import __version__, settings_checks, settings_site_checks
+from capi_bridge import settings_checks, settings_site_checks
+from capi_bridge._version import __version__
 from capi_bridge.durations import SYNTAX, parse_duration
 from capi_bridge.errors import ConfigError
 from capi_bridge.settings_checks import fail
@@ -239,6 +240,9 @@ class Settings:
     retry_base: float = 1.0
     dedup_window: float = 172800.0
     outbox_synchronous: str = "NORMAL"
+    outbox_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    outbox_schema: str = "capi_bridge"
+    probe_interval: float = 30.0
 
     # --- requests and browser bridge ----------------------------------------------------------
     trusted_proxies: int | tuple[str, ...] = 0
@@ -292,6 +296,11 @@ class Settings:
         """The configured pixel ids, always as a tuple."""
         pixel_id = self.pixel_id
         return (pixel_id,) if isinstance(pixel_id, str) else tuple(pixel_id)
+
+    @property
+    def store_url(self) -> str:
+        """Where the outbox is: ``outbox_url``, else ``sqlite:///`` + ``outbox_path``."""
+        return self.outbox_url or "sqlite:///" + self.outbox_path
 
     @property
     def consent_required(self) -> bool:

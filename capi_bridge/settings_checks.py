@@ -10,6 +10,7 @@ repeated in a message. The values arrive typed (``Settings`` reads strings first
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -57,6 +58,7 @@ _RANGES: dict[str, tuple[float, float, bool, str]] = {
     ),
     "rate_limit": (1, 100_000, True, "events per minute one client may post"),
     "held_ttl": (0, 7 * 86400, False, "how long events wait for a visitor's consent"),
+    "probe_interval": (0, 3600, False, "the longest wait between two tries of a failing pixel"),
 }
 
 
@@ -67,7 +69,7 @@ def check(settings: Settings) -> None:
         _check_account,
         _check_ldu,
         _check_numbers,
-        _check_outbox_path,
+        _check_outbox,
         _check_synchronous,
     ):
         rule(settings)
@@ -265,11 +267,42 @@ def _check_numbers(s: Settings) -> None:
         )
 
 
-def _check_outbox_path(s: Settings) -> None:
-    path = s.outbox_path
+def _check_outbox(s: Settings) -> None:
+    """The outbox: ``outbox_url`` when set (SQLite file or PostgreSQL), else ``outbox_path``."""
+    if not s.outbox_url:
+        _check_sqlite_path(s, "outbox_path", s.outbox_path)
+    elif s.outbox_url.startswith("sqlite:///"):
+        _check_sqlite_path(s, "outbox_url", s.outbox_url[len("sqlite:///") :])
+    elif s.outbox_url.split("://", 1)[0] in ("postgresql", "postgres"):
+        missing = [m for m in ("psycopg", "psycopg_pool") if importlib.util.find_spec(m) is None]
+        if missing:
+            fail(
+                s,
+                "outbox_url",
+                f"a PostgreSQL outbox needs {' and '.join(missing)}, which is not installed",
+                "pip install 'capi-bridge[postgres]' (psycopg 3 and psycopg-pool)",
+            )
+    else:  # never echo the URL: it may hold a password
+        fail(
+            s,
+            "outbox_url",
+            "it is neither a sqlite:/// nor a postgresql:// URL",
+            "use sqlite:///path/to/outbox.sqlite3 (one host) or "
+            "postgresql://user:password@host:5432/database (several hosts)",
+        )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", s.outbox_schema):
+        fail(
+            s,
+            "outbox_schema",
+            f"{s.outbox_schema!r} is not a PostgreSQL schema name",
+            "use letters, digits and '_', at most 63 (default capi_bridge)",
+        )
+
+
+def _check_sqlite_path(s: Settings, field: str, path: str) -> None:
     problem = _outbox_path_problem(path)
     if problem:
-        fail(s, "outbox_path", f"{path!r} {problem[0]}", problem[1])
+        fail(s, field, f"{path!r} {problem[0]}", problem[1])
 
 
 def _outbox_path_problem(path: str) -> tuple[str, str] | None:

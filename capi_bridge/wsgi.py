@@ -27,10 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from capi_bridge.assembly import build_core
 from capi_bridge.injection import is_navigation
 from capi_bridge.pages import PAGE_ENVIRON_KEY, PageBridge
 from capi_bridge.request import RequestView
-from capi_bridge.responses import PageResponse, body_limit, build_core, read_wsgi_body
+from capi_bridge.responses import PageResponse, body_limit, read_wsgi_body
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -5,9 +5,12 @@ Keep this file to fixtures that several test modules need; one-module helpers li
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from helpers.stores import POSTGRES_URL
 
 from capi_bridge.testing import FakeGraph
 
@@ -33,6 +36,28 @@ def outbox_path(tmp_path: object) -> str:
     import os
 
     return os.path.join(str(tmp_path), "outbox.sqlite3")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema name of the test's own on the test server, dropped afterwards (the test's
+    bridges and stores are closed before: fixtures tear down in reverse order)."""
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    yield name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, outbox_path: str) -> dict[str, Any]:
+    """The settings that choose each store in turn: a SQLite file in the test's directory,
+    then a schema of the test's own on the PostgreSQL test server."""
+    if request.param == "sqlite":
+        return {"outbox_path": outbox_path}
+    schema = request.getfixturevalue("pg_schema")
+    return {"outbox_url": POSTGRES_URL, "outbox_schema": schema}
 
 
 @pytest.fixture

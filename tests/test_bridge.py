@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 import pytest
 from helpers.delivery_worker import PIXEL, make_event
+from helpers.stores import read_only
 
 import capi_bridge
 from capi_bridge.bridge import Bridge
+from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import Event, UserData
-from capi_bridge.outbox_admin import OutboxStats
 from capi_bridge.testing import FakeGraph
 
 MakeBridge = Callable[..., Bridge]
@@ -143,8 +144,9 @@ def test_enqueue_after_close_is_still_durable(
     bridge.enqueue(make_event(2))  # e.g. a request finishing during shutdown
     assert bridge.stats().undelivered == 1
     assert not bridge.flush(0.2)  # closed: nothing is sent from this process any more
-    again = make_bridge()  # the next start sends it
-    assert again.flush(10)
+    again = make_bridge()  # the next start sends it (its own flush waits for its own events)
+    again.flush(0)
+    assert fake_graph.wait_for_events(2, 10)
     assert {e["event_id"] for e in fake_graph.events} == {"ev-1", "ev-2"}
 
 
@@ -165,11 +167,16 @@ def test_settings_for_delivery_are_validated() -> None:
 
 
 def test_a_failing_outbox_is_reported_not_swallowed(make_bridge: MakeBridge) -> None:
-    from capi_bridge.outbox import OutboxUnavailable
+    from capi_bridge.delivery.store import OutboxUnavailable
 
     bridge = make_bridge()
-    bridge.outbox.conn().execute("PRAGMA query_only = ON")  # as if the disk were read-only
-    with pytest.raises(OutboxUnavailable, match="nothing was stored"):
-        bridge.enqueue(make_event(1))
-    with pytest.raises(OutboxUnavailable):
-        bridge.enqueue_many([make_event(2)])
+    bridge.enqueue(make_event(0))
+    with read_only(bridge.outbox.location):  # the file cannot be written any more
+        with pytest.raises(OutboxUnavailable, match="nothing was stored"):
+            bridge.enqueue(make_event(1))
+        with pytest.raises(OutboxUnavailable):
+            bridge.enqueue_many([make_event(2), make_event(3)])
+        with pytest.raises(OutboxUnavailable):
+            bridge.release("tab-session-id-0001")
+    bridge.enqueue(make_event(4))  # writable again: a connection opened meanwhile recovers
+    assert [r[0] for r in bridge.outbox.query("SELECT event_id FROM outbox")] == ["ev-0", "ev-4"]

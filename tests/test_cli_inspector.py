@@ -10,6 +10,7 @@ import pytest
 from helpers.visits import Visitor, view
 from helpers.web import SECRET
 
+from capi_bridge.assembly import build_core
 from capi_bridge.cli import main
 from capi_bridge.pages import PageBridge
 from capi_bridge.testing import FakeGraph
@@ -17,7 +18,7 @@ from capi_bridge.testing import FakeGraph
 
 @pytest.fixture
 def core(delivery_settings: Any) -> Iterator[PageBridge]:
-    core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True))
+    core = build_core(delivery_settings(secret_key=SECRET, inspector=True))
     yield core
     core.close(timeout=0)
 

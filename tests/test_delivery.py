@@ -1,7 +1,9 @@
-"""The delivery engine end to end: real SQLite outbox, real dispatcher, the fake Graph over HTTP.
+"""The delivery engine end to end, on both stores (a SQLite file, a schema on a real PostgreSQL
+server): real dispatchers, the fake Graph over HTTP, worker processes, SIGKILL.
 
 No sleeps for timing: every wait is a condition with a deadline (``bridge.flush(timeout)``
-returns whether the outbox drained, ``fake_graph.wait_for_events`` whether events arrived).
+returns whether this process's events drained, ``fake_graph.wait_for_events`` whether events
+arrived).
 """
 
 from __future__ import annotations
@@ -17,16 +19,41 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.delivery_worker import PIXEL, RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
+from helpers.stores import POSTGRES_URL
 
 from capi_bridge.bridge import Bridge
-from capi_bridge.outbox_admin import dead_letters
 from capi_bridge.testing import FakeGraph
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "delivery_worker.py")
 MakeBridge = Callable[..., Bridge]
+
+
+@pytest.fixture
+def delivery_settings(delivery_settings: Any, store_target: dict[str, Any]) -> object:
+    """Every test of this module runs on both stores."""
+    return lambda **overrides: delivery_settings(**{**store_target, **overrides})
+
+
+def outbox_arg(target: dict[str, Any]) -> str:
+    """What a worker process is given: the SQLite file, or the database URL (its schema goes
+    in the worker's environment, see :func:`_worker`)."""
+    return str(target.get("outbox_url") or target["outbox_path"])
+
+
+def all_delivered(bridge: Bridge, fake: FakeGraph, count: int, timeout: float = 30) -> bool:
+    """Wait until ``count`` distinct events reached the fake and the outbox (every process's
+    rows, which ``flush`` does not wait for) has nothing left to send."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        bridge.flush(0.2)  # keeps this process's dispatcher going
+        if len(delivered_ids(fake)) >= count and bridge.stats().undelivered == 0:
+            return True
+        fake.wait_for_events(len(fake.events) + 1, 0.1)
+    return False
 
 
 def delivered_ids(fake: FakeGraph) -> collections.Counter[str]:
@@ -41,7 +68,7 @@ def batch_sizes(fake: FakeGraph) -> list[int]:
 def test_events_are_batched_per_pixel_and_test_code(
     make_bridge: MakeBridge, fake_graph: FakeGraph
 ) -> None:
-    bridge = make_bridge(pixel_id="111,222", linger=0.2)
+    bridge = make_bridge(pixel_id="111,222", linger=5.0)  # flush() sends the partial rest
     ids = [bridge.enqueue(make_event(i)) for i in range(1500)]
     bridge.enqueue(make_event(0, "test"), test_event_code="TEST123")
     assert bridge.flush(20)
@@ -101,14 +128,15 @@ def test_poison_event_is_isolated_and_dead_lettered(
     wire = json.loads(json.dumps(make_event(999, "poison")))
     wire["user_data"] = {"ct": "paris", "client_ip_address": "203.0.113.7"}  # unhashed ct
     # Stored past our own guard, as by an older version whose rules Meta has since tightened.
-    bridge.outbox.insert(
+    bridge.outbox.enqueue(
         [(PIXEL, "Purchase", "poison-999", "", time.time() + 86400, json.dumps(wire))],
         time.time(),
     )
     bridge.enqueue_many(events)
-    assert bridge.flush(20)
+    assert all_delivered(bridge, fake_graph, 999)
+    assert bridge.stats().dead == 1
     assert set(delivered_ids(fake_graph)) == {e["event_id"] for e in events}
-    [letter] = dead_letters(bridge.outbox)
+    [letter] = bridge.outbox.dead_letters()
     assert (letter.event_id, letter.reason, letter.code, letter.subcode) == (
         "poison-999",
         "rejected",
@@ -127,11 +155,11 @@ def test_expired_event_is_dead_lettered_before_sending(
 ) -> None:
     bridge = make_bridge()
     old = json.dumps(make_event(1, "old", when=int(time.time()) - 6 * 86400))
-    bridge.outbox.insert([(PIXEL, "Purchase", "old-1", "", time.time() - 10, old)], time.time())
+    bridge.outbox.enqueue([(PIXEL, "Purchase", "old-1", "", time.time() - 10, old)], time.time())
     bridge.enqueue(make_event(2, "fresh"))
-    assert bridge.flush(10)
+    assert all_delivered(bridge, fake_graph, 1)
     assert delivered_ids(fake_graph) == {"fresh-2": 1}
-    [letter] = dead_letters(bridge.outbox)
+    [letter] = bridge.outbox.dead_letters()
     assert (letter.event_id, letter.reason) == ("old-1", "expired")
 
 
@@ -175,16 +203,22 @@ def test_wrong_pixel_keeps_events_and_names_the_fix(
 
 
 def test_outbox_never_holds_raw_pii_or_the_token(
-    make_bridge: MakeBridge, fake_graph: FakeGraph, outbox_path: str
+    make_bridge: MakeBridge, fake_graph: FakeGraph, store_target: dict[str, Any]
 ) -> None:
-    fake_graph.add_fault(mode="status", status=500, count=1000)  # keep payloads on disk
-    bridge = make_bridge(max_backoff=300.0, retry_base=100.0)
+    fake_graph.add_fault(mode="status", status=500, count=1000)  # keep payloads stored
+    bridge = make_bridge(max_backoff=300.0, retry_base=100.0, probe_interval=300.0)
     bridge.enqueue_many(make_event(i, "pii") for i in range(200))
     bridge.enqueue(make_event(999, "pii"))
     bridge.flush(0.5)
     assert bridge.stats().undelivered == 201
-    blob = b"".join(Path(p).read_bytes() for p in glob.glob(outbox_path + "*"))
-    assert b"sha256" not in blob and len(blob) > 100_000  # rows really are in these files
+    if "outbox_path" in store_target:  # every byte of the files
+        blob = b"".join(Path(p).read_bytes() for p in glob.glob(store_target["outbox_path"] + "*"))
+    else:  # every row of every table, as text
+        tables = ("outbox", "dead_letters", "observations", "meta", "pauses", "deliveries")
+        blob = "".join(
+            str(bridge.outbox.query(f"SELECT * FROM {table}")) for table in tables
+        ).encode()
+    assert b"sha256" not in blob and len(blob) > 100_000  # the rows really are in there
     for raw in (
         RAW_EMAIL_DOMAIN.encode() + b"\x00",
         b"@" + RAW_EMAIL_DOMAIN.encode(),
@@ -275,36 +309,51 @@ def test_bridge_built_before_fork_delivers_from_the_child(
     assert set(delivered_ids(fake_graph)) == {"parent-0", "child-1"}
 
 
-def _worker(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE, text=True)
+def _worker(target: dict[str, Any], *args: str, lease: float = 60.0) -> subprocess.Popen[str]:
+    env = dict(os.environ, CAPI_BRIDGE_LEASE_SECONDS=str(lease))
+    if "outbox_schema" in target:
+        env["CAPI_BRIDGE_OUTBOX_SCHEMA"] = target["outbox_schema"]
+    return subprocess.Popen(
+        [sys.executable, WORKER, *args], stdout=subprocess.PIPE, text=True, env=env
+    )
 
 
 def test_sigkill_mid_batch_loses_nothing(
-    make_bridge: MakeBridge, fake_graph: FakeGraph, outbox_path: str
+    make_bridge: MakeBridge, fake_graph: FakeGraph, store_target: dict[str, Any]
 ) -> None:
+    # A local store reclaims a dead pid's lease at once; a shared one waits for it to expire
+    # (longer than a request may take: request_timeout is 5 s).
+    lease = 60.0 if "outbox_path" in store_target else 8.0
     fake_graph.add_fault(mode="delay", seconds=30.0, count=1)  # Meta holds the first batch
-    proc = _worker("crash", outbox_path, fake_graph.url, "crash", "100000")
+    outbox = outbox_arg(store_target)
+    proc = _worker(store_target, "crash", outbox, fake_graph.url, "crash", "100000", lease=lease)
     assert proc.stdout is not None
     accepted: list[str] = []
     deadline = time.monotonic() + 20
-    # Kill once the fake holds a batch (its fault is taken) and thousands are accepted.
-    while (fake_graph.pending_faults or len(accepted) < 3000) and time.monotonic() < deadline:
+    # Kill once the fake holds a batch (its fault is taken) and many events are accepted, well
+    # within the worker's request timeout (5 s): PostgreSQL takes each event in a round trip.
+    enough = 3000 if "outbox_path" in store_target else 500
+    while (fake_graph.pending_faults or len(accepted) < enough) and time.monotonic() < deadline:
         accepted.append(proc.stdout.readline().strip())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     accepted += [line.strip() for line in proc.stdout if line.strip()]
     proc.stdout.close()
-    assert fake_graph.pending_faults == 0 and len(accepted) >= 3000
+    assert fake_graph.pending_faults == 0 and len(accepted) >= enough
     assert not fake_graph.events  # the held batch was never acknowledged
-    # A fresh process on the same outbox: the dead worker's lease (60 s) is reclaimed at once.
-    bridge = make_bridge(lease_seconds=60.0)
-    assert bridge.flush(20)
+    # A fresh process on the same outbox takes the dead worker's rows over.
+    bridge = make_bridge(lease_seconds=lease)
+    assert all_delivered(bridge, fake_graph, len(set(accepted)))
     assert set(accepted) <= set(delivered_ids(fake_graph))
 
 
-def test_several_processes_share_one_outbox(fake_graph: FakeGraph, outbox_path: str) -> None:
+def test_several_processes_share_one_outbox(
+    fake_graph: FakeGraph, store_target: dict[str, Any]
+) -> None:
+    outbox = outbox_arg(store_target)
     workers = [
-        _worker("produce", outbox_path, fake_graph.url, f"w{n}", "1500", "300") for n in range(3)
+        _worker(store_target, "produce", outbox, fake_graph.url, f"w{n}", "1500", "300")
+        for n in range(3)
     ]
     for proc in workers:
         assert proc.wait(60) == 0  # each exits without close(): atexit flushes
@@ -316,3 +365,61 @@ def test_several_processes_share_one_outbox(fake_graph: FakeGraph, outbox_path: 
     assert set(got) == expected
     duplicates = {k: v for k, v in got.items() if v > 1}
     assert duplicates == {}  # leases: no batch was sent twice, shared ids deduplicated
+
+
+def test_recovery_after_a_long_outage_is_within_the_probe_interval(
+    make_bridge: MakeBridge, fake_graph: FakeGraph
+) -> None:
+    """Twenty failures in a row would park delivery for minutes under a doubling backoff
+    (0.2 s x 2**19); with a probe at least every ``probe_interval`` the backlog drains as soon
+    as the fake answers again. Retry-After is still honoured: the try after it waits that long
+    even though it is longer than the probe interval."""
+    bridge = make_bridge(retry_base=0.2, max_backoff=300.0, probe_interval=0.3)
+    fake_graph.add_fault(mode="status", status=500, count=8)
+    fake_graph.add_fault(mode="reset", count=4)
+    fake_graph.add_fault(mode="status", status=429, retry_after=1.0, count=1)
+    fake_graph.add_fault(mode="code", code=2, count=7)
+    ids = bridge.enqueue_many(make_event(i, "outage") for i in range(3000))
+    assert bridge.flush(30), bridge.stats()
+    assert set(delivered_ids(fake_graph)) == set(ids) and fake_graph.pending_faults == 0
+    failed = [r for r in fake_graph.requests if r["fault"] is not None]
+    assert len(failed) == 20
+    after_429 = next(i for i, r in enumerate(failed) if r["status"] == 429) + 1
+    waited = failed[after_429]["received_at"] - failed[after_429 - 1]["received_at"]
+    assert waited >= 1.0 - 0.05  # a lower bound: never earlier than Meta asked
+    stats = bridge.stats()
+    assert (stats.undelivered, stats.paused) == (0, ())
+
+
+def test_hosts_sharing_postgres_deliver_everything_once(
+    fake_graph: FakeGraph, pg_schema: str
+) -> None:
+    """Several processes stand in for several hosts on one database (each its own owner id;
+    a shared store never reclaims leases by pid). One is SIGKILLed while Meta holds its batch;
+    the others take its events over when its lease expires. Every accepted event arrives, and
+    none twice: leases of live hosts are never taken."""
+    target = {"outbox_url": POSTGRES_URL, "outbox_schema": pg_schema}
+    fake_graph.add_fault(mode="delay", seconds=60.0, count=1)  # the victim's first batch
+    victim = _worker(target, "crash", POSTGRES_URL, fake_graph.url, "victim", "100000", lease=8)
+    assert victim.stdout is not None
+    accepted: list[str] = []
+    deadline = time.monotonic() + 20
+    while (fake_graph.pending_faults or len(accepted) < 500) and time.monotonic() < deadline:
+        accepted.append(victim.stdout.readline().strip())
+    os.kill(victim.pid, signal.SIGKILL)  # while Meta holds its batch, within its timeout
+    hosts = [
+        _worker(target, "host", POSTGRES_URL, fake_graph.url, f"host{n}", "2000", lease=8)
+        for n in range(3)
+    ]
+    victim.wait(10)
+    accepted += [line.strip() for line in victim.stdout if line.strip()]
+    victim.stdout.close()
+    for host in hosts:
+        assert host.wait(120) == 0
+        assert host.stdout is not None
+        host.stdout.close()
+    got = delivered_ids(fake_graph)
+    expected = set(accepted) | {f"host{n}-{i}" for n in range(3) for i in range(2000)}
+    assert expected <= set(got)
+    assert {k: v for k, v in got.items() if v > 1} == {}
+    assert fake_graph.pending_faults == 0  # the victim's batch was held, never acknowledged

@@ -1,5 +1,6 @@
-"""Diagnostics on a scripted mix of events (real SQLite, the real fake Graph API): every figure
-is compared with a count made by hand from the script below."""
+"""Diagnostics on a scripted mix of events (on both stores: a SQLite file and a PostgreSQL
+schema; the real fake Graph API): every figure is compared with a count made by hand from the
+script below."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ import pytest
 from helpers.visits import Visitor, new_id
 from helpers.web import SECRET
 
+from capi_bridge.assembly import build_core
 from capi_bridge.diagnostics import EMQ_WEIGHTS, Diagnostics, format_text
 from capi_bridge.pages import PageBridge
 from capi_bridge.testing import FakeGraph
 
-CLICKED_MS = int((time.time() - 7200) * 1000)  # an ad click two hours ago
-FBC = f"fb.1.{CLICKED_MS}.IwAR2xYz_AbC-123"
+
+def fbc() -> str:
+    """An ad click two hours before now (made when the script runs, not at import: the age
+    is compared with two hours)."""
+    return f"fb.1.{int((time.time() - 7200) * 1000)}.IwAR2xYz_AbC-123"
 
 
 @pytest.fixture
-def core(delivery_settings: Any) -> Iterator[PageBridge]:
-    core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True))
+def core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[PageBridge]:
+    core = build_core(delivery_settings(secret_key=SECRET, inspector=True, **store_target))
     yield core
     core.close(timeout=0)
 
@@ -36,7 +41,7 @@ def script(core: PageBridge, fake: FakeGraph) -> dict[str, str]:
     """The mix; returns the ids worth naming."""
     ids: dict[str, str] = {}
     # A: a visitor from an ad (fbp and fbc), the pixel library loaded: PageView, AddToCart.
-    a = Visitor(core, {"_fbc": FBC})
+    a = Visitor(core, {"_fbc": fbc()})
     page = a.page("/product")
     ids["pv_a"] = page["pv"]
     assert a.post(page["token"], ("PageView", page["pv"])).status == 202

@@ -1,11 +1,18 @@
 """Counts of the browser events the mirror did not store: why a user agent is ignored, and
 that anonymous input cannot grow memory or disk without bound (distinct keys capped per process
-and per hour, old hours deleted), with a real SQLite outbox and an injected clock."""
+and per hour, old hours deleted), on both real stores (SQLite file, PostgreSQL schema) and with
+an injected clock."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
+from helpers.stores import read_only
+
+from capi_bridge.delivery import open_store
+from capi_bridge.delivery.store import Store
 from capi_bridge.drops import (
     FLUSH_SECONDS,
     MAX_KEYS_PER_HOUR,
@@ -17,7 +24,6 @@ from capi_bridge.drops import (
     read,
 )
 from capi_bridge.observations import RETENTION
-from capi_bridge.outbox import Outbox
 
 T0 = 1_800_000_000.0
 
@@ -31,8 +37,11 @@ class Clock:
 
 
 @pytest.fixture
-def outbox(outbox_path: str) -> Outbox:
-    return Outbox(outbox_path)
+def outbox(store_target: dict[str, Any]) -> Iterator[Store]:
+    url = store_target.get("outbox_url") or "sqlite:///" + store_target["outbox_path"]
+    store = open_store(url, schema=store_target.get("outbox_schema", "capi_bridge"))
+    yield store
+    store.close()
 
 
 @pytest.mark.parametrize(
@@ -56,7 +65,7 @@ def test_user_agents_are_told_apart(agent: str | None, expected: tuple[str, str]
     assert classify_agent(agent) == expected
 
 
-def test_counts_are_written_at_most_every_few_seconds_and_read_back(outbox: Outbox) -> None:
+def test_counts_are_written_at_most_every_few_seconds_and_read_back(outbox: Store) -> None:
     clock = Clock()
     tally = DropTally(lambda: outbox, clock=clock)
     tally.add([Drop("PageView", "bot", "headlesschrome")] * 3)
@@ -69,7 +78,7 @@ def test_counts_are_written_at_most_every_few_seconds_and_read_back(outbox: Outb
     assert read(outbox, T0 + 7200, T0 + 9000) == []
 
 
-def test_memory_holds_a_bounded_number_of_keys(outbox: Outbox) -> None:
+def test_memory_holds_a_bounded_number_of_keys(outbox: Store) -> None:
     tally = DropTally(lambda: outbox, clock=Clock())
     tally.add(Drop(f"Custom{i}", "unknown_event") for i in range(5 * MAX_PENDING))
     assert len(tally._pending) <= MAX_PENDING + 1
@@ -80,7 +89,7 @@ def test_memory_holds_a_bounded_number_of_keys(outbox: Outbox) -> None:
     assert other.count >= 4 * MAX_PENDING
 
 
-def test_an_hour_holds_a_bounded_number_of_keys_across_processes(outbox: Outbox) -> None:
+def test_an_hour_holds_a_bounded_number_of_keys_across_processes(outbox: Store) -> None:
     """Each process holds its own keys: their writes still stay within the hour's cap."""
     for process in range(4):
         tally = DropTally(lambda: outbox, clock=Clock())
@@ -91,7 +100,7 @@ def test_an_hour_holds_a_bounded_number_of_keys_across_processes(outbox: Outbox)
     assert sum(c.count for c in read(outbox, 0, T0 + 1)) == 4 * MAX_PENDING
 
 
-def test_old_hours_are_deleted(outbox: Outbox) -> None:
+def test_old_hours_are_deleted(outbox: Store) -> None:
     clock = Clock()
     tally = DropTally(lambda: outbox, clock=clock)
     tally.add([Drop("PageView", "crawler", "googlebot")])
@@ -104,20 +113,21 @@ def test_old_hours_are_deleted(outbox: Outbox) -> None:
     assert [c.detail for c in read(outbox, 0, clock.now)] == ["bingbot"]
 
 
-def test_a_fresh_outbox_has_no_counts(outbox: Outbox) -> None:
+def test_a_fresh_outbox_has_no_counts(outbox: Store) -> None:
     assert read(outbox, 0, T0) == []
 
 
 def test_counts_wait_in_memory_while_the_outbox_cannot_be_written(
-    outbox: Outbox, caplog: pytest.LogCaptureFixture
+    outbox_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    outbox = open_store("sqlite:///" + outbox_path)
     tally = DropTally(lambda: outbox, clock=Clock())
     tally.add([Drop("Purchase", "refused", "custom_data.currency is required")] * 2)
-    outbox.conn().execute("PRAGMA query_only = ON")
-    tally.flush()
+    with read_only(outbox_path):
+        tally.flush()
     assert "not written yet" in caplog.text
-    outbox.conn().execute("PRAGMA query_only = OFF")
     tally.add([Drop("Purchase", "refused", "custom_data.currency is required")])
     tally.flush()
     [count] = read(outbox, 0, T0 + 1)
     assert count.count == 3
+    outbox.close()

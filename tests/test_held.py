@@ -9,18 +9,28 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from helpers.delivery_worker import make_event
 
-from capi_bridge import leases
 from capi_bridge.bridge import Bridge
+from capi_bridge.delivery.sqlite_schema import SCHEMA_VERSION
+from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
+from capi_bridge.delivery.store import State
 from capi_bridge.errors import InvalidEvent
-from capi_bridge.outbox import DEAD, HELD, PENDING, SCHEMA_VERSION, Outbox
-from capi_bridge.outbox_admin import dead_letters, read_stats, retry_dead
 from capi_bridge.testing import FakeGraph
 
 MakeBridge = Callable[..., Bridge]
+DEAD, HELD, PENDING = State.DEAD, State.HELD, State.PENDING
+
+
+@pytest.fixture
+def delivery_settings(delivery_settings: Any, store_target: dict[str, Any]) -> object:
+    """The Bridge tests of this module run on both stores."""
+    return lambda **overrides: delivery_settings(**{**store_target, **overrides})
+
+
 KEY = "0f8fad5b-d9cb-469f-a165-70867728950e"
 OTHER_KEY = "tab_session-2_ABCDEFGH"
 NOW = 1_800_000_000.0
@@ -131,15 +141,13 @@ def test_release_from_another_bridge_on_the_same_file(
     assert sorted(sent_ids(fake_graph)) == ["ev-1", "ev-2"]
 
 
-def test_held_events_expire_after_held_ttl(
-    make_bridge: MakeBridge, fake_graph: FakeGraph, outbox_path: str
-) -> None:
+def test_held_events_expire_after_held_ttl(make_bridge: MakeBridge, fake_graph: FakeGraph) -> None:
     web = make_bridge(held_ttl=3600)
     web.enqueue(make_event(1), hold=KEY)
     web.enqueue(make_event(2), hold=OTHER_KEY)
     web.close(timeout=0)
-    with sqlite3.connect(outbox_path) as conn:  # two hours pass for KEY's event
-        conn.execute("UPDATE outbox SET created = created - 7200 WHERE hold_key = ?", (KEY,))
+    with web.outbox.write() as tx:  # two hours pass for KEY's event
+        tx.execute("UPDATE outbox SET created = created - 7200 WHERE hold_key = ?", (KEY,))
     later = make_bridge(held_ttl=3600)
     later.enqueue(make_event(3))
     assert later.flush(10)  # its dispatcher's first pass drops what waited too long
@@ -158,7 +166,7 @@ def test_a_release_past_metas_window_is_dead_lettered_as_expired(
     bridge.enqueue(make_event(1, when=almost_week_old), hold=KEY)
     assert bridge.release(KEY) == 1
     assert bridge.flush(10)
-    [letter] = dead_letters(bridge.outbox)
+    [letter] = bridge.outbox.dead_letters()
     assert (letter.event_id, letter.reason) == ("ev-1", "expired")
     assert fake_graph.events == []
 
@@ -184,52 +192,52 @@ def row(event_id: str) -> tuple[str, str, str, str, float, str]:
 
 def test_held_rows_are_never_ingested_nor_claimed(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
-    assert outbox.insert([row("a"), row("b")], NOW, hold=KEY) == 2
-    assert outbox.insert([row("c")], NOW) == 1
-    leases.ingest(outbox)
-    batch = leases.claim(outbox, "111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
+    assert outbox.enqueue([row("a"), row("b")], NOW, hold=KEY) == 2
+    assert outbox.enqueue([row("c")], NOW) == 1
+    outbox.prepare()
+    batch = outbox.claim("111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
     assert [r.event_id for r in batch.rows] == ["c"]
-    leases.delivered(outbox, [r.id for r in batch.rows], "111")
-    assert not outbox.has_pending(outbox.max_id())  # held rows are not waited for
+    outbox.delivered([r.id for r in batch.rows], "111", "h:1:a")
+    assert not outbox.pending("", outbox.mark())  # held rows are not waited for
     assert outbox.release(KEY, NOW + 5) == 2
-    assert outbox.has_pending(outbox.max_id())
+    assert outbox.pending("", outbox.mark())
     released = outbox.query("SELECT state, due, hold_key FROM outbox WHERE event_id IN ('a','b')")
     assert released == [(PENDING, NOW + 5, None)] * 2
 
 
 def test_expiry_and_forget_in_small_transactions(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
-    outbox.insert([row(f"old{i}") for i in range(3)], NOW - 100, hold=KEY)
-    outbox.insert([row("young")], NOW, hold=KEY)
+    outbox.enqueue([row(f"old{i}") for i in range(3)], NOW - 100, hold=KEY)
+    outbox.enqueue([row("young")], NOW, hold=KEY)
     assert outbox.expire_held(NOW - 50) == 3
-    assert outbox.forget_held(KEY) == 1
-    stats = read_stats(outbox, NOW)
+    assert outbox.forget(KEY) == 1
+    stats = outbox.stats(NOW)
     assert (stats.held, stats.held_expired) == (0, 3)  # forgotten rows are not "expired"
 
 
 def test_dropping_the_newest_held_row_does_not_strand_later_events(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
-    outbox.insert([row("a")], NOW)
-    outbox.insert([row("held")], NOW, hold=KEY)  # the newest row...
-    leases.ingest(outbox)
-    assert outbox.ingested() == outbox.max_id()  # ...is at the ingestion cursor
-    assert outbox.forget_held(KEY) == 1
-    outbox.insert([row("b")], NOW)  # SQLite reuses the dropped row's id
-    leases.ingest(outbox)
-    batch = leases.claim(outbox, "111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
+    outbox.enqueue([row("a")], NOW)
+    outbox.enqueue([row("held")], NOW, hold=KEY)  # the newest row...
+    outbox.prepare()
+    assert outbox.ingested() == outbox.mark()  # ...is at the ingestion cursor
+    assert outbox.forget(KEY) == 1
+    outbox.enqueue([row("b")], NOW)  # SQLite reuses the dropped row's id
+    outbox.prepare()
+    batch = outbox.claim("111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
     assert [r.event_id for r in batch.rows] == ["a", "b"]
 
 
 def test_retrying_a_dead_letter_does_not_send_a_held_event_with_its_key(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
-    outbox.insert([row("a"), row("b")], NOW)
-    leases.ingest(outbox)
-    first = leases.claim(outbox, "111", "", owner="h:1:a", now=NOW, limit=1, lease=60, linger=0)
-    leases.dead_letter(outbox, [first.rows[0].id], reason="rejected", now=NOW, message="no")
+    outbox.enqueue([row("a"), row("b")], NOW)
+    outbox.prepare()
+    first = outbox.claim("111", "", owner="h:1:a", now=NOW, limit=1, lease=60, linger=0)
+    outbox.dead_letter([first.rows[0].id], "h:1:a", reason="rejected", now=NOW, message="no")
     assert outbox.forget_settled(NOW + 1) == 1  # the dead key is past the dedup window
-    assert outbox.insert([row("a")], NOW + 2, hold=KEY) == 1  # the same event, now held
-    [letter] = dead_letters(outbox)
-    retry_dead(outbox, [letter.id], NOW + 3)
+    assert outbox.enqueue([row("a")], NOW + 2, hold=KEY) == 1  # the same event, now held
+    [letter] = outbox.dead_letters()
+    outbox.retry_dead([letter.id], NOW + 3)
     still = outbox.query("SELECT state, hold_key FROM outbox WHERE event_id = 'a'")
     assert still == [(HELD, KEY)]
 
@@ -278,12 +286,12 @@ def test_a_version_1_outbox_is_upgraded_in_place(outbox_path: str) -> None:
     columns = [r[1] for r in outbox.query("PRAGMA table_info(outbox)")]
     assert {"hold_key", "delivery", "obs_channel", "obs_preview"} <= set(columns)  # v2, v3
     assert outbox.query("SELECT name FROM sqlite_master WHERE name = 'outbox_held'")
-    stats = read_stats(outbox, NOW)  # the rows and counters of version 1 are kept
+    stats = outbox.stats(NOW)  # the rows and counters of version 1 are kept
     assert (stats.pending, stats.delivered, stats.deduplicated, stats.held) == (1, 7, 3, 0)
-    assert outbox.insert([row("sent")], NOW, hold=KEY) == 0  # its keys still deduplicate
-    assert outbox.insert([row("new")], NOW, hold=KEY) == 1
+    assert outbox.enqueue([row("sent")], NOW, hold=KEY) == 0  # its keys still deduplicate
+    assert outbox.enqueue([row("new")], NOW, hold=KEY) == 1
     assert outbox.release(KEY, NOW) == 1
-    batch = leases.claim(outbox, "111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
+    batch = outbox.claim("111", "", owner="h:1:a", now=NOW, limit=10, lease=60, linger=0)
     assert sorted(r.event_id for r in batch.rows) == ["new", "waiting"]
     assert Outbox(outbox_path).query("PRAGMA user_version") == [(SCHEMA_VERSION,)]  # once
 
@@ -292,7 +300,7 @@ def test_readers_upgrade_outboxes_but_leave_other_files_alone(
     outbox_path: str, tmp_path: object
 ) -> None:
     make_v1_outbox(outbox_path)
-    assert read_stats(Outbox(outbox_path, create=False), NOW).held == 0  # `outbox stats`
+    assert Outbox(outbox_path, create=False).stats(NOW).held == 0  # `outbox stats`
     other = os.path.join(str(tmp_path), "app.sqlite3")
     sqlite3.connect(other).close()
     Outbox(other, create=False)  # a mistyped --path: not turned into an outbox
@@ -302,9 +310,9 @@ def test_readers_upgrade_outboxes_but_leave_other_files_alone(
 def test_dead_rows_and_held_rows_do_not_mix(outbox_path: str) -> None:
     """A dead row's key blocks a held copy, like any settled key within the dedup window."""
     outbox = Outbox(outbox_path)
-    outbox.insert([row("a"), row("b")], NOW)
-    leases.ingest(outbox)
-    first = leases.claim(outbox, "111", "", owner="h:1:a", now=NOW, limit=1, lease=60, linger=0)
-    leases.dead_letter(outbox, [first.rows[0].id], reason="rejected", now=NOW, message="no")
-    assert outbox.insert([row("a")], NOW, hold=KEY) == 0
+    outbox.enqueue([row("a"), row("b")], NOW)
+    outbox.prepare()
+    first = outbox.claim("111", "", owner="h:1:a", now=NOW, limit=1, lease=60, linger=0)
+    outbox.dead_letter([first.rows[0].id], "h:1:a", reason="rejected", now=NOW, message="no")
+    assert outbox.enqueue([row("a")], NOW, hold=KEY) == 0
     assert outbox.query("SELECT state FROM outbox WHERE event_id = 'a'") == [(DEAD,)]

@@ -16,6 +16,7 @@ from helpers.visits import HOST, Visitor, new_id, view
 from helpers.web import SECRET
 
 from capi_bridge.asgi import CapiBridgeMiddleware as AsgiMiddleware
+from capi_bridge.assembly import build_core
 from capi_bridge.flask import CapiBridge
 from capi_bridge.inspector import make_inspector_link
 from capi_bridge.pages import PageBridge
@@ -28,11 +29,13 @@ DATA = PAGE + "/data"
 
 
 @pytest.fixture
-def make_core(delivery_settings: Any) -> Iterator[Any]:
+def make_core(delivery_settings: Any, store_target: dict[str, Any]) -> Iterator[Any]:
+    """Inspectors reading each store in turn (a SQLite file, a PostgreSQL schema)."""
     cores: list[PageBridge] = []
 
     def make(**overrides: Any) -> PageBridge:
-        core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True, **overrides))
+        values = {"secret_key": SECRET, "inspector": True, **store_target, **overrides}
+        core = build_core(delivery_settings(**values))
         cores.append(core)
         return core
 
@@ -218,7 +221,7 @@ def rows(core: PageBridge) -> dict[str, dict[str, Any]]:
 
 
 def test_mirrored_events_pair_and_show_meta_s_reply(make_core: Any, fake_graph: FakeGraph) -> None:
-    core = make_core()
+    core = make_core(linger=5.0)  # the post's two events go in one batch (flush() sends it)
     visitor = Visitor(core)
     page = visitor.page("/product")
     cart = new_id()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from helpers.delivery_worker import RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
 
-from capi_bridge import leases, observation_log
 from capi_bridge.bridge import Bridge
+from capi_bridge.delivery.records import Seen
+from capi_bridge.delivery.sqlite_schema import SCHEMA_VERSION
+from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
 from capi_bridge.events import graph_event
 from capi_bridge.observations import (
     EM,
@@ -33,17 +35,15 @@ from capi_bridge.observations import (
     mask_ip,
     previews,
 )
-from capi_bridge.outbox import Outbox
-from capi_bridge.outbox_schema import SCHEMA_VERSION
 from capi_bridge.testing import FakeGraph
 
 MakeBridge = Callable[..., Bridge]
 NOW = 1_800_000_000.0
 
 
-def seen(bridge: Bridge) -> list[observation_log.Seen]:
+def seen(bridge: Bridge) -> list[Seen]:
     bridge.write_observations()
-    return observation_log.recent(bridge.outbox, 1000)[::-1]
+    return bridge.outbox.recent(1000)[::-1]
 
 
 # --- what is kept -----------------------------------------------------------------------------
@@ -100,8 +100,8 @@ def test_enqueue_carries_the_observation_and_ingestion_files_it(make_bridge: Mak
     assert bridge.outbox.query("SELECT count(*) FROM observations") == [(0,)]
     carried = bridge.outbox.query("SELECT obs_channel, obs_loaded, obs_twin, obs_keys FROM outbox")
     assert carried == [(1, 1, None, 255)] * 2  # one row per pixel, in the same INSERT
-    assert leases.ingest(bridge.outbox) == 2
-    rows = [s.row for s in observation_log.recent(bridge.outbox, 10)]
+    assert bridge.outbox.prepare() == 2
+    rows = [s.row for s in bridge.outbox.recent(10)]
     assert sorted(r.pixel_id for r in rows) == ["111", "222"]
     assert {(r.event_id, r.channel, r.pixel_loaded, r.twin, r.keys) for r in rows} == {
         ("ev-1", 1, 1, None, 255)
@@ -111,16 +111,16 @@ def test_enqueue_carries_the_observation_and_ingestion_files_it(make_bridge: Mak
     assert bridge.outbox.query("SELECT DISTINCT obs_channel, obs_preview FROM outbox") == [
         (None, None)
     ]
-    assert leases.ingest(bridge.outbox) == 0 and len(observation_log.recent(bridge.outbox, 9)) == 2
+    assert bridge.outbox.prepare() == 0 and len(bridge.outbox.recent(9)) == 2
 
 
 def test_previews_are_made_only_while_the_inspector_is_on(make_bridge: MakeBridge) -> None:
     bridge = make_bridge()  # inspector off: what diagnostics need, and no masked values
     bridge._closed = True
     bridge.enqueue(make_event(1))
-    assert observation_log.recent(bridge.outbox, 1) == []  # not filed yet
-    leases.ingest(bridge.outbox)
-    [seen] = observation_log.recent(bridge.outbox, 1)
+    assert bridge.outbox.recent(1) == []  # not filed yet
+    bridge.outbox.prepare()
+    [seen] = bridge.outbox.recent(1)
     assert seen.row.keys == 255 and seen.row.preview == ""
     assert seen.row.fbp_hash == hashlib.sha256(b"fb.1.1700000000000.1234567890").hexdigest()[:16]
 
@@ -131,13 +131,11 @@ def test_a_duplicate_is_observed_at_once(make_bridge: MakeBridge) -> None:
     bridge.enqueue(make_event(1))
     bridge.enqueue(make_event(1), origin=Origin("browser", pixel_loaded=False))
     assert bridge.stats().deduplicated == 1
-    [dup] = observation_log.recent(bridge.outbox, 10)  # the first still rides in its row
+    [dup] = bridge.outbox.recent(10)  # the first still rides in its row
     assert (dup.row.event_id, dup.row.channel, dup.row.pixel_loaded) == ("ev-1", 1, 0)
     bridge.enqueue_many([make_event(1), make_event(2)], origin=Origin("browser"))
     bridge.write_observations()
-    channels = sorted(
-        (s.row.event_id, s.row.channel) for s in observation_log.recent(bridge.outbox, 10)
-    )
+    channels = sorted((s.row.event_id, s.row.channel) for s in bridge.outbox.recent(10))
     assert channels == [("ev-1", 1), ("ev-1", 1), ("ev-1", SERVER), ("ev-2", 1)]
 
 
@@ -185,9 +183,7 @@ def test_twins_noted_at_render_are_written_by_the_dispatcher(make_bridge: MakeBr
     )
     bridge.observe_later([row])  # no SQLite here; it wakes this process's dispatcher
     bridge.close()  # its last pass, or close itself, writes what is noted
-    assert [s.row.event_id for s in observation_log.recent(Outbox(bridge.outbox.path), 5)] == [
-        "ev-twin"
-    ]
+    assert [s.row.event_id for s in Outbox(bridge.outbox.location).recent(5)] == ["ev-twin"]
 
 
 def test_old_observations_and_replies_are_pruned_by_the_dispatcher(
@@ -208,8 +204,8 @@ def test_old_observations_and_replies_are_pruned_by_the_dispatcher(
     bridge.enqueue(make_event(1))
     assert bridge.flush(10)
     bridge.close()  # joins the dispatcher: its pass, housekeeping included, is over
-    outbox = Outbox(bridge.outbox.path)
-    assert [s.row.event_id for s in observation_log.recent(outbox, 10)] == ["ev-1"]
+    outbox = Outbox(bridge.outbox.location)
+    assert [s.row.event_id for s in outbox.recent(10)] == ["ev-1"]
     assert outbox.query("SELECT count(*) FROM deliveries") == [(1,)]  # the new batch's reply
 
 
@@ -224,14 +220,14 @@ def test_the_window_start_is_found_by_bisecting_ids(outbox_path: str) -> None:
         c.execute("DELETE FROM observations WHERE id % 7 = 0 OR id < 10")
     ids = dict(outbox.query("SELECT at, id FROM observations"))
     for since in (NOW - 5, NOW + 9, NOW + 10.5, NOW + 41, NOW + 42, NOW + 99, NOW + 500):
-        bound = observation_log.first_id_since(outbox, since)
+        bound = outbox.first_id_since(since)
         expected = min((i for at, i in ids.items() if at >= since), default=None)
         if expected is None:
             assert bound > max(ids.values())
         else:  # no row between the bound and the first recent row
             assert bound <= expected
             assert all(i < bound for at, i in ids.items() if at < since)
-    assert observation_log.prune(outbox, NOW + 50) == len([a for a in ids if a < NOW + 50])
+    assert outbox.prune(NOW + 50) == len([a for a in ids if a < NOW + 50])
 
 
 # --- upgrade ----------------------------------------------------------------------------------
@@ -268,10 +264,10 @@ def test_a_version_2_outbox_is_upgraded_in_place(outbox_path: str, make_bridge: 
     conn.close()
     bridge = make_bridge()
     bridge._closed = True
-    assert bridge.outbox.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+    assert bridge.outbox.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
     assert bridge.stats().delivered == 4 and bridge.stats().pending == 1  # rows kept
     assert bridge.enqueue(make_event(1)) == "ev-1"  # its key still deduplicates...
     bridge.enqueue(make_event(2))
     assert bridge.stats().deduplicated == 2
-    assert leases.ingest(bridge.outbox) == 2  # ...and the old fresh row is ingested unobserved
+    assert bridge.outbox.prepare() == 2  # ...and the old fresh row is ingested unobserved
     assert sorted(s.row.event_id for s in seen(bridge)) == ["ev-1", "ev-2"]

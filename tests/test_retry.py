@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from capi_bridge.delivery.retry import Action, RetryPolicy
 from capi_bridge.graph import ErrorKind, GraphError
-from capi_bridge.retry import Action, RetryPolicy
 
 
 def error(kind: ErrorKind, retry_after: float | None = None) -> GraphError:
@@ -60,3 +60,13 @@ def test_retry_after_is_a_floor_clamped_to_the_cap() -> None:
 def test_pause_is_the_configured_period() -> None:
     policy = RetryPolicy(pause=300.0)
     assert policy.pause_for(1) == policy.pause_for(50) == 300.0
+
+
+def test_a_failing_pixel_is_probed_at_least_every_probe_interval() -> None:
+    """However many failures so far, the next try is at most ``probe`` seconds away, unless
+    Meta's Retry-After asks for longer (still clamped to ``cap``)."""
+    top = RetryPolicy(base=1.0, cap=300.0, probe=30.0, rng=lambda: 0.999999)
+    assert [round(top.backoff(n)) for n in (1, 5, 6, 9, 50, 10_000)] == [1, 16, 30, 30, 30, 30]
+    assert top.backoff(9, retry_after=120.0) == 120.0  # honoured above the probe interval
+    assert top.backoff(9, retry_after=86400.0) == 300.0  # clamped as before
+    assert top.backoff(9, retry_after=5.0) == pytest.approx(30.0, rel=1e-3)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from helpers.web import BROWSER, SECRET
 
+from capi_bridge.assembly import build_core
 from capi_bridge.errors import InvalidUserData
 from capi_bridge.pages import PageBridge
 from capi_bridge.request import RequestView
@@ -27,7 +28,7 @@ def make_core(delivery_settings: Any) -> Iterator[Any]:
     cores: list[PageBridge] = []
 
     def make(**overrides: Any) -> PageBridge:
-        core = PageBridge(delivery_settings(secret_key=SECRET, inspector=True, **overrides))
+        core = build_core(delivery_settings(secret_key=SECRET, inspector=True, **overrides))
         cores.append(core)
         return core
 

@@ -25,9 +25,9 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from capi_bridge.assembly import build_core
 from capi_bridge.errors import ConfigError
 from capi_bridge.pages import PageBridge
-from capi_bridge.responses import build_core
 from capi_bridge.settings import ENV_PREFIX, Settings
 
 #: The Django setting that holds capi-bridge's own.

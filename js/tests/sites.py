@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from capi_bridge.assembly import build_core
 from capi_bridge.pages import PageBridge
 from capi_bridge.request import RequestView
 from capi_bridge.settings import Settings
@@ -206,7 +207,7 @@ def serve_site(tmp: Any, **overrides: Any) -> Iterator[Site]:
             "linger": 0.02,
             "inspector": True,
         }
-        core = PageBridge(Settings(**{**values, **overrides}))
+        core = build_core(Settings(**{**values, **overrides}))
         holder: list[Site] = []
         try:
             with _serving(_make_app(holder)) as url:

@@ -7,6 +7,12 @@ Run as a script it is one app process sharing an outbox with others:
         then exit *without* calling close(): the atexit hook must flush them.
     python delivery_worker.py crash OUTBOX GRAPH_URL PREFIX COUNT
         enqueue events one by one and print each accepted id (flushed) until killed.
+    python delivery_worker.py host OUTBOX GRAPH_URL PREFIX COUNT
+        one host of several sharing a database: enqueue COUNT events, then keep dispatching
+        until the whole outbox is delivered (other hosts' events too), then exit.
+
+OUTBOX is a SQLite file or a PostgreSQL URL; other settings come from ``CAPI_BRIDGE_*``
+variables (``CAPI_BRIDGE_OUTBOX_SCHEMA``, ``CAPI_BRIDGE_LEASE_SECONDS``...).
 
 Imported, it gives :func:`make_event` to the tests.
 """
@@ -51,18 +57,22 @@ def make_event(i: int, prefix: str = "ev", *, when: int | None = None) -> dict[s
 
 
 def _settings(outbox: str, graph_url: str) -> Any:
+    import os
+
     from capi_bridge.settings import Settings
 
-    return Settings(
-        pixel_id=PIXEL,
-        access_token=TOKEN,
-        graph_url=graph_url,
-        outbox_path=outbox,
-        linger=0.02,
-        retry_base=0.05,
-        max_backoff=1.0,
-        request_timeout=5.0,
-        close_timeout=30.0,
+    where = {"outbox_url": outbox} if "://" in outbox else {"outbox_path": outbox}
+    values: dict[str, Any] = {
+        "linger": 0.02,
+        "retry_base": 0.05,
+        "max_backoff": 1.0,
+        "request_timeout": 5.0,
+        "close_timeout": 30.0,
+    }
+    environ = {k: v for k, v in os.environ.items() if k.startswith("CAPI_BRIDGE_")}
+    values = {k: v for k, v in values.items() if f"CAPI_BRIDGE_{k.upper()}" not in environ}
+    return Settings.from_env(
+        environ, pixel_id=PIXEL, access_token=TOKEN, graph_url=graph_url, **where, **values
     )
 
 
@@ -78,6 +88,17 @@ def main(argv: list[str]) -> int:
             if i < shared:
                 bridge.enqueue(make_event(i, "shared"))
         return 0  # no close(): interpreter exit must flush
+    if mode == "host":
+        for i in range(int(count)):
+            bridge.enqueue(make_event(i, prefix))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            bridge.flush(0.5)
+            if bridge.stats().undelivered == 0:
+                bridge.close(5)
+                return 0
+            time.sleep(0.05)  # other hosts' leases expire in their own time
+        return 1
     if mode == "crash":
         for i in range(int(count)):
             event_id = bridge.enqueue(make_event(i, prefix))

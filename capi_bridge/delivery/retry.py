@@ -4,9 +4,12 @@ The Graph client already classifies every failure (:class:`~capi_bridge.graph.Er
 module turns that class into an action for the dispatcher and computes backoffs:
 
 * ``RETRY`` (network, 5xx, 429, throttling codes): back off exponentially with *full jitter*
-  (``uniform(0, min(cap, base * 2**n))``, so many workers that failed together do not come back
-  together), capped by ``max_backoff``; Meta's ``Retry-After`` is a floor, itself clamped to the
-  cap so a hostile or buggy header cannot park delivery for days (PostHog's rule).
+  (``uniform(0, min(probe, base * 2**n))``, so many workers that failed together do not come
+  back together). The ceiling stops growing at ``probe_interval`` (30 s): however long the
+  outage, a failing pixel is probed about every 30 s, so the backlog starts draining within
+  30 s of Meta answering again (a 300 s ceiling once left 3,000 events waiting two minutes
+  after recovery). Meta's ``Retry-After`` is a floor, clamped to ``max_backoff`` so a hostile
+  or buggy header cannot park delivery for days (PostHog's rule).
 * ``REJECTED``: Meta refuses a whole batch when one event is bad, so a batch of several events is
   bisected until the bad ones are alone; a single rejected event is dead-lettered.
 * ``AUTH`` (190) and ``CONFIG`` (wrong pixel, missing permission): retrying cannot help until a
@@ -37,8 +40,9 @@ class RetryPolicy:
     """Backoff arithmetic; ``rng`` is injectable (returns a float in [0, 1))."""
 
     base: float = 1.0
-    cap: float = 300.0
+    cap: float = 300.0  # the most a Retry-After header may make us wait
     pause: float = 300.0
+    probe: float = 30.0  # the exponential backoff's ceiling: probe at least this often
     rng: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def action(self, error: GraphError, batch_size: int) -> Action:
@@ -52,7 +56,8 @@ class RetryPolicy:
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``failures``-th consecutive failure (1 = the first)."""
         exponent = max(0, failures - 1)
-        ceiling = self.cap if exponent >= 64 else min(self.cap, self.base * 2.0**exponent)
+        top = min(self.cap, self.probe)
+        ceiling = top if exponent >= 64 else min(top, self.base * 2.0**exponent)
         delay = self.rng() * ceiling
         if retry_after is not None and retry_after > 0:
             delay = max(delay, min(retry_after, self.cap))

@@ -1,18 +1,24 @@
 """The outbox's SQLite schema, its versions and the in-place upgrade of older files.
 
-Kept apart from :mod:`capi_bridge.outbox` (connections, enqueue, held rows) so the storage
-layout can be read in one place. Every statement is idempotent: workers starting together on an
-older file upgrade it once, under the write lock (see ``Outbox._install``).
+Kept apart from :mod:`capi_bridge.delivery.sqlite_store` (connections, enqueue, held rows) so
+the storage layout can be read in one place. Every statement is idempotent: workers starting
+together on an older file upgrade it once, under the write lock (see ``SQLiteStore._install``).
+The PostgreSQL store has the same tables (:mod:`capi_bridge.delivery.postgres_schema`), so the
+statements of :mod:`capi_bridge.delivery.sql_reads` run on both.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from capi_bridge.delivery.sql_reads import OBSERVED_COLUMNS
+
 #: 1: the first release; 2: held rows (``hold_key``, index ``outbox_held``, ``held_expired``);
 #: 3: ``observations`` and ``deliveries`` (inspector, diagnostics), ``outbox.delivery``, and
-#: the ``obs_*`` columns an event's observation rides in until ingestion files it.
-SCHEMA_VERSION = 3
+#: the ``obs_*`` columns an event's observation rides in until ingestion files it; 4: ``origin``
+#: (the process that stored or released a row: ``flush()`` waits for its own rows only); 5:
+#: ``dropped`` (counts of browser events the mirror did not store, :mod:`capi_bridge.drops`).
+SCHEMA_VERSION = 5
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -39,6 +45,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     obs_fbp     TEXT,
     obs_fbc_age INTEGER,
     obs_preview TEXT,
+    origin      TEXT,                      -- the storing process (dispatcher owner id)
     UNIQUE (pixel_id, event_name, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (pixel_id, test_code, due) WHERE state = 0;
@@ -87,6 +94,15 @@ CREATE TABLE IF NOT EXISTS observations (
     preview      TEXT    NOT NULL,         -- masked keys (em=1a2b|ip=81.2.x.x), never raw
     problem      TEXT                      -- browser: why its server copy was refused
 );
+CREATE TABLE IF NOT EXISTS dropped (       -- version 5: bounded counts, never one row per post
+    hour         INTEGER NOT NULL,         -- unix time // 3600
+    event_name   TEXT    NOT NULL,
+    reason       TEXT    NOT NULL,         -- drops.REASONS
+    detail       TEXT    NOT NULL,         -- a pixel id, a user-agent word, Meta's reason
+    count        INTEGER NOT NULL,
+    last_at      REAL    NOT NULL,
+    PRIMARY KEY (hour, event_name, reason, detail)
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id              INTEGER PRIMARY KEY,
     at              REAL    NOT NULL,
@@ -97,44 +113,33 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (pixel_id, event_name, event_id)
 """
-# Created after the version-1 upgrade has added hold_key (see install).
-HELD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_held ON outbox (hold_key) WHERE state = 4"
+# Created after the upgrades have added their columns (see install).
+LATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS outbox_held ON outbox (hold_key) WHERE state = 4",
+    "CREATE INDEX IF NOT EXISTS outbox_mine ON outbox (origin, id) WHERE state = 0",
+)
 
-INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    " due, payload, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3)"
-)
-HELD_INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    " due, payload, state, hold_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?)"
-)
+
+def insert_sql(*, held: bool, observed: bool) -> str:
+    """``INSERT OR IGNORE`` of one new row: fresh (state 3) or held (4, then its hold key),
+    with its observation's seven ``obs_*`` values when ``observed``. Parameters: pixel_id,
+    event_name, event_id, test_code, expires, created, due, payload, origin[, hold_key][, obs]."""
+    columns = "pixel_id, event_name, event_id, test_code, expires, created, due, payload, origin"
+    values = 9
+    if held:
+        columns += ", hold_key"
+        values += 1
+    if observed:
+        columns += ", " + OBSERVED_COLUMNS
+        values += 7
+    state = 4 if held else 3
+    marks = ", ".join(["?"] * values)
+    return f"INSERT OR IGNORE INTO outbox ({columns}, state) VALUES ({marks}, {state})"
+
+
 COUNT_DEDUP = "UPDATE counters SET value = value + ? WHERE name = 'deduplicated'"
-# The same with the event's observation in the row (one statement: no transaction needed).
-_OBS = "obs_channel, obs_loaded, obs_twin, obs_keys, obs_fbp, obs_fbc_age, obs_preview"
-OBSERVED_INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    f" due, payload, state, {_OBS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 3, ?, ?, ?, ?, ?, ?, ?)"
-)
-OBSERVED_HELD_INSERT_SQL = (
-    "INSERT OR IGNORE INTO outbox (pixel_id, event_name, event_id, test_code, expires, created,"
-    f" due, payload, state, hold_key, {_OBS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 4, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-OBSERVE_SQL = (
-    "INSERT INTO observations (at, pixel_id, event_name, event_id, channel, pixel_loaded, twin,"
-    " keys, fbp_hash, fbc_age, preview, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-#: Files the observations outbox rows carry, for rows matching a condition appended to it
-#: (its ``?`` parameters follow the first one: the time to file them at, NULL for ``created``).
-FILE_OBSERVED_SQL = (
-    "INSERT INTO observations (at, pixel_id, event_name, event_id, channel, pixel_loaded, twin,"
-    " keys, fbp_hash, fbc_age, preview) SELECT coalesce(?, created), pixel_id, event_name,"
-    f" event_id, {_OBS} FROM outbox WHERE obs_channel IS NOT NULL AND "
-)
-#: A SET clause clearing a filed observation from its outbox row.
-CLEAR_OBSERVED = ", ".join(f"{column} = NULL" for column in _OBS.split(", "))
 
-_V3_COLUMNS = (
+_LATER_COLUMNS = (
     ("delivery", "INTEGER"),
     ("obs_channel", "INTEGER"),
     ("obs_loaded", "INTEGER"),
@@ -143,6 +148,7 @@ _V3_COLUMNS = (
     ("obs_fbp", "TEXT"),
     ("obs_fbc_age", "INTEGER"),
     ("obs_preview", "TEXT"),
+    ("origin", "TEXT"),  # version 4
 )
 
 
@@ -156,7 +162,8 @@ def install(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
     if "hold_key" not in columns:  # version 1
         conn.execute("ALTER TABLE outbox ADD COLUMN hold_key TEXT")
-    for column, kind in _V3_COLUMNS:  # versions 1 and 2
+    for column, kind in _LATER_COLUMNS:  # versions 1 to 3
         if column not in columns:
             conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
-    conn.execute(HELD_INDEX)
+    for index in LATE_INDEXES:
+        conn.execute(index)

@@ -1,14 +1,17 @@
 """The dispatcher: one daemon thread per process that moves events from the outbox to Meta.
 
-It is woken by ``enqueue`` (a :class:`threading.Event`), lingers briefly so a partial batch can
-fill (Meta wants events near real time, so ``linger`` is a fraction of a second), claims a batch
-under a lease, sends it with one Graph request and settles it. Every outcome is written to the
-outbox before the next claim, so any process can pick up where another one died.
+It is woken by ``enqueue`` (a :class:`threading.Event`), or by the store when another process
+stored rows (PostgreSQL's LISTEN/NOTIFY), lingers briefly so a partial batch can fill (Meta wants
+events near real time, so ``linger`` is a fraction of a second), claims a batch under a lease,
+sends it with one Graph request and settles it. Every outcome is written to the store before the
+next claim, so any process, on any host sharing the store, can pick up where another one died.
 
-Failures follow :mod:`capi_bridge.retry`: back off (RETRY), bisect then dead-letter (REJECTED),
-or open the pixel's circuit and keep the events (AUTH, CONFIG); :mod:`capi_bridge.outcomes`
-records each outcome and logs it. The loop never dies: an unexpected exception is logged and the
-loop goes on after a pause, with the events still in the outbox.
+Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settler` (following
+:mod:`capi_bridge.delivery.retry`): delivered, back off, bisect then dead-letter, or open the
+pixel's circuit and keep the events. The loop never dies: an unexpected exception is logged and
+the loop goes on after a pause, with the events still in the outbox. It also writes what the
+request path could not (observations noted during a render, rows taken while the outbox was
+unavailable: :mod:`capi_bridge.delivery.buffer`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
-from capi_bridge import leases, observation_log, outcomes
-from capi_bridge.graph import GraphClient, GraphError
-from capi_bridge.leases import Claim, Claimed, new_owner_id
+from capi_bridge.delivery.buffer import RowBuffer
+from capi_bridge.delivery.outcomes import Settler
+from capi_bridge.delivery.retry import Action, RetryPolicy
+from capi_bridge.delivery.store import Claim, Claimed, Store
+from capi_bridge.graph import GraphClient, GraphError, GraphResult
 from capi_bridge.observations import RETENTION, ObservationBuffer
-from capi_bridge.outbox import Outbox
-from capi_bridge.retry import Action, RetryPolicy
 from capi_bridge.settings import Settings
 
 logger = logging.getLogger("capi_bridge.delivery")
@@ -44,6 +48,10 @@ CHECKPOINT_EVERY = 0.5
 FORGET_EVERY = 600.0
 #: How often held events past ``held_ttl`` are dropped (a minute late is no harm).
 EXPIRE_HELD_EVERY = 60.0
+#: At most one WARNING per this many seconds while the store is unavailable.
+UNAVAILABLE_LOG_EVERY = 60.0
+#: While the store refuses the rows buffered in memory, try again this often.
+SPILL_RETRY = 0.5
 
 
 #: Dispatchers running in this process. The interpreter-exit flush works from here, not from
@@ -73,6 +81,12 @@ atexit.register(_close_all_at_exit)
 os.register_at_fork(after_in_child=_forget_running_after_fork)
 
 
+def new_owner_id() -> str:
+    """``host:pid:random``: unique per process (and per fork), for leases and ``origin``; a
+    local store also reads the pid to reclaim the leases of a process that died."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def pid_alive(pid: int) -> bool:
     """Is a local process with this pid still running (signal 0 checks without killing)?"""
     try:
@@ -90,20 +104,26 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        outbox: Outbox,
+        store: Store,
         policy: RetryPolicy,
         *,
+        owner: str | None = None,
         observed: ObservationBuffer | None = None,
+        buffered: RowBuffer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``observed`` holds observations noted where SQLite must not be touched (a page
-        being rendered); every pass writes them."""
+        """``owner`` is this process's id (leases, and the ``origin`` of the rows it stored);
+        ``observed`` holds observations noted where the store must not be touched (a page
+        being rendered) and ``buffered`` rows the store refused on the request path: every
+        pass writes them."""
         self.settings = settings
-        self.outbox = outbox
+        self.store = store
         self.policy = policy
         self.observed = observed if observed is not None else ObservationBuffer()
+        self.buffered = buffered if buffered is not None else RowBuffer()
         self.clock = clock
-        self.owner = new_owner_id()
+        self.owner = owner or new_owner_id()
+        self.settler = Settler(store, policy, self.owner, clock)
         self.pid = os.getpid()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -116,6 +136,8 @@ class Dispatcher:
         self._next_checkpoint = 0.0
         self._next_forget = 0.0
         self._next_expire_held = 0.0
+        self._next_spill = 0.0
+        self._next_unavailable_log = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"capi-bridge-dispatcher-{self.pid}", daemon=True
         )
@@ -148,22 +170,32 @@ class Dispatcher:
     def flush(self, timeout: float) -> bool:
         """Send what is due now, partial batches included; True once all of it is settled.
 
-        "All of it" is every row in the outbox when the call starts, whichever process stored
-        it. Events paused by an open circuit or backing off keep it False until ``timeout``.
+        "All of it" is every row this process stored (or released) before the call, and the
+        rows it holds in memory for an unavailable outbox; other processes' rows (other hosts'
+        on a shared database) are theirs to wait for. Events paused by an open circuit or
+        backing off keep it False until ``timeout``.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        target = self.outbox.max_id()
+        target = -1  # the store's mark, read once nothing of ours waits in memory
         with self._lock:
             self._forcing += 1
         self._wake.set()
         try:
-            while self.outbox.has_pending(target):
+            while True:
+                try:
+                    if len(self.buffered):  # stored later, with ids above today's mark
+                        target = -1
+                    else:
+                        target = self.store.mark() if target < 0 else target
+                        if not self.store.pending(self.owner, target):
+                            return True
+                except self.store.errors:
+                    pass  # unavailable for now: wait, as for a send that failed
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 with self._progress:
                     self._progress.wait(min(remaining, 0.05))
-            return True
         finally:
             with self._lock:
                 self._forcing -= 1
@@ -177,7 +209,7 @@ class Dispatcher:
             logger.warning(
                 "capi-bridge: events not yet delivered at close; they stay in %s and are sent "
                 "by the next start (see `capi-bridge outbox stats`)",
-                self.outbox.path,
+                self.store.location,
             )
         return flushed
 
@@ -192,16 +224,21 @@ class Dispatcher:
     # --- the loop (dispatcher thread) ---------------------------------------------------------
 
     def _run(self) -> None:
+        stop_listening = None
         try:
             self._startup()
+            stop_listening = self._listen()
             while not self._stop.is_set():
                 try:
                     wait = self._cycle()
+                except self.store.errors as exc:  # locked, read-only, disk full, db down
+                    self._unavailable(exc)
+                    wait = ERROR_PAUSE
                 except Exception:
                     logger.exception(
                         "capi-bridge dispatcher: unexpected error; events stay in %s, "
                         "retrying in %.0f s",
-                        self.outbox.path,
+                        self.store.location,
                         ERROR_PAUSE,
                     )
                     wait = ERROR_PAUSE
@@ -213,13 +250,39 @@ class Dispatcher:
         finally:
             with _running_lock:
                 _running.discard(self)
+            if stop_listening is not None:
+                stop_listening()
             if self._client is not None:
                 self._client.close()
-            self.outbox.close()
+            self.store.close()
+
+    def _unavailable(self, exc: BaseException) -> None:
+        """The store failed: one WARNING per UNAVAILABLE_LOG_EVERY, not a traceback a second
+        (the events are safe where they are; the loop tries again)."""
+        now = time.monotonic()
+        if now >= self._next_unavailable_log:
+            self._next_unavailable_log = now + UNAVAILABLE_LOG_EVERY
+            logger.warning(
+                "capi-bridge dispatcher: the outbox at %s is unavailable (%s); retrying every "
+                "%.0f s, events kept where they are",
+                self.store.location,
+                exc,
+                ERROR_PAUSE,
+            )
+
+    def _listen(self) -> Callable[[], None] | None:
+        """Be woken when another process stores rows (a store that can signal it)."""
+        try:
+            return self.store.listen(lambda: self.notify(1))
+        except self.store.errors as exc:
+            logger.warning("capi-bridge dispatcher: no wake-ups from the outbox (%s); polling", exc)
+            return None
 
     def _startup(self) -> None:
+        if not self.store.local:
+            return  # other hosts' pids mean nothing here: their leases simply expire
         try:
-            freed = leases.reclaim_dead_owners(self.outbox, socket.gethostname(), pid_alive)
+            freed = self.store.reclaim(socket.gethostname(), pid_alive)
         except Exception:
             logger.exception("capi-bridge dispatcher: could not reclaim stale leases")
             return
@@ -234,9 +297,11 @@ class Dispatcher:
         self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         now = self.clock()
         next_at = now + IDLE_POLL
-        leases.ingest(self.outbox)  # files the observations enqueued rows carry...
-        self.outbox.observe(self.observed.drain())  # ...then the later ones noted in memory
-        for pixel_id, test_code in leases.groups(self.outbox):
+        if len(self.buffered) and not self._spill():
+            next_at = min(next_at, now + SPILL_RETRY)
+        self.store.prepare()  # files the observations enqueued rows carry...
+        self.store.observe(self.observed.drain())  # ...then the later ones noted in memory
+        for pixel_id, test_code in self.store.groups():
             if self._stop.is_set():
                 break
             for _ in range(FAIR_SHARE):
@@ -260,9 +325,30 @@ class Dispatcher:
         self._housekeeping()
         return max(0.0, next_at - self.clock())
 
+    def _spill(self) -> bool:
+        """Store the rows the request path had to keep in memory; False while it cannot."""
+        if time.monotonic() < self._next_spill:
+            return False
+        while (item := self.buffered.first()) is not None:
+            try:
+                self.store.enqueue(
+                    item.rows,
+                    item.now,
+                    hold=item.hold,
+                    tags=item.tags,
+                    origin=self.owner,
+                    wait=SPILL_RETRY,  # a lock still held: deliver meanwhile, retry soon
+                )
+            except self.store.errors as exc:
+                self._next_spill = time.monotonic() + SPILL_RETRY
+                logger.debug("outbox still unavailable for buffered events: %s", exc)
+                return False
+            self.buffered.stored(item)
+        logger.info("capi-bridge: the outbox is back; events kept in memory are stored")
+        return True
+
     def _claim(self, pixel_id: str, test_code: str) -> Claim:
-        return leases.claim(
-            self.outbox,
+        return self.store.claim(
             pixel_id,
             test_code,
             owner=self.owner,
@@ -283,7 +369,7 @@ class Dispatcher:
         rows = claim.rows
         expired = [r for r in rows if r.expires <= now + EXPIRY_MARGIN]
         if expired:
-            outcomes.expire(self.outbox, pixel_id, expired, now)
+            self.settler.expire(pixel_id, expired, now)
             rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
         lease_until = now + self.settings.lease_seconds
         stack: list[list[Claimed]] = [rows] if rows else []
@@ -292,38 +378,30 @@ class Dispatcher:
             if self.clock() > lease_until - self.settings.lease_seconds / 2:
                 lease_until = self.clock() + self.settings.lease_seconds
                 held = [r.id for part in (chunk, *stack) for r in part]
-                leases.renew(self.outbox, held, self.owner, lease_until)
-            try:
-                result = self._graph().send_encoded(
-                    pixel_id, [r.payload for r in chunk], test_event_code=test_code or None
-                )
-            except GraphError as error:
-                action = self.policy.action(error, len(chunk))
-                if action is Action.BISECT:
-                    half = len(chunk) // 2
-                    stack += [chunk[half:], chunk[:half]]
-                    continue
-                if action is Action.DEAD_LETTER:
-                    outcomes.reject(self.outbox, pixel_id, chunk[0], error, self.clock())
-                    continue
-                rest = [r.id for part in (chunk, *stack) for r in part]
-                return outcomes.fail(self.outbox, self.policy, pixel_id, rest, error, self.clock)
-            except Exception as exc:  # a bug, or a transport error the client did not wrap
-                logger.exception("capi-bridge dispatcher: sending to pixel %s failed", pixel_id)
-                failure = GraphError(f"unexpected {type(exc).__name__} while sending")
-                rest = [r.id for part in (chunk, *stack) for r in part]
-                return outcomes.fail(self.outbox, self.policy, pixel_id, rest, failure, self.clock)
-            if leases.delivered(self.outbox, [r.id for r in chunk], pixel_id, result, self.clock()):
-                logger.info("pixel %s: delivery resumed, Meta accepts events again", pixel_id)
-            if result.events_received != len(chunk):
-                logger.warning(
-                    "pixel %s: sent %d events, Meta reports %d received (fbtrace_id %s)",
-                    pixel_id,
-                    len(chunk),
-                    result.events_received,
-                    result.fbtrace_id,
-                )
+                self.store.renew(held, self.owner, lease_until)
+            reply = self._send(pixel_id, test_code, chunk)
+            rest = [r.id for part in stack for r in part]
+            decision = self.settler.settle(pixel_id, chunk, rest, reply)
+            if decision.action is Action.BISECT:
+                half = len(chunk) // 2
+                stack += [chunk[half:], chunk[:half]]
+            elif decision.retry_at is not None:
+                return decision.retry_at
         return None
+
+    def _send(
+        self, pixel_id: str, test_code: str, chunk: list[Claimed]
+    ) -> GraphResult | GraphError:
+        """One Graph request; every failure comes back as a :class:`GraphError`."""
+        try:
+            return self._graph().send_encoded(
+                pixel_id, [r.payload for r in chunk], test_event_code=test_code or None
+            )
+        except GraphError as error:
+            return error
+        except Exception as exc:  # a bug, or a transport error the client did not wrap
+            logger.exception("capi-bridge dispatcher: sending to pixel %s failed", pixel_id)
+            return GraphError(f"unexpected {type(exc).__name__} while sending")
 
     def _expire_held(self) -> None:
         """Drop held events that waited longer than ``held_ttl`` for consent: never sent."""
@@ -332,7 +410,7 @@ class Dispatcher:
             return
         self._next_expire_held = now + EXPIRE_HELD_EVERY
         ttl = float(self.settings.held_ttl)
-        dropped = self.outbox.expire_held(self.clock() - ttl)
+        dropped = self.store.expire_held(self.clock() - ttl)
         if dropped:
             logger.info(
                 "dropped %d held events that waited more than %.0f s for consent (held_ttl)",
@@ -345,12 +423,12 @@ class Dispatcher:
         now = time.monotonic()
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + CHECKPOINT_EVERY
-            self.outbox.checkpoint()
+            self.store.checkpoint()
         if now >= self._next_forget:
             self._next_forget = now + FORGET_EVERY
-            removed = self.outbox.forget_settled(self.clock() - self.settings.dedup_window)
+            removed = self.store.forget_settled(self.clock() - self.settings.dedup_window)
             if removed:
                 logger.debug("forgot %d delivered keys past the dedup window", removed)
-            pruned = observation_log.prune(self.outbox, self.clock() - RETENTION)
+            pruned = self.store.prune(self.clock() - RETENTION)
             if pruned:
                 logger.debug("pruned %d observations older than %.0f s", pruned, RETENTION)

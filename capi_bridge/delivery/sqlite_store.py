@@ -1,41 +1,36 @@
-"""The durable outbox: one SQLite file (WAL) shared by every process of the app on one host.
+"""The SQLite store: one file (WAL) shared by every process of the app on one host.
 
 An event is *accepted* when its row is committed here, and it stays until Meta has taken it or
 it is dead-lettered with Meta's reason; nothing about delivery lives only in memory, so a crash,
-an OOM kill or a deploy loses nothing and a million-event backlog costs disk, not RAM.
+an OOM kill or a deploy loses nothing and a million-event backlog costs disk, not RAM. It does
+not survive the loss of the host's disk: sites on several hosts, or on disks that a deploy
+throws away, use :mod:`capi_bridge.delivery.postgres_store`.
 
 Design, in the order it matters for speed and safety:
 
 * **One small write per event.** ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id)
   key is both the store and the idempotency check: a reloaded thank-you page inserts nothing.
   Delivered rows keep their key (payload dropped) for Meta's 48-hour dedup window. A new row is
-  *fresh* (state 3) and in no index but that key: it is appended in rowid order, and the
-  dispatcher moves fresh rows into the claimable index in bulk (``leases.ingest``), which
-  takes one page write out of every enqueue (~10 µs of ~40 here).
+  *fresh* and in no index but that key: it is appended in rowid order, and the dispatcher moves
+  fresh rows into the claimable indexes in bulk (``prepare``), which takes one page write out
+  of every enqueue (~10 µs of ~40 here).
 * **WAL + ``synchronous=NORMAL``**, set explicitly on every connection: a commit survives a crash
   of the process (the WAL is in the OS page cache), while a power loss or kernel panic may roll
   back the last commits. ``FULL`` (``outbox_synchronous``) fsyncs every commit (~150 µs here).
-  ``wal_autocheckpoint=0``: checkpoints run in the dispatcher (:meth:`Outbox.checkpoint`), never
+  ``wal_autocheckpoint=0``: checkpoints run in the dispatcher (:meth:`checkpoint`), never
   inside an ``enqueue``.
-* **Leases, not locks.** A dispatcher claims up to ``batch_size`` rows under ``BEGIN IMMEDIATE``
-  and leases them to ``host:pid:random`` until a deadline; an expired lease (crashed process) is
-  claimable again, and leases of dead local pids are reclaimed at start-up.
+* **Leases, not locks** (:mod:`capi_bridge.delivery.sqlite_leases`): a dispatcher leases a batch
+  under ``BEGIN IMMEDIATE``; an expired lease is claimable again, and leases of dead local pids
+  are reclaimed at start-up.
 * **Only hashed data.** Rows hold the hashed wire JSON as text (never pickle) and no token.
-* **Observations ride along.** A row also carries its event's observation for the inspector
-  (``obs_*`` columns, see :mod:`capi_bridge.observations`), filed into ``observations`` by
-  ingestion: watching costs no second write. The schema is in :mod:`capi_bridge.outbox_schema`.
 * **Fork safety.** One connection per thread per process; a connection inherited through
   ``fork()`` is never used nor closed in the child (closing it could disturb the parent's WAL).
 
-Row states: 3 fresh, 0 pending (claimable), 1 delivered, 2 dead, 4 held. A *held* row waits
-for the visitor's consent under a ``hold_key`` (the browser's per-tab id): it takes its
-idempotency key like any row but is never ingested, claimed or sent. ``Outbox.release`` makes
-it pending with its original payload; ``forget_held`` (consent refused) and ``expire_held``
-(waited longer than ``held_ttl``) delete it. Rowids only grow: settling and purging never
-delete the row with the highest id, and when dropping held rows removes it the ingestion cursor
-is lowered in the same transaction, so SQLite never gives a new row an id the cursor has passed.
-Leasing and settling rows is in :mod:`capi_bridge.leases`; administration (stats, dead letters,
-purge) in :mod:`capi_bridge.outbox_admin`.
+Held rows wait for consent under a ``hold_key``: they take their idempotency key like any row
+but are never ingested, claimed or sent until :meth:`release`. Rowids only grow: settling and
+purging never delete the row with the highest id, and when dropping held rows removes it the
+ingestion cursor is lowered in the same transaction, so SQLite never gives a new row an id the
+cursor has passed. The schema is in :mod:`capi_bridge.delivery.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -51,50 +46,22 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from capi_bridge import outbox_schema
-from capi_bridge.errors import CapiBridgeError
+from capi_bridge.delivery import sqlite_schema
+from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED, FILE_OBSERVED_SQL, SqlReads
+from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
+from capi_bridge.delivery.sqlite_leases import SQLiteLeases
+from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, SCHEMA_VERSION, insert_sql
+from capi_bridge.delivery.store import NewRow, State
 from capi_bridge.observations import Observation, Tag
-from capi_bridge.outbox_schema import (
-    CLEAR_OBSERVED,
-    COUNT_DEDUP,
-    FILE_OBSERVED_SQL,
-    HELD_INSERT_SQL,
-    INSERT_SQL,
-    OBSERVE_SQL,
-    OBSERVED_HELD_INSERT_SQL,
-    OBSERVED_INSERT_SQL,
-    SCHEMA_VERSION,
-)
 
 logger = logging.getLogger("capi_bridge.outbox")
 
 _T = TypeVar("_T")
 _SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) share the low byte
-
-PENDING, DELIVERED, DEAD, FRESH, HELD = 0, 1, 2, 3, 4
+PENDING, DELIVERED, DEAD, FRESH, HELD = (int(s) for s in State)
 #: How long a writer waits for another one before an enqueue fails loudly.
 BUSY_TIMEOUT = 10.0
-#: Above this many WAL frames (4 KiB each) the dispatcher forces the WAL back to its start.
-WAL_RESTART_FRAMES = 8192
-_CHUNK = 500  # ids per "IN (...)" statement, well under SQLite's variable limit
-
-#: One row to store: pixel_id, event_name, event_id, test_code, expires, payload.
-NewRow = tuple[str, str, str, str, float, str]
-
-
-class OutboxUnavailable(CapiBridgeError):
-    """The outbox could not store an event (disk full, read-only, locked too long).
-
-    Nothing was stored: the caller should answer 503 so the client may retry, rather than
-    report success for an event that would be lost.
-    """
-
-    def __init__(self, path: str, cause: BaseException) -> None:
-        self.path = path
-        super().__init__(
-            f"the outbox at {path} cannot store events ({cause}); nothing was stored. Fix: "
-            "check free disk space and that the app's user can write the file and its directory"
-        )
+_HELD_CHUNK = 5000
 
 
 def _lower_cursor(conn: sqlite3.Connection) -> None:
@@ -119,6 +86,19 @@ class _Connection(sqlite3.Connection):
 _INHERITED: list[sqlite3.Connection] = []
 
 
+#: Failures after which a connection is closed and opened afresh: one opened while the file
+#: was read-only stays read-only, and one that met an I/O error may be in a bad state.
+_REOPEN = frozenset({8, 10, 14})  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+
+
+def _stale(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (int(code) & 0xFF) in _REOPEN
+    text = str(exc)
+    return "readonly" in text or "disk I/O" in text or "unable to open" in text
+
+
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY (any extended code): another connection holds the lock; retry."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
@@ -127,18 +107,15 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
-def chunks(ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
-    """``(placeholders, ids)`` slices for ``WHERE id IN (...)`` statements."""
-    for start in range(0, len(ids), _CHUNK):
-        part = ids[start : start + _CHUNK]
-        yield ",".join("?" * len(part)), part
-
-
-class Outbox:
+class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
     """The SQLite outbox at ``path``; safe to share between threads and processes."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    local = True
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", create: bool = True) -> None:
         self.path = os.path.abspath(path)
+        self.location = self.path
         self.synchronous = synchronous
         self._local = threading.local()
         self._pid = os.getpid()
@@ -153,11 +130,14 @@ class Outbox:
         ref = weakref.ref(self)
 
         def after_fork_in_child() -> None:
-            outbox = ref()
-            if outbox is not None:
-                outbox._after_fork()
+            store = ref()
+            if store is not None:
+                store._after_fork()
 
         os.register_at_fork(after_in_child=after_fork_in_child)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
 
     # --- connections --------------------------------------------------------------------------
 
@@ -193,6 +173,14 @@ class Outbox:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
+    def _discard(self, exc: sqlite3.Error) -> None:
+        """Forget this thread's connection after ``exc`` if it cannot recover by itself."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and _stale(exc):
+            self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     def close(self) -> None:
         """Close this thread's connection; others close when their threads end."""
         conn = getattr(self._local, "conn", None)
@@ -222,7 +210,7 @@ class Outbox:
         if version >= SCHEMA_VERSION or (version == 0 and not new):
             return
         with self.write() as c:
-            outbox_schema.install(c)
+            sqlite_schema.install(c)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         if version:
             logger.info(
@@ -235,9 +223,11 @@ class Outbox:
             logger.info("capi-bridge outbox ready at %s", self.path)
 
     @staticmethod
-    def _retry(call: Callable[[], _T]) -> _T:
-        """Run ``call`` until it does not meet a locked database, for up to BUSY_TIMEOUT."""
-        delay, deadline = 20e-6, time.monotonic() + BUSY_TIMEOUT
+    def _retry(call: Callable[[], _T], wait: float | None = None) -> _T:
+        """Run ``call`` until it does not meet a locked database, for up to ``wait`` seconds
+        (default BUSY_TIMEOUT)."""
+        delay = 20e-6
+        deadline = time.monotonic() + (BUSY_TIMEOUT if wait is None else wait)
         while True:
             try:
                 return call()
@@ -248,27 +238,42 @@ class Outbox:
             delay = min(delay * 2, 0.0005)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks."""
         conn = self.conn()
-        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT (disk full...) must not leave it open
-                conn.execute("ROLLBACK")
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), wait)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT (disk full...) must not stay open
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._discard(exc)
+            raise
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of a read, retried while another connection holds a lock."""
+        conn = self.conn()
+        try:
+            return self._retry(lambda: conn.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            self._discard(exc)
             raise
 
     # --- enqueue ------------------------------------------------------------------------------
 
-    def insert(
+    def enqueue(
         self,
         rows: Sequence[NewRow],
         now: float,
         *,
         hold: str | None = None,
         tags: Sequence[Tag] = (),
+        origin: str = "",
+        wait: float | None = None,
     ) -> int:
         """Store rows durably (committed on return); returns how many were new.
 
@@ -279,15 +284,29 @@ class Outbox:
         there to show). With ``hold`` the rows are stored held under that key (see
         :meth:`release`); their tags are filed only if they are released.
         """
-        if tags:
-            sql = OBSERVED_INSERT_SQL if hold is None else OBSERVED_HELD_INSERT_SQL
-        else:
-            sql = INSERT_SQL if hold is None else HELD_INSERT_SQL
+        try:
+            return self._insert(rows, now, hold, tags, origin, wait)
+        except sqlite3.Error as exc:
+            self._discard(exc)
+            raise
+
+    def _insert(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        hold: str | None,
+        tags: Sequence[Tag],
+        origin: str,
+        wait: float | None,
+    ) -> int:
+        sql = insert_sql(held=hold is not None, observed=bool(tags))
         extra: tuple[str, ...] = () if hold is None else (hold,)
         conn = self.conn()
         if len(rows) == 1:
             pixel_id, name, event_id, test_code, expires, payload = rows[0]
-            values = (pixel_id, name, event_id, test_code, expires, now, now, payload, *extra)
+            values: tuple[Any, ...] = (pixel_id, name, event_id, test_code, expires, now, now)
+            values += (payload, origin)
+            values += extra
             if tags:
                 values += tags[0]
             try:
@@ -295,14 +314,14 @@ class Outbox:
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
-                added = self._retry(lambda: conn.execute(sql, values)).rowcount
+                added = self._retry(lambda: conn.execute(sql, values), wait).rowcount
             if added == 0:
-                self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)))
+                self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)), wait)
         else:
-            batch = [(*r[:5], now, now, r[5], *extra) for r in rows]
+            batch: list[tuple[Any, ...]] = [(*r[:5], now, now, r[5], origin, *extra) for r in rows]
             if tags:
                 batch = [(*values, *tag) for values, tag in zip(batch, tags, strict=True)]
-            with self.write() as c:
+            with self.write(wait) as c:
                 added = c.executemany(sql, batch).rowcount
                 if added < len(rows):
                     c.execute(COUNT_DEDUP, (len(rows) - added,))
@@ -323,16 +342,9 @@ class Outbox:
                 found.append(Observation(now, row[0], row[1], row[2], *tag))
         self.observe(found)
 
-    def observe(self, observed: Sequence[Observation]) -> None:
-        """File observations of events that are not enqueued here (pixel twins, events the
-        mirror refused)."""
-        if observed:
-            with self.write() as c:
-                c.executemany(OBSERVE_SQL, observed)
-
     # --- held rows ----------------------------------------------------------------------------
 
-    def release(self, hold_key: str, now: float) -> int:
+    def release(self, hold_key: str, now: float, origin: str = "") -> int:
         """Make the rows held under ``hold_key`` pending, due ``now``; returns how many.
 
         They keep their payload (so their original event_time and event_id) and their id: an
@@ -342,20 +354,19 @@ class Outbox:
         are filed now (dated now, so observations stay in time order), never before.
         """
         with self.write() as conn:
-            # consent given: the events are observed now, never before
-            conn.execute(FILE_OBSERVED_SQL + "state = 4 AND hold_key = ?", (now, hold_key))
+            conn.execute(FILE_OBSERVED_SQL + f"state = {HELD} AND hold_key = ?", (now, hold_key))
             return conn.execute(
-                "UPDATE outbox SET state = 0, hold_key = NULL, due = ?, attempts = 0,"
-                f" lease_owner = NULL, lease_until = NULL, {CLEAR_OBSERVED}"
-                " WHERE state = 4 AND hold_key = ?",
-                (now, hold_key),
+                f"UPDATE outbox SET state = {PENDING}, hold_key = NULL, due = ?, attempts = 0,"
+                f" lease_owner = NULL, lease_until = NULL, origin = ?, {CLEAR_OBSERVED}"
+                f" WHERE state = {HELD} AND hold_key = ?",
+                (now, origin, hold_key),
             ).rowcount
 
-    def forget_held(self, hold_key: str) -> int:
+    def forget(self, hold_key: str) -> int:
         """Delete the rows held under ``hold_key`` (consent refused); returns how many.
 
         Deleted, not settled: their keys go too, so the same event may still be sent should
-        the visitor consent later.
+        the visitor consent later. Their observations go with them, never filed.
         """
         return self._drop_held("hold_key = ?", hold_key, counter=None)
 
@@ -365,100 +376,50 @@ class Outbox:
         return self._drop_held("created < ?", created_before, counter="held_expired")
 
     def _drop_held(self, where: str, param: object, *, counter: str | None) -> int:
-        """Delete held rows matching ``where``, ``_CHUNK`` x 10 per short transaction, so
-        enqueues never wait long behind a big expiry. Their observations go with them, never
-        filed: nothing is kept about a visitor who refused or never gave consent."""
-
-        def settle(c: sqlite3.Connection, n: int) -> None:
-            _lower_cursor(c)
-            if counter is not None:
-                c.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, counter))
-
-        return self.delete_in_chunks(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
-            f" WHERE state = 4 AND {where} LIMIT ?)",
-            (param,),
-            _CHUNK * 10,
-            after=settle,
-        )
-
-    def delete_in_chunks(
-        self,
-        sql: str,
-        params: Sequence[Any],
-        limit: int,
-        *,
-        after: Callable[[sqlite3.Connection, int], None] | None = None,
-    ) -> int:
-        """Run a DELETE whose last parameter is its ``LIMIT``, one short transaction per
-        chunk, until a chunk comes up short: enqueues never wait long behind a big purge.
-        ``after(conn, deleted)`` runs inside each transaction that deleted something."""
+        """Delete held rows matching ``where`` in short transactions, so enqueues never wait
+        long behind a big expiry."""
         removed = 0
         while True:
             with self.write() as c:
-                n = c.execute(sql, (*params, limit)).rowcount
-                if n and after is not None:
-                    after(c, n)
+                n = c.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
+                    f" WHERE state = {HELD} AND {where} LIMIT ?)",
+                    (param, _HELD_CHUNK),
+                ).rowcount
+                if n:
+                    _lower_cursor(c)
+                    if counter is not None:
+                        c.execute(
+                            "UPDATE counters SET value = value + ? WHERE name = ?", (n, counter)
+                        )
             removed += n
-            if n < limit:
+            if n < _HELD_CHUNK:
                 return removed
 
-    # --- housekeeping (dispatcher thread only) ------------------------------------------------
+    # --- marks -------------------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database, and keep the WAL from growing without bound.
-
-        A PASSIVE checkpoint never blocks enqueues, but under a steady stream of commits it
-        never catches up with the last frames, so the WAL is never reused and grows by every
-        commit. Past WAL_RESTART_FRAMES a RESTART checkpoint holds writers off for the few
-        frames written since the PASSIVE one, after which the next commit reuses the WAL
-        from its start.
-        """
-        conn = self.conn()
-        _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames > WAL_RESTART_FRAMES:
-            conn.execute("PRAGMA busy_timeout = 1000")
-            try:
-                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            finally:
-                conn.execute("PRAGMA busy_timeout = 0")
-
-    def forget_settled(self, before: float, limit: int = 5000) -> int:
-        """Drop delivered/dead keys created before ``before`` (past the dedup window).
-
-        Rows are roughly in ``created`` order by id, so this finds the first younger row and
-        deletes settled rows below it in small transactions: enqueues never wait long.
-        """
-        row = self.query("SELECT id FROM outbox WHERE created >= ? ORDER BY id LIMIT 1", (before,))
-        bound = row[0][0] if row else self.max_id() + 1
-        return self.delete_in_chunks(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < ?"
-            " AND state IN (1, 2) AND id < (SELECT max(id) FROM outbox) LIMIT ?)",
-            (bound,),
-            limit,
-        )
-
-    def max_id(self) -> int:
+    def mark(self) -> int:
         return int(self.query("SELECT max(id) FROM outbox")[0][0] or 0)
 
     def ingested(self) -> int:
         """The ingestion cursor: no row at or below it is fresh."""
         return int(self.query("SELECT value FROM meta WHERE key = 'ingested'")[0][0])
 
-    def has_pending(self, up_to: int) -> bool:
-        """Is any row with ``id <= up_to`` still neither delivered nor dead?"""
+    def pending(self, origin: str, up_to: int) -> bool:
+        """Is a row of ``origin`` with ``id <= up_to`` still neither delivered nor dead?"""
         return bool(
             self.query(
-                "SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = 3 LIMIT 1",
-                (self.ingested(), up_to),
+                f"SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = {FRESH}"
+                " AND origin = ? LIMIT 1",
+                (self.ingested(), up_to, origin),
             )
             or self.query(
-                "SELECT 1 FROM outbox INDEXED BY outbox_ready WHERE state = 0 AND id <= ? LIMIT 1",
-                (up_to,),
+                "SELECT 1 FROM outbox INDEXED BY outbox_mine WHERE origin = ?"
+                f" AND state = {PENDING} AND id <= ? LIMIT 1",
+                (origin, up_to),
             )
         )
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """All rows of a read, retried while another connection holds a lock."""
-        conn = self.conn()
-        return self._retry(lambda: conn.execute(sql, params).fetchall())
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Processes on one host share the file, not a signal: idle dispatchers poll it."""
+        return None
