@@ -408,11 +408,12 @@ class Bridge:
         flushed = True
         if dispatcher is not None and dispatcher.pid == os.getpid() and dispatcher.alive:
             flushed = dispatcher.close(timeout)
-        left = self._buffer.drain()  # what the dispatcher had no time to write
-        try:
-            self.outbox.observe(left)
+        try:  # what the dispatcher had no time to write
+            self._buffer.write_to(self.outbox.observe)
         except self.outbox.errors as exc:
-            logger.warning("capi-bridge: %d observations not written at close: %s", len(left), exc)
+            logger.warning(
+                "capi-bridge: %d observations not written at close: %s", len(self._buffer), exc
+            )
         if len(self._spilled):
             logger.warning(
                 "capi-bridge: %d events taken while the outbox was unavailable are lost at close",
@@ -456,9 +457,7 @@ class Bridge:
         rows (any process's, by ingesting them now rather than at the dispatcher's next
         pass) and this process's pixel twins; for readers that want the latest."""
         self.outbox.prepare()
-        rows = self._buffer.drain()
-        if rows:
-            self.outbox.observe(rows)
+        self._buffer.write_to(self.outbox.observe)  # waits for a write the dispatcher began
 
     # --- asyncio ------------------------------------------------------------------------------
 

@@ -300,7 +300,7 @@ class Dispatcher:
         if len(self.buffered) and not self._spill():
             next_at = min(next_at, now + SPILL_RETRY)
         self.store.prepare()  # files the observations enqueued rows carry...
-        self.store.observe(self.observed.drain())  # ...then the later ones noted in memory
+        self.observed.write_to(self.store.observe)  # ...then the later ones noted in memory
         for pixel_id, test_code in self.store.groups():
             if self._stop.is_set():
                 break
