@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
 from capi_bridge.delivery.dispatcher import Dispatcher, new_owner_id
@@ -104,6 +105,7 @@ class Bridge:
         self._origin = new_owner_id()  # this process: leases and the rows flush() waits for
         self._buffer = ObservationBuffer()
         self._spilled = RowBuffer()
+        self.clock_watch = ClockWatch(on_reading=self._note_clock)
         self._previews = settings.inspector
         self._lock = threading.Lock()
         self._closed = False
@@ -370,6 +372,7 @@ class Bridge:
                     owner=self._origin,
                     observed=self._buffer,
                     buffered=self._spilled,
+                    clock_watch=self.clock_watch,
                 )
                 dispatcher.start()
                 self._dispatcher = dispatcher
@@ -427,6 +430,14 @@ class Bridge:
         process's rows waiting in memory for an unavailable outbox (``buffered``, ``lost``)."""
         stats = self.outbox.stats(time.time())
         return dataclasses.replace(stats, buffered=len(self._spilled), lost=self._spilled.lost)
+
+    def _note_clock(self, reading: ClockSkew) -> None:
+        """Store a new reading of the clock for ``stats()`` in every process (the dispatcher
+        thread calls this, rarely: see :class:`~capi_bridge.clock.ClockWatch`)."""
+        try:
+            self.outbox.note_clock(reading)
+        except self.outbox.errors as exc:  # only a figure: a later reading that moved is stored
+            logger.debug("clock reading not stored: %s", exc)
 
     # --- observations (inspector, diagnostics) -------------------------------------------------
 
@@ -536,3 +547,4 @@ def _after_fork(ref: weakref.ref[Bridge]) -> None:
     bridge._lock = threading.Lock()
     bridge._origin = new_owner_id()  # the parent's rows are the parent's to flush
     bridge._spilled = RowBuffer()
+    bridge.clock_watch = ClockWatch(on_reading=bridge._note_clock)  # its lock may be held

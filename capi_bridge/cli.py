@@ -88,10 +88,11 @@ def _add_outbox(sub: Subparsers) -> None:
     stats = add_command(
         actions,
         "stats",
-        summary="pending, in flight, delivered, dead, held, last error",
+        summary="pending, in flight, delivered, dead, held, last error, clock",
         description="Counts across every process sharing the outbox: pending, in flight, "
-        "retrying, delivered,\ndead, deduplicated, held for consent; paused pixels and "
-        "Meta's last error (message, code,\nfbtrace_id).",
+        "retrying, delivered,\ndead, deduplicated, held for consent; paused pixels, "
+        "Meta's last error (message, code,\nfbtrace_id) and how far the sending machine's "
+        "clock is from Meta's (its last answer's Date).",
         examples=["capi-bridge outbox stats", "capi-bridge outbox stats --json --path app.db"],
         exits=[(EXIT_OK, "printed"), no_outbox],
     )
@@ -234,6 +235,8 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from capi_bridge.clock import FIX
+
     outbox = _open_outbox(args)
     if outbox is None:
         return 1
@@ -263,6 +266,12 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
             f"  last error   {_when(now - err.at)} ago, pixel {err.pixel_id}, {err.kind},"
             f" code {codes}, fbtrace_id {err.fbtrace_id or '-'}: {err.message}"
         )
+    clock = stats.clock
+    if clock is not None:
+        host = f" of {clock.host}" if clock.host else ""
+        print(f"  clock        the clock{host} is {clock.describe()} ({_when(now - clock.at)} ago)")
+        if clock.off:
+            print(f"  Fix the clock: {FIX}.")
     if stats.dead:
         print("Dead letters: `capi-bridge outbox dead`; requeue after a fix with `retry-dead`.")
     return 0

@@ -7,7 +7,9 @@ and deliberately does not import ``capi_bridge.validation``: a bug in our own gu
 mirrored here, or the fake would agree with it. Faults (5xx, 429, slow answers, dropped
 connections, any Graph code) are queued through :meth:`FakeGraph.add_fault` or ``/_fake/faults``.
 ``GET /fbevents.js`` answers with ``static/fbevents-stub.js``, Meta's pixel library stand-in, so
-a page runs its ``fbq`` calls without internet (:attr:`FakeGraph.pixel_script_url`).
+a page runs its ``fbq`` calls without internet (:attr:`FakeGraph.pixel_script_url`). Every answer
+carries a ``Date`` header, as Meta's do; :attr:`FakeGraph.clock_skew` sets its clock apart from
+this machine's (Date, and the event-time rules), as a server with a wrong clock would see Meta.
 Production code never imports this module.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import email.utils
 import functools
 import hmac
 import json
@@ -144,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
             if problem is not None:
                 raise problem
             events = decode_data(params.get("data"))
-            check_batch(events, time.time())
+            check_batch(events, fake.now())
         except GraphReject as reject:
             return _error_reply(reject)
         fake._accept(events, pixel_id, params.get("test_event_code"))
@@ -190,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"HTTP/1.1 {status} {phrase}",
             "Content-Type: application/json; charset=UTF-8",
             f"Content-Length: {len(body)}",
+            f"Date: {self.server.fake.http_date()}",
             "facebook-api-version: v26.0",
             *(f"{name}: {value}" for name, value in (headers or {}).items()),
         ]
@@ -203,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
             "HTTP/1.1 200 OK",
             "Content-Type: text/javascript; charset=UTF-8",
             f"Content-Length: {len(body)}",
+            f"Date: {self.server.fake.http_date()}",
             "Cache-Control: no-store",
         ]
         if self.close_connection:
@@ -333,8 +338,11 @@ class FakeGraph:
         host: str = "127.0.0.1",
         port: int = 0,
         app_secret: str | None = None,
+        clock_skew: float = 0.0,
     ) -> None:
         self.token = token
+        #: Seconds the fake's clock is ahead of this machine's (negative: behind); settable.
+        self.clock_skew = clock_skew
         self.pixels = None if pixels is None else frozenset(str(p) for p in pixels)
         self.app_secret = app_secret
         self._address = (host, port)
@@ -439,6 +447,14 @@ class FakeGraph:
         """How many more event POSTs will meet a fault."""
         with self._changed:
             return sum(fault.count for fault in self._faults)
+
+    def now(self) -> float:
+        """The fake's clock: what Meta's would read (this machine's plus :attr:`clock_skew`)."""
+        return time.time() + self.clock_skew
+
+    def http_date(self) -> str:
+        """The ``Date`` header of its answers (RFC 9110 format, GMT), from :meth:`now`."""
+        return email.utils.formatdate(self.now(), usegmt=True)
 
     # --- used by the handler threads -----------------------------------------------------------
 

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from capi_bridge.clock import ClockWatch
 from capi_bridge.delivery.buffer import RowBuffer
 from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.retry import Action, RetryPolicy
@@ -111,17 +112,19 @@ class Dispatcher:
         observed: ObservationBuffer | None = None,
         buffered: RowBuffer | None = None,
         clock: Callable[[], float] = time.time,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
         """``owner`` is this process's id (leases, and the ``origin`` of the rows it stored);
         ``observed`` holds observations noted where the store must not be touched (a page
         being rendered) and ``buffered`` rows the store refused on the request path: every
-        pass writes them."""
+        pass writes them. ``clock_watch`` reads Meta's ``Date`` off every answer."""
         self.settings = settings
         self.store = store
         self.policy = policy
         self.observed = observed if observed is not None else ObservationBuffer()
         self.buffered = buffered if buffered is not None else RowBuffer()
         self.clock = clock
+        self.clock_watch = clock_watch
         self.owner = owner or new_owner_id()
         self.settler = Settler(store, policy, self.owner, clock)
         self.pid = os.getpid()
@@ -360,7 +363,7 @@ class Dispatcher:
 
     def _graph(self) -> GraphClient:
         if self._client is None:
-            self._client = GraphClient.from_settings(self.settings)
+            self._client = GraphClient.from_settings(self.settings, clock_watch=self.clock_watch)
         return self._client
 
     def _deliver(self, pixel_id: str, test_code: str, claim: Claim) -> float | None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+from capi_bridge.clock import ClockSkew
 from capi_bridge.observations import Observation
 
 
@@ -62,7 +63,8 @@ class OutboxStats:
     ``held_expired`` counts those dropped after waiting ``held_ttl``. Counts are rows, one per
     pixel an event goes to. ``buffered`` and ``lost`` are this process's own: rows taken while
     the outbox was unavailable and waiting in memory for it, and rows dropped because that
-    bounded buffer was full (see ``Bridge.submit``).
+    bounded buffer was full (see ``Bridge.submit``). ``clock`` is the latest reading of a
+    sending machine's clock against Meta's (:mod:`capi_bridge.clock`), None before any answer.
     """
 
     path: str
@@ -79,6 +81,7 @@ class OutboxStats:
     held_expired: int = 0
     buffered: int = 0
     lost: int = 0
+    clock: ClockSkew | None = None
 
     @property
     def undelivered(self) -> int:
