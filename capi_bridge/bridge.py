@@ -61,6 +61,7 @@ from capi_bridge.observations import (
     describe,
     tag,
 )
+from capi_bridge.outbox_location import announce
 from capi_bridge.settings import Settings
 from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
 
@@ -86,6 +87,11 @@ class Bridge:
         self.settings = settings
         #: The outbox store (:class:`~capi_bridge.delivery.store.Store`).
         self.outbox = store_for(settings)
+        if settings.outbox_default:  # said once per process: where, and how to choose
+            announce(
+                self.outbox.location,
+                (settings.name_of("outbox_path"), settings.name_of("outbox_url")),
+            )
         self.policy = RetryPolicy(
             base=settings.retry_base,
             cap=settings.max_backoff,

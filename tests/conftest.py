@@ -15,6 +15,16 @@ from helpers.stores import POSTGRES_URL
 from capi_bridge.testing import FakeGraph
 
 
+@pytest.fixture(autouse=True)
+def _data_home_of_the_test(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's data directory, where an app without a folder of its own keeps its default
+    outbox, is the test's own: no test writes the developer's home, and no two tests share a
+    default outbox (one's leftover events would reach the other's fake Graph API)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
 @pytest.fixture
 def fake_graph() -> Iterator[FakeGraph]:
     """A started fake Graph API, fresh for each test (no events, requests or faults leak).
