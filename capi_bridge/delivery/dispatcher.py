@@ -286,6 +286,9 @@ class Dispatcher:
             return  # other hosts' pids mean nothing here: their leases simply expire
         try:
             freed = self.store.reclaim(socket.gethostname(), pid_alive)
+        except self.store.errors as exc:  # locked, read-only, broken: the loop says so, and
+            self._unavailable(exc)  # other processes' leases still expire in time
+            return
         except Exception:
             logger.exception("capi-bridge dispatcher: could not reclaim stale leases")
             return
