@@ -280,6 +280,27 @@ def test_an_invalid_email_at_checkout_still_buys_and_sends_the_purchase(
     assert server_purchase["user_data"]["fbp"]  # the rest of the match keys went out
 
 
+def test_the_cart_counter_follows_add_to_cart_and_no_page_asks_for_a_favicon(
+    make_shop: Any, visitor: Any
+) -> None:
+    shop = make_shop()
+    page = visitor()
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status >= 400 else None)
+    page.goto(shop.url + "/product/mug-01")
+    assert page.text_content("#cart-count") == "0"
+    page.click("#add-to-cart")
+    page.wait_for_selector("#added", state="visible")
+    assert page.text_content("#cart-count") == "1"  # set from the answer, before "Added"
+    page.click("#add-to-cart")
+    page.wait_for_function("document.getElementById('cart-count').textContent === '2'")
+    page.goto(shop.url + "/cart")
+    assert page.text_content("#cart-count") == "2"
+    requested = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [url for url in requested if "favicon" in url]
+    assert missing == []
+
+
 def test_newsletter_lead_pairs(make_shop: Any, visitor: Any) -> None:
     shop = make_shop()
     page = visitor()
