@@ -263,3 +263,19 @@ def test_ids_match_across_the_held_and_the_released(consent_site: Any, consent_p
     site.log.answer_for(lead)
     page.evaluate("capiBridge.consent(true)")
     assert site.server_copy(lead)["event_name"] == "Lead"
+
+
+def test_readme_s_button(site: Any, new_page: Any) -> None:
+    """README's HTML example, as written, in a page: one click, both copies, one id."""
+    from helpers.readme import block_starting
+
+    site.pages["/readme"] = ("", block_starting("<button onclick=", "html").code)
+    page = new_page()
+    page.goto(site.url + "/readme")
+    _ready(page)
+    page.click("text=Add to cart")
+    [hit] = pixel_sent(page, "AddToCart")
+    data = {"value": 19.9, "currency": "EUR", "content_ids": ["sku-1"], "content_type": "product"}
+    assert hit["data"] == data
+    server = site.server_copy(hit["eventID"])
+    assert server["custom_data"] == data
