@@ -140,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if fault is not None and fault.mode in ("status", "code"):
             return _error_reply(fault.reject())
-        if fault is not None and (fault.mode == "reset" or fake._stopping.wait(fault.seconds)):
+        if fault is not None and (fault.mode == "reset" or fake._hold(fault.seconds)):
             return None  # a reset, or stop() cut a delay short
         try:
             fake._authorize(token, params, query, pixel_id)
@@ -351,6 +351,7 @@ class FakeGraph:
         self._requests: list[dict[str, Any]] = []
         self._faults: collections.deque[Fault] = collections.deque()
         self._stopping = threading.Event()
+        self._releases = 0  # release_held() calls: a delay ends when this changes
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -380,6 +381,8 @@ class FakeGraph:
         if server is None:
             return
         self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()  # delays end now
         server.shutdown()
         server.server_close()
         server.close_open_sockets()
@@ -416,8 +419,20 @@ class FakeGraph:
 
     def wait_for_events(self, count: int, timeout: float = 5.0) -> bool:
         """Block until at least ``count`` events were accepted; False on timeout (no polling)."""
+        return self.wait_for(lambda fake: len(fake._events) >= count, timeout)
+
+    def wait_for(self, predicate: Callable[[FakeGraph], bool], timeout: float = 5.0) -> bool:
+        """Block until ``predicate(self)`` holds, checked again whenever a request is answered
+        or a fault taken (``lambda g: g.pending_faults == 0``: a delay fault now holds a
+        request); False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: len(self._events) >= count, timeout)
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def release_held(self) -> None:
+        """End every delay fault now: the requests they hold are answered as usual."""
+        with self._changed:
+            self._releases += 1
+            self._changed.notify_all()
 
     def clear(self) -> None:
         self.clear_events()
@@ -457,6 +472,16 @@ class FakeGraph:
         return email.utils.formatdate(self.now(), usegmt=True)
 
     # --- used by the handler threads -----------------------------------------------------------
+
+    def _hold(self, seconds: float) -> bool:
+        """Wait out a delay fault; True when stop() cut it short (then no answer is sent),
+        False once it elapsed or :meth:`release_held` ended it."""
+        with self._changed:
+            generation = self._releases
+            self._changed.wait_for(
+                lambda: self._stopping.is_set() or self._releases != generation, seconds
+            )
+        return self._stopping.is_set()
 
     def _take_fault(self) -> Fault | None:
         with self._changed:
@@ -505,6 +530,7 @@ class FakeGraph:
         request["received_at"] = time.time()
         with self._changed:
             self._requests.append(request)
+            self._changed.notify_all()
 
 
 def _same(a: str, b: str) -> bool:
