@@ -55,14 +55,16 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def test_valid_batch_is_accepted_and_recorded(fake_graph: FakeGraph) -> None:
+    before = time.time()
     response = post(fake_graph, {"data": [event(), event(event_name="Purchase")]})
+    after = time.time()
     assert response.status_code == 200
     body = response.json()
     assert body["events_received"] == 2 and body["messages"] == []
     assert body["fbtrace_id"] == response.headers["x-fb-trace-id"]
     first = fake_graph.events[0]
     assert first["pixel_id"] == PIXEL and first["test_event_code"] is None
-    assert abs(first["received_at"] - time.time()) < 60
+    assert before <= first["received_at"] <= after
     assert first["user_data"] == {"em": H}
 
 
@@ -447,7 +449,7 @@ def test_control_api(fake_graph: FakeGraph) -> None:
 
 
 def test_wait_for_events_blocks_until_accepted(fake_graph: FakeGraph) -> None:
-    assert fake_graph.wait_for_events(1, timeout=0.01) is False
+    assert fake_graph.wait_for_events(1, timeout=0) is False  # checked, not waited for
     threading.Thread(target=post, args=(fake_graph, {"data": [event(), event()]})).start()
     assert fake_graph.wait_for_events(2, timeout=10) is True
 
