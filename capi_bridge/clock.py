@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
-import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from capi_bridge.json_record import JsonRecord
 
 logger = logging.getLogger("capi_bridge.clock")
 
@@ -44,7 +45,7 @@ FIX = (
 
 
 @dataclasses.dataclass(frozen=True)
-class ClockSkew:
+class ClockSkew(JsonRecord):
     """One reading: Meta's clock minus this machine's, in seconds (positive: ours is behind),
     taken at local time ``at`` on ``host``."""
 
@@ -69,18 +70,6 @@ class ClockSkew:
         shows them)."""
         verdict = {"off": self.off, "text": self.describe(), "fix": FIX if self.off else None}
         return {**dataclasses.asdict(self), **verdict}
-
-    def encode(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, text: str | None) -> ClockSkew | None:
-        if not text:
-            return None
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError):
-            return None
 
 
 def _span(seconds: float) -> str:

@@ -8,15 +8,15 @@ user data: dead letters name the event's name, id, pixel and Meta's reason, neve
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from capi_bridge.clock import ClockSkew
+from capi_bridge.json_record import JsonRecord
 from capi_bridge.observations import Observation
 
 
 @dataclasses.dataclass(frozen=True)
-class LastError:
+class LastError(JsonRecord):
     """The most recent failed send: Meta's words and trace id, never a payload."""
 
     at: float
@@ -27,18 +27,6 @@ class LastError:
     code: int | None = None
     subcode: int | None = None
     fbtrace_id: str | None = None
-
-    def encode(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, text: str | None) -> LastError | None:
-        if not text:
-            return None
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError):
-            return None
 
 
 @dataclasses.dataclass(frozen=True)
