@@ -167,7 +167,8 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     urls: dict[str, str] = {}
     out: list[str] = []
     deadline = time.monotonic() + 20
@@ -188,6 +189,10 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        reader.join(30)  # stdout read to its end; then no pipe is left for the GC to close
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_the_demo_s_inspector_after_a_click_through(demo: dict[str, str], browser: Any) -> None:
