@@ -432,8 +432,9 @@ class Bridge:
         return flushed
 
     def stats(self) -> OutboxStats:
-        """Counts across every process sharing the outbox, plus Meta's last error; and this
-        process's rows waiting in memory for an unavailable outbox (``buffered``, ``lost``)."""
+        """Counts across every process sharing the outbox, plus Meta's last error and the last
+        reading of the clock against Meta's (``clock``); and this process's rows waiting in
+        memory for an unavailable outbox (``buffered``, ``lost``)."""
         stats = self.outbox.stats(time.time())
         return dataclasses.replace(stats, buffered=len(self._spilled), lost=self._spilled.lost)
 

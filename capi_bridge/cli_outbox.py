@@ -29,6 +29,12 @@ _FRAMEWORKS = (
 )
 
 
+_PASS = (
+    "Pass --url (or --path for a SQLite file), or set CAPI_BRIDGE_OUTBOX_URL / "
+    "CAPI_BRIDGE_OUTBOX_PATH, to the app's outbox."
+)
+
+
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     """``--url``/``--path``/``--schema``: which outbox a command reads (the app's settings)."""
     where = parser.add_mutually_exclusive_group()
@@ -52,24 +58,26 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def default_path(environ: Mapping[str, str]) -> tuple[str, str]:
-    """The default location the app would use, and a sentence saying how it was chosen."""
+def default_path(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The default location the app would use (None when it cannot be known here), and a
+    sentence saying how it was chosen, or why it is unknown."""
     from capi_bridge.settings import ENV_PREFIX
 
     pixels = [p.strip() for p in environ.get(ENV_PREFIX + "PIXEL_ID", "").split(",") if p.strip()]
     if pixels:
         return (
             default_outbox_path(pixels),
-            f"the default location of an app without a folder of its own, for "
+            "the default location of an app without a folder of its own, for "
             f"{ENV_PREFIX}PIXEL_ID={','.join(pixels)}",
         )
-    found = sorted(glob.glob(os.path.join(user_data_dir(environ), "outbox-*.sqlite3")))
+    folder = user_data_dir(environ)
+    found = sorted(glob.glob(os.path.join(folder, "outbox-*.sqlite3")))
     if len(found) == 1:
-        return found[0], "the only outbox in the default location (no CAPI_BRIDGE_PIXEL_ID set)"
-    listed = f" (there are {len(found)}: {', '.join(found)})" if found else ""
-    return (
-        default_outbox_path(["none"]),
-        f"CAPI_BRIDGE_PIXEL_ID is not set, so the default outbox is unknown{listed}",
+        return found[0], f"the only outbox in the default location ({ENV_PREFIX}PIXEL_ID unset)"
+    there = f"it holds {len(found)}: {', '.join(found)}" if found else "it holds none"
+    return None, (
+        f"no outbox was named, and without {ENV_PREFIX}PIXEL_ID the default one in {folder} "
+        f"is unknown ({there})"
     )
 
 
@@ -87,6 +95,9 @@ def open_outbox(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         path = args.path or env.get(ENV_PREFIX + "OUTBOX_PATH")
         if not path:
             path, chosen = default_path(env)
+            if path is None:
+                print(f"capi-bridge: {chosen}. {_FRAMEWORKS}\n{_PASS}")
+                return None
         url = f"sqlite:///{path}"
     schema = args.schema or env.get(ENV_PREFIX + "OUTBOX_SCHEMA") or "capi_bridge"
     try:
@@ -94,9 +105,6 @@ def open_outbox(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     except StoreError as exc:
         print(f"capi-bridge: {exc}")
         if chosen:
-            print(f"That is {chosen}. {_FRAMEWORKS}")
-        print(
-            "Pass --url (or --path for a SQLite file), or set CAPI_BRIDGE_OUTBOX_URL / "
-            "CAPI_BRIDGE_OUTBOX_PATH, to the app's outbox."
-        )
+            print(f"That path is {chosen}. {_FRAMEWORKS}")
+        print(_PASS)
         return None

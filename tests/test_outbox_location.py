@@ -102,7 +102,8 @@ def test_the_cli_reads_the_file_the_app_uses(
     # nothing there yet: the CLI says which file it tried and where else it could be
     assert main(["outbox", "stats"]) == 1
     said = capsys.readouterr().out
-    assert "CAPI_BRIDGE_PIXEL_ID is not set" in said and "instance folder" in said
+    assert "without CAPI_BRIDGE_PIXEL_ID the default one in" in said and "holds none" in said
+    assert "instance folder" in said and "--path" in said
     monkeypatch.setenv("CAPI_BRIDGE_PIXEL_ID", "1234567890")
     assert main(["outbox", "stats"]) == 1
     said = capsys.readouterr().out
