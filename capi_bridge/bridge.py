@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
 from capi_bridge.delivery.dispatcher import Dispatcher, new_owner_id
@@ -60,6 +61,7 @@ from capi_bridge.observations import (
     describe,
     tag,
 )
+from capi_bridge.outbox_location import announce
 from capi_bridge.settings import Settings
 from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
 
@@ -85,6 +87,11 @@ class Bridge:
         self.settings = settings
         #: The outbox store (:class:`~capi_bridge.delivery.store.Store`).
         self.outbox = store_for(settings)
+        if settings.outbox_default:  # said once per process: where, and how to choose
+            announce(
+                self.outbox.location,
+                (settings.name_of("outbox_path"), settings.name_of("outbox_url")),
+            )
         self.policy = RetryPolicy(
             base=settings.retry_base,
             cap=settings.max_backoff,
@@ -104,6 +111,7 @@ class Bridge:
         self._origin = new_owner_id()  # this process: leases and the rows flush() waits for
         self._buffer = ObservationBuffer()
         self._spilled = RowBuffer()
+        self.clock_watch = ClockWatch(on_reading=self._note_clock)
         self._previews = settings.inspector
         self._lock = threading.Lock()
         self._closed = False
@@ -370,6 +378,7 @@ class Bridge:
                     owner=self._origin,
                     observed=self._buffer,
                     buffered=self._spilled,
+                    clock_watch=self.clock_watch,
                 )
                 dispatcher.start()
                 self._dispatcher = dispatcher
@@ -408,11 +417,12 @@ class Bridge:
         flushed = True
         if dispatcher is not None and dispatcher.pid == os.getpid() and dispatcher.alive:
             flushed = dispatcher.close(timeout)
-        left = self._buffer.drain()  # what the dispatcher had no time to write
-        try:
-            self.outbox.observe(left)
+        try:  # what the dispatcher had no time to write
+            self._buffer.write_to(self.outbox.observe)
         except self.outbox.errors as exc:
-            logger.warning("capi-bridge: %d observations not written at close: %s", len(left), exc)
+            logger.warning(
+                "capi-bridge: %d observations not written at close: %s", len(self._buffer), exc
+            )
         if len(self._spilled):
             logger.warning(
                 "capi-bridge: %d events taken while the outbox was unavailable are lost at close",
@@ -422,10 +432,19 @@ class Bridge:
         return flushed
 
     def stats(self) -> OutboxStats:
-        """Counts across every process sharing the outbox, plus Meta's last error; and this
-        process's rows waiting in memory for an unavailable outbox (``buffered``, ``lost``)."""
+        """Counts across every process sharing the outbox, plus Meta's last error and the last
+        reading of the clock against Meta's (``clock``); and this process's rows waiting in
+        memory for an unavailable outbox (``buffered``, ``lost``)."""
         stats = self.outbox.stats(time.time())
         return dataclasses.replace(stats, buffered=len(self._spilled), lost=self._spilled.lost)
+
+    def _note_clock(self, reading: ClockSkew) -> None:
+        """Store a new reading of the clock for ``stats()`` in every process (the dispatcher
+        thread calls this, rarely: see :class:`~capi_bridge.clock.ClockWatch`)."""
+        try:
+            self.outbox.note_clock(reading)
+        except self.outbox.errors as exc:  # only a figure: a later reading that moved is stored
+            logger.debug("clock reading not stored: %s", exc)
 
     # --- observations (inspector, diagnostics) -------------------------------------------------
 
@@ -456,9 +475,7 @@ class Bridge:
         rows (any process's, by ingesting them now rather than at the dispatcher's next
         pass) and this process's pixel twins; for readers that want the latest."""
         self.outbox.prepare()
-        rows = self._buffer.drain()
-        if rows:
-            self.outbox.observe(rows)
+        self._buffer.write_to(self.outbox.observe)  # waits for a write the dispatcher began
 
     # --- asyncio ------------------------------------------------------------------------------
 
@@ -537,3 +554,4 @@ def _after_fork(ref: weakref.ref[Bridge]) -> None:
     bridge._lock = threading.Lock()
     bridge._origin = new_owner_id()  # the parent's rows are the parent's to flush
     bridge._spilled = RowBuffer()
+    bridge.clock_watch = ClockWatch(on_reading=bridge._note_clock)  # its lock may be held

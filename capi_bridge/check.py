@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from capi_bridge._version import __version__
+from capi_bridge.clock import FIX, ClockSkew, ClockWatch
 from capi_bridge.errors import ConfigError
 from capi_bridge.events import Event, UserData
 from capi_bridge.graph import GraphClient, GraphError, GraphResult, events_url
@@ -126,12 +127,24 @@ def run(
     if not re.fullmatch(r"https?://\S+", page):
         output.fail(f"capi-bridge check: --url {page!r} is not an http(s) URL; nothing was sent.")
         return EXIT_CONFIG
-    with GraphClient.from_settings(settings) as client:
+    watch = ClockWatch(log=False)  # reported below, with the answer
+    with GraphClient.from_settings(settings, clock_watch=watch) as client:
         results = [
             _check_pixel(client, settings, pixel, code, page, output)
             for pixel in settings.pixel_ids
         ]
+    _report_clock(watch.latest, output)
     return max(results)
+
+
+def _report_clock(reading: ClockSkew | None, output: _Output) -> None:
+    """Meta's answers carry its time: a clock far off loses events however right the rest is."""
+    if reading is None:
+        return  # no answer came back (or one without a Date header)
+    if reading.off:
+        output.fail(f"WARNING: this machine's clock is {reading.describe()}: {FIX}.")
+    else:
+        output.say(f"Clock: this machine's clock is {reading.describe()}.")
 
 
 def _default_url(settings: Settings) -> str:

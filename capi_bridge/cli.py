@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from capi_bridge._version import __version__
 from capi_bridge.cli_common import (
@@ -28,9 +27,7 @@ from capi_bridge.cli_common import (
     epilog,
     print_help,
 )
-
-if TYPE_CHECKING:
-    from capi_bridge.delivery.store import Store
+from capi_bridge.cli_outbox import add_store_arguments, open_outbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +75,7 @@ def _add_outbox(sub: Subparsers) -> None:
         "file, or a PostgreSQL\nschema): what waits, what Meta refused and why; requeue "
         "dead letters after a fix; purge old\nkeys. Each action reads the outbox at --url "
         "or --path (default: $CAPI_BRIDGE_OUTBOX_URL, else\n$CAPI_BRIDGE_OUTBOX_PATH, else "
-        "the settings' default) and never shows customer data.",
+        "the default location the app uses, see --path)\nand never shows customer data.",
         examples=["capi-bridge outbox stats", "capi-bridge outbox ACTION --help"],
         exits=[(EXIT_OK, "done"), no_outbox, (EXIT_USAGE, "no ACTION: this help is printed")],
     )
@@ -88,10 +85,11 @@ def _add_outbox(sub: Subparsers) -> None:
     stats = add_command(
         actions,
         "stats",
-        summary="pending, in flight, delivered, dead, held, last error",
+        summary="pending, in flight, delivered, dead, held, last error, clock",
         description="Counts across every process sharing the outbox: pending, in flight, "
-        "retrying, delivered,\ndead, deduplicated, held for consent; paused pixels and "
-        "Meta's last error (message, code,\nfbtrace_id).",
+        "retrying, delivered,\ndead, deduplicated, held for consent; paused pixels, "
+        "Meta's last error (message, code,\nfbtrace_id) and how far the sending machine's "
+        "clock is from Meta's (its last answer's Date).",
         examples=["capi-bridge outbox stats", "capi-bridge outbox stats --json --path app.db"],
         exits=[(EXIT_OK, "printed"), no_outbox],
     )
@@ -174,54 +172,6 @@ def _add_outbox(sub: Subparsers) -> None:
         add_store_arguments(action)
 
 
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--url``/``--path``/``--schema``: which outbox a command reads (the app's settings)."""
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--url",
-        default=None,
-        help="the outbox URL, sqlite:///file or postgresql://user:pass@host/db "
-        "(default: $CAPI_BRIDGE_OUTBOX_URL)",
-    )
-    where.add_argument(
-        "--path",
-        default=None,
-        help="the SQLite outbox file (default: $CAPI_BRIDGE_OUTBOX_PATH or the settings default)",
-    )
-    parser.add_argument(
-        "--schema",
-        default=None,
-        help="the PostgreSQL schema (default: $CAPI_BRIDGE_OUTBOX_SCHEMA or capi_bridge)",
-    )
-
-
-def _open_outbox(args: argparse.Namespace) -> Store | None:
-    """The outbox named by --url/--path, the environment or the defaults, or None (and a
-    message) if there is none: the CLI never creates an outbox."""
-    import dataclasses
-    import os
-
-    from capi_bridge.delivery import open_store
-    from capi_bridge.delivery.store import StoreError
-    from capi_bridge.settings import ENV_PREFIX, Settings
-
-    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
-    url = args.url or (None if args.path else os.environ.get(ENV_PREFIX + "OUTBOX_URL"))
-    if not url:
-        path = args.path or os.environ.get(ENV_PREFIX + "OUTBOX_PATH") or defaults["outbox_path"]
-        url = f"sqlite:///{path}"
-    schema = args.schema or os.environ.get(ENV_PREFIX + "OUTBOX_SCHEMA") or "capi_bridge"
-    try:
-        return open_store(url, schema=schema, create=False)
-    except StoreError as exc:
-        print(f"capi-bridge: {exc}")
-        print(
-            "Pass --url (or --path for a SQLite file), or set CAPI_BRIDGE_OUTBOX_URL / "
-            "CAPI_BRIDGE_OUTBOX_PATH, to the app's outbox."
-        )
-        return None
-
-
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -234,7 +184,9 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
     import json
     import time
 
-    outbox = _open_outbox(args)
+    from capi_bridge.clock import FIX
+
+    outbox = open_outbox(args)
     if outbox is None:
         return 1
     now = time.time()
@@ -263,6 +215,12 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
             f"  last error   {_when(now - err.at)} ago, pixel {err.pixel_id}, {err.kind},"
             f" code {codes}, fbtrace_id {err.fbtrace_id or '-'}: {err.message}"
         )
+    clock = stats.clock
+    if clock is not None:
+        host = f" of {clock.host}" if clock.host else ""
+        print(f"  clock        the clock{host} is {clock.describe()} ({_when(now - clock.at)} ago)")
+        if clock.off:
+            print(f"  Fix the clock: {FIX}.")
     if stats.dead:
         print("Dead letters: `capi-bridge outbox dead`; requeue after a fix with `retry-dead`.")
     return 0
@@ -272,7 +230,7 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    outbox = _open_outbox(args)
+    outbox = open_outbox(args)
     if outbox is None:
         return 1
     letters = outbox.dead_letters(args.limit)
@@ -299,7 +257,7 @@ def _cmd_outbox_retry_dead(args: argparse.Namespace) -> int:
         print("capi-bridge outbox retry-dead: say which dead letters to requeue: --id N [N ...]")
         print("(the ids `capi-bridge outbox dead` lists) or --all. Nothing was requeued.")
         return EXIT_USAGE
-    outbox = _open_outbox(args)
+    outbox = open_outbox(args)
     if outbox is None:
         return EXIT_FAILED
     wanted = None if args.all else args.ids
@@ -358,7 +316,7 @@ def _cmd_outbox_purge(args: argparse.Namespace) -> int:
     window = _dedup_window()
     if window is None:
         return EXIT_USAGE
-    outbox = _open_outbox(args)
+    outbox = open_outbox(args)
     if outbox is None:
         return EXIT_FAILED
     both = not (args.delivered or args.dead)

@@ -67,7 +67,7 @@ def add_commands(sub: Subparsers) -> None:
         ],
         exits=[(EXIT_OK, "printed"), (EXIT_FAILED, "no outbox at the path, or a bad --window")],
     )
-    from capi_bridge.cli import add_store_arguments
+    from capi_bridge.cli_outbox import add_store_arguments
 
     add_store_arguments(diag)
     diag.add_argument(
@@ -122,13 +122,13 @@ def _cmd_diagnostics(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from capi_bridge.cli import _open_outbox
+    from capi_bridge.cli_outbox import open_outbox
     from capi_bridge.diagnostics import compute, format_text
 
     if args.window <= 0:
         print("capi-bridge: --window must be above 0, e.g. 24h or 7d.")
         return 1
-    outbox = _open_outbox(args)
+    outbox = open_outbox(args)
     if outbox is None:
         return 1
     try:

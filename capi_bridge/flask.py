@@ -121,18 +121,20 @@ def capi_pixel(nonce: str | None = None) -> Markup:
 def _settings_from(app: Flask) -> Settings:
     """``CAPI_BRIDGE_*`` from ``app.config`` and the environment; the secret key falls back to
     Flask's own ``SECRET_KEY``, and then errors about it name ``SECRET_KEY``, what the user set.
+    The outbox defaults to the app's instance folder (created if missing, as Flask leaves it).
     """
     config: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     config.update((k, v) for k, v in app.config.items() if k.startswith(ENV_PREFIX))
+    folder = app.instance_path  # the default outbox goes there, when the app names none
     if config.get(ENV_PREFIX + "SECRET_KEY") or not app.secret_key:
-        return Settings.from_mapping(config)
+        return Settings.from_mapping(config, outbox_folder=folder)
     key = app.secret_key
     secret = key if isinstance(key, str) else _key_text(key)
 
     def naming(field: str) -> str:
         return "SECRET_KEY" if field == "secret_key" else env(field)
 
-    return Settings.from_mapping(config, naming=naming, secret_key=secret)
+    return Settings.from_mapping(config, naming=naming, secret_key=secret, outbox_folder=folder)
 
 
 def _key_text(key: bytes) -> str:

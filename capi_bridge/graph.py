@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from capi_bridge._version import __version__
+from capi_bridge.clock import ClockWatch
 from capi_bridge.errors import CapiBridgeError
 from capi_bridge.settings import DEFAULT_API_VERSION, DEFAULT_PARTNER_AGENT
 
@@ -371,7 +372,10 @@ class _ClientBase:
         app_secret: str | None = None,
         timeout: float = 10.0,
         partner_agent: str | None = DEFAULT_PARTNER_AGENT,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
+        """``clock_watch`` receives Meta's ``Date`` of every answer (:mod:`capi_bridge.clock`);
+        by default the client keeps its own, :attr:`clock_watch`."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if not re.fullmatch(r"https?://\S+", graph_url):
@@ -381,6 +385,7 @@ class _ClientBase:
         self._timeout = float(timeout)
         self._partner_agent = partner_agent
         self._proof = appsecret_proof(app_secret, access_token) if app_secret else None
+        self.clock_watch = clock_watch or ClockWatch()
         # Explicit timeouts: Meta's SDK waits forever by default, which stalls a delivery thread.
         self._open(
             headers=build_headers(access_token),
@@ -392,7 +397,9 @@ class _ClientBase:
         raise NotImplementedError
 
     @classmethod
-    def from_settings(cls: type[_C], settings: Settings) -> _C:
+    def from_settings(
+        cls: type[_C], settings: Settings, *, clock_watch: ClockWatch | None = None
+    ) -> _C:
         """A client configured from :class:`~capi_bridge.settings.Settings`."""
         return cls(
             settings.access_token,
@@ -401,6 +408,7 @@ class _ClientBase:
             app_secret=settings.app_secret,
             timeout=settings.request_timeout,
             partner_agent=settings.partner_agent,
+            clock_watch=clock_watch,
         )
 
     def _prepare(
@@ -473,7 +481,7 @@ class GraphClient(_ClientBase):
             response = self._http.post(url, content=body)
         except httpx.TransportError as exc:
             raise self._failed(pixel_id, count, exc, url) from exc
-        return _finish(pixel_id, count, response)
+        return _finish(pixel_id, count, response, self.clock_watch)
 
     def close(self) -> None:
         self._http.close()
@@ -506,7 +514,7 @@ class AsyncGraphClient(_ClientBase):
             response = await self._http.post(url, content=body)
         except httpx.TransportError as exc:
             raise self._failed(pixel_id, len(events), exc, url) from exc
-        return _finish(pixel_id, len(events), response)
+        return _finish(pixel_id, len(events), response, self.clock_watch)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -518,7 +526,10 @@ class AsyncGraphClient(_ClientBase):
         await self.aclose()
 
 
-def _finish(pixel_id: str, count: int, response: httpx.Response) -> GraphResult:
+def _finish(
+    pixel_id: str, count: int, response: httpx.Response, clock_watch: ClockWatch
+) -> GraphResult:
+    clock_watch.observe(response.headers.get("date"))  # Meta's time, whatever the answer
     try:
         result = parse_response(response.status_code, response.headers, response.content)
     except GraphError as error:

@@ -232,6 +232,7 @@ class Inspector:
                 "dead": stats.dead,
                 "held": stats.held,
             },
+            "clock": None if stats.clock is None else stats.clock.as_dict(),
         }
 
     def diagnostics(self, raw_window: str | None) -> dict[str, Any]:

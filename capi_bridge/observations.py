@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 BROWSER, SERVER, TWIN = 1, 2, 3
@@ -342,12 +342,19 @@ def _fbc_age(fbc: str, event_time: float) -> int | None:
 class ObservationBuffer:
     """Observations waiting in memory for the dispatcher to write (pixel twins, noted while a
     page renders). Bounded: past ``limit`` rows the oldest are dropped, since an inspector
-    view is not worth memory nor a write on the request path."""
+    view is not worth memory nor a write on the request path.
+
+    Rows leave it only through :meth:`write_to`, which drains and writes under one lock: a
+    reader that wants every observation noted so far (the inspector, diagnostics) calls it
+    too, and so waits for rows another thread has taken out but not yet written, instead of
+    finding the buffer empty and reading the store before they are in it.
+    """
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self._rows: list[Observation] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
 
     def add(self, rows: Iterable[Observation]) -> None:
         with self._lock:
@@ -355,7 +362,32 @@ class ObservationBuffer:
             if len(self._rows) > self.limit:
                 del self._rows[: len(self._rows) - self.limit]
 
-    def drain(self) -> list[Observation]:
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _take(self) -> list[Observation]:
         with self._lock:
             rows, self._rows = self._rows, []
         return rows
+
+    def write_to(self, write: Callable[[list[Observation]], object]) -> int:
+        """Drain and ``write`` the rows; returns how many. Once it returns, every row added
+        before the call is written, whichever thread wrote it. Rows whose write raised go
+        back to the buffer (before any added since) and the error propagates."""
+        with self._writing:
+            rows = self._take()
+            if rows:
+                try:
+                    write(rows)
+                except BaseException:
+                    self.add_back(rows)
+                    raise
+            return len(rows)
+
+    def add_back(self, rows: list[Observation]) -> None:
+        """Put rows that could not be written in front of the newer ones (bounded as
+        :meth:`add`)."""
+        with self._lock:
+            self._rows[:0] = rows
+            if len(self._rows) > self.limit:
+                del self._rows[: len(self._rows) - self.limit]

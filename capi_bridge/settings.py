@@ -26,6 +26,7 @@ from capi_bridge import settings_checks, settings_site_checks
 from capi_bridge._version import __version__
 from capi_bridge.durations import SYNTAX, parse_duration
 from capi_bridge.errors import ConfigError
+from capi_bridge.outbox_location import default_outbox_path
 from capi_bridge.settings_checks import fail
 
 ENV_PREFIX = "CAPI_BRIDGE_"
@@ -144,8 +145,14 @@ def _proxies(value: Any) -> int | tuple[str, ...]:
     return _list(value)
 
 
-def _path(value: Any) -> str:
-    return _text(os.fspath(value) if isinstance(value, os.PathLike) else value)
+def _path(value: Any) -> str | None:
+    """A file path, or None for the default location (see :mod:`capi_bridge.outbox_location`)."""
+    if value is None:
+        return None
+    path = _text(os.fspath(value) if isinstance(value, os.PathLike) else value)
+    if not path:
+        raise _Refused("is empty", "remove it to use the default location")
+    return path
 
 
 _READERS: dict[str, Callable[[Any], Any]] = {
@@ -209,9 +216,14 @@ class Settings:
     """
 
     naming: dataclasses.InitVar[Naming | None] = None
+    #: Not a setting either: the app's own data folder (Flask's instance folder, Django's
+    #: BASE_DIR), where the outbox goes when neither ``outbox_path`` nor ``outbox_url`` is set.
+    outbox_folder: dataclasses.InitVar[str | os.PathLike[str] | None] = None
     _names: dict[str, str] = dataclasses.field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    #: True when ``outbox_path`` is the default location, not one the app chose.
+    outbox_default: bool = dataclasses.field(init=False, compare=False, default=False)
 
     # --- Meta account -------------------------------------------------------------------------
     pixel_id: str | Sequence[str]
@@ -230,7 +242,7 @@ class Settings:
     data_processing_options_state: int | None = None
 
     # --- delivery -----------------------------------------------------------------------------
-    outbox_path: str = "capi-bridge-outbox.sqlite3"
+    outbox_path: str | None = None  # the default location: see capi_bridge.outbox_location
     batch_size: int = 1000
     linger: float = 0.1
     max_backoff: float = 300.0
@@ -273,11 +285,17 @@ class Settings:
     inspector: bool = False
     inspector_path: str = "/capi-bridge/inspector"
 
-    def __post_init__(self, naming: Naming | None) -> None:
+    def __post_init__(
+        self, naming: Naming | None, outbox_folder: str | os.PathLike[str] | None
+    ) -> None:
         name = naming or keyword_naming
         names = {f.name: name(f.name) for f in dataclasses.fields(self) if f.init}
         object.__setattr__(self, "_names", names)
         _read(self)
+        if self.outbox_path is None and not self.outbox_url:
+            path = default_outbox_path(self.pixel_ids, outbox_folder)
+            object.__setattr__(self, "outbox_path", path)
+            object.__setattr__(self, "outbox_default", True)
         settings_checks.check(self)
         settings_site_checks.check(self)
 
@@ -300,7 +318,7 @@ class Settings:
     @property
     def store_url(self) -> str:
         """Where the outbox is: ``outbox_url``, else ``sqlite:///`` + ``outbox_path``."""
-        return self.outbox_url or "sqlite:///" + self.outbox_path
+        return self.outbox_url or f"sqlite:///{self.outbox_path}"
 
     @property
     def consent_required(self) -> bool:

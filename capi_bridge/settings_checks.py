@@ -270,7 +270,10 @@ def _check_numbers(s: Settings) -> None:
 def _check_outbox(s: Settings) -> None:
     """The outbox: ``outbox_url`` when set (SQLite file or PostgreSQL), else ``outbox_path``."""
     if not s.outbox_url:
-        _check_sqlite_path(s, "outbox_path", s.outbox_path)
+        path = s.outbox_path or ""
+        if s.outbox_default:
+            _make_default_folder(s, path)
+        _check_sqlite_path(s, "outbox_path", path)
     elif s.outbox_url.startswith("sqlite:///"):
         _check_sqlite_path(s, "outbox_url", s.outbox_url[len("sqlite:///") :])
     elif s.outbox_url.split("://", 1)[0] in ("postgresql", "postgres"):
@@ -296,6 +299,21 @@ def _check_outbox(s: Settings) -> None:
             "outbox_schema",
             f"{s.outbox_schema!r} is not a PostgreSQL schema name",
             "use letters, digits and '_', at most 63 (default capi_bridge)",
+        )
+
+
+def _make_default_folder(s: Settings, path: str) -> None:
+    """The default location's folder is ours to create (private: the outbox holds events)."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    except OSError as exc:
+        fail(
+            s,
+            "outbox_path",
+            f"is not set, and the default location {path!r} cannot be created "
+            f"({exc.strerror or exc})",
+            f"set it to a file in a folder the app's user can write (or {s.name_of('outbox_url')} "
+            "to a PostgreSQL database)",
         )
 
 

@@ -7,7 +7,9 @@ and deliberately does not import ``capi_bridge.validation``: a bug in our own gu
 mirrored here, or the fake would agree with it. Faults (5xx, 429, slow answers, dropped
 connections, any Graph code) are queued through :meth:`FakeGraph.add_fault` or ``/_fake/faults``.
 ``GET /fbevents.js`` answers with ``static/fbevents-stub.js``, Meta's pixel library stand-in, so
-a page runs its ``fbq`` calls without internet (:attr:`FakeGraph.pixel_script_url`).
+a page runs its ``fbq`` calls without internet (:attr:`FakeGraph.pixel_script_url`). Every answer
+carries a ``Date`` header, as Meta's do; :attr:`FakeGraph.clock_skew` sets its clock apart from
+this machine's (Date, and the event-time rules), as a server with a wrong clock would see Meta.
 Production code never imports this module.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import email.utils
 import functools
 import hmac
 import json
@@ -137,14 +140,14 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if fault is not None and fault.mode in ("status", "code"):
             return _error_reply(fault.reject())
-        if fault is not None and (fault.mode == "reset" or fake._stopping.wait(fault.seconds)):
+        if fault is not None and (fault.mode == "reset" or fake._hold(fault.seconds)):
             return None  # a reset, or stop() cut a delay short
         try:
             fake._authorize(token, params, query, pixel_id)
             if problem is not None:
                 raise problem
             events = decode_data(params.get("data"))
-            check_batch(events, time.time())
+            check_batch(events, fake.now())
         except GraphReject as reject:
             return _error_reply(reject)
         fake._accept(events, pixel_id, params.get("test_event_code"))
@@ -190,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"HTTP/1.1 {status} {phrase}",
             "Content-Type: application/json; charset=UTF-8",
             f"Content-Length: {len(body)}",
+            f"Date: {self.server.fake.http_date()}",
             "facebook-api-version: v26.0",
             *(f"{name}: {value}" for name, value in (headers or {}).items()),
         ]
@@ -203,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
             "HTTP/1.1 200 OK",
             "Content-Type: text/javascript; charset=UTF-8",
             f"Content-Length: {len(body)}",
+            f"Date: {self.server.fake.http_date()}",
             "Cache-Control: no-store",
         ]
         if self.close_connection:
@@ -333,8 +338,11 @@ class FakeGraph:
         host: str = "127.0.0.1",
         port: int = 0,
         app_secret: str | None = None,
+        clock_skew: float = 0.0,
     ) -> None:
         self.token = token
+        #: Seconds the fake's clock is ahead of this machine's (negative: behind); settable.
+        self.clock_skew = clock_skew
         self.pixels = None if pixels is None else frozenset(str(p) for p in pixels)
         self.app_secret = app_secret
         self._address = (host, port)
@@ -343,6 +351,7 @@ class FakeGraph:
         self._requests: list[dict[str, Any]] = []
         self._faults: collections.deque[Fault] = collections.deque()
         self._stopping = threading.Event()
+        self._releases = 0  # release_held() calls: a delay ends when this changes
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -372,6 +381,8 @@ class FakeGraph:
         if server is None:
             return
         self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()  # delays end now
         server.shutdown()
         server.server_close()
         server.close_open_sockets()
@@ -408,8 +419,20 @@ class FakeGraph:
 
     def wait_for_events(self, count: int, timeout: float = 5.0) -> bool:
         """Block until at least ``count`` events were accepted; False on timeout (no polling)."""
+        return self.wait_for(lambda fake: len(fake._events) >= count, timeout)
+
+    def wait_for(self, predicate: Callable[[FakeGraph], bool], timeout: float = 5.0) -> bool:
+        """Block until ``predicate(self)`` holds, checked again whenever a request is answered
+        or a fault taken (``lambda g: g.pending_faults == 0``: a delay fault now holds a
+        request); False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: len(self._events) >= count, timeout)
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def release_held(self) -> None:
+        """End every delay fault now: the requests they hold are answered as usual."""
+        with self._changed:
+            self._releases += 1
+            self._changed.notify_all()
 
     def clear(self) -> None:
         self.clear_events()
@@ -440,7 +463,25 @@ class FakeGraph:
         with self._changed:
             return sum(fault.count for fault in self._faults)
 
+    def now(self) -> float:
+        """The fake's clock: what Meta's would read (this machine's plus :attr:`clock_skew`)."""
+        return time.time() + self.clock_skew
+
+    def http_date(self) -> str:
+        """The ``Date`` header of its answers (RFC 9110 format, GMT), from :meth:`now`."""
+        return email.utils.formatdate(self.now(), usegmt=True)
+
     # --- used by the handler threads -----------------------------------------------------------
+
+    def _hold(self, seconds: float) -> bool:
+        """Wait out a delay fault; True when stop() cut it short (then no answer is sent),
+        False once it elapsed or :meth:`release_held` ended it."""
+        with self._changed:
+            generation = self._releases
+            self._changed.wait_for(
+                lambda: self._stopping.is_set() or self._releases != generation, seconds
+            )
+        return self._stopping.is_set()
 
     def _take_fault(self) -> Fault | None:
         with self._changed:
@@ -489,6 +530,7 @@ class FakeGraph:
         request["received_at"] = time.time()
         with self._changed:
             self._requests.append(request)
+            self._changed.notify_all()
 
 
 def _same(a: str, b: str) -> bool:

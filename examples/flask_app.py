@@ -59,8 +59,10 @@ def create_app() -> Flask:
             pid = (request.get_json(silent=True) or {}).get("id")
             if pid not in PRODUCTS:
                 return {"error": "unknown product"}, 400
-            response = app.response_class(json.dumps({"ok": True}), mimetype="application/json")
-            response.set_cookie(CART_COOKIE, ".".join([*cart_ids(), pid]), samesite="Lax")
+            ids = [*cart_ids(), pid]  # the count goes back for the page's cart link
+            reply = json.dumps({"ok": True, "count": len(ids)})
+            response = app.response_class(reply, mimetype="application/json")
+            response.set_cookie(CART_COOKIE, ".".join(ids), samesite="Lax")
             return response
         items = [PRODUCTS[pid] for pid in cart_ids()]
         return page("cart.html", items=items, total=sum(p["price"] for p in items))

@@ -63,8 +63,9 @@ async def cart(request: Request) -> Response:
             pid = None
         if pid not in PRODUCTS:
             return JSONResponse({"error": "unknown product"}, status_code=400)
-        response = JSONResponse({"ok": True})
-        response.set_cookie(CART_COOKIE, ".".join([*cart_ids(request), pid]), samesite="lax")
+        ids = [*cart_ids(request), pid]  # the count goes back for the page's cart link
+        response = JSONResponse({"ok": True, "count": len(ids)})
+        response.set_cookie(CART_COOKIE, ".".join(ids), samesite="lax")
         return response
     items = [PRODUCTS[pid] for pid in cart_ids(request)]
     return page(request, "cart.html", items=items, total=sum(p["price"] for p in items))

@@ -26,6 +26,7 @@ from helpers.delivery_worker import PIXEL, RAW_EMAIL_DOMAIN, RAW_PHONE, make_eve
 from helpers.stores import POSTGRES_URL
 
 from capi_bridge.bridge import Bridge
+from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.testing import FakeGraph
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "delivery_worker.py")
@@ -56,6 +57,16 @@ def all_delivered(bridge: Bridge, fake: FakeGraph, count: int, timeout: float = 
     return False
 
 
+def paused(bridge: Bridge, timeout: float = 30) -> OutboxStats:
+    """The stats once a pixel is paused (the dispatcher took Meta's answer): waited for, so
+    that nothing has to be proved by a flush running out of time."""
+    deadline = time.monotonic() + timeout
+    while not (stats := bridge.stats()).paused:
+        assert time.monotonic() < deadline, f"no pixel paused within {timeout} s: {stats}"
+        bridge.flush(0.05)  # a bounded wait for the dispatcher's next pass
+    return stats
+
+
 def delivered_ids(fake: FakeGraph) -> collections.Counter[str]:
     return collections.Counter(e["event_id"] for e in fake.events)
 
@@ -69,7 +80,7 @@ def test_events_are_batched_per_pixel_and_test_code(
     make_bridge: MakeBridge, fake_graph: FakeGraph
 ) -> None:
     bridge = make_bridge(pixel_id="111,222", linger=5.0)  # flush() sends the partial rest
-    ids = [bridge.enqueue(make_event(i)) for i in range(1500)]
+    ids = bridge.enqueue_many(make_event(i) for i in range(1500))  # all there at once
     bridge.enqueue(make_event(0, "test"), test_event_code="TEST123")
     assert bridge.flush(20)
     events = fake_graph.events
@@ -82,8 +93,8 @@ def test_events_are_batched_per_pixel_and_test_code(
         ("222", "TEST123"): 1,
     }
     assert set(delivered_ids(fake_graph)) == {*ids, "test-0"}
-    sizes = batch_sizes(fake_graph)
-    assert max(sizes) <= 1000 and len(sizes) <= 10  # lingered into a few full batches
+    # per pixel a full batch and the rest (whenever the dispatcher woke), and the test event
+    assert sorted(batch_sizes(fake_graph)) == [1, 1, 500, 500, 1000, 1000]
     stats = bridge.stats()
     assert (stats.delivered, stats.undelivered, stats.dead) == (3002, 0, 0)
 
@@ -170,11 +181,12 @@ def test_bad_token_opens_the_circuit_with_one_clear_log_line(
     bridge = make_bridge(auth_pause=60.0)
     fake_graph.add_fault(mode="code", code=190, count=1)
     bridge.enqueue(make_event(1, "auth"))
-    assert not bridge.flush(1.0)  # kept, not delivered, not hammering
+    stats = paused(bridge)  # kept, not delivered...
     assert len(fake_graph.requests) == 1
-    stats = bridge.stats()
     assert stats.undelivered == 1 and [p.kind for p in stats.paused] == ["auth"]
     assert stats.last_error is not None and stats.last_error.code == 190
+    # ...not hammering: the next try is auth_pause after the failure
+    assert stats.paused[0].until == pytest.approx(stats.last_error.at + 60.0)
     assert stats.last_error.fbtrace_id
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "new access token" in warnings[0].getMessage()
@@ -197,8 +209,9 @@ def test_wrong_pixel_keeps_events_and_names_the_fix(
     with FakeGraph(pixels=["1111"]) as fake:
         bridge = make_bridge(pixel_id="2222", graph_url=fake.url, auth_pause=60.0)
         bridge.enqueue(make_event(1, "cfg"))
-        assert not bridge.flush(1.0)
-        assert bridge.stats().undelivered == 1 and not fake.events
+        stats = paused(bridge)
+        assert stats.undelivered == 1 and not fake.events
+        assert [p.kind for p in stats.paused] == ["config"]
     assert "pixel id" in caplog.text and "2222" in caplog.text
 
 
@@ -231,18 +244,19 @@ def test_outbox_never_holds_raw_pii_or_the_token(
 
 
 def test_enqueue_never_waits_for_meta(make_bridge: MakeBridge, fake_graph: FakeGraph) -> None:
-    fake_graph.add_fault(mode="delay", seconds=3.0, count=5)
-    bridge = make_bridge(request_timeout=10.0)
+    """Meta holds the dispatcher's request (unanswered until the fake stops); every enqueue
+    meanwhile returns, stored. Had one waited for Meta, it would return only once the request
+    is answered, which the fake records, and ``requests`` would not be empty."""
+    fake_graph.add_fault(mode="delay", seconds=300.0, count=1)
+    bridge = make_bridge(request_timeout=50.0)
     bridge.enqueue(make_event(0, "slow"))
-    deadline = time.monotonic() + 5
-    while fake_graph.pending_faults == 5 and time.monotonic() < deadline:
-        time.sleep(0.005)  # until the fake holds the dispatcher's first request
-    assert fake_graph.pending_faults == 4
-    started = time.monotonic()
+    assert fake_graph.wait_for(lambda g: g.pending_faults == 0, 30)  # it holds the request
     for i in range(1, 200):
         bridge.enqueue(make_event(i, "slow"))
-    assert time.monotonic() - started < 2.0  # Meta holds a request for 3 s meanwhile
-    fake_graph.clear_faults()
+    assert fake_graph.requests == []  # the held request is still unanswered
+    assert bridge.stats().undelivered == 200
+    fake_graph.release_held()
+    assert bridge.flush(30) and len(delivered_ids(fake_graph)) == 200
 
 
 def test_many_threads_enqueue_at_once(make_bridge: MakeBridge, fake_graph: FakeGraph) -> None:

@@ -167,7 +167,8 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     urls: dict[str, str] = {}
     out: list[str] = []
     deadline = time.monotonic() + 20
@@ -188,6 +189,10 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        reader.join(30)  # stdout read to its end; then no pipe is left for the GC to close
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_the_demo_s_inspector_after_a_click_through(demo: dict[str, str], browser: Any) -> None:
@@ -199,3 +204,43 @@ def test_the_demo_s_inspector_after_a_click_through(demo: dict[str, str], browse
         context.close()
     rows = inspect(browser, demo["shop"], "inspector-demo.png")
     check_rows(rows, ip=False)
+    on_a_phone(browser, demo["shop"])
+
+
+PHONE = """() => ({
+  width: document.documentElement.scrollWidth,
+  ids: [...document.querySelectorAll('td.id code')].map(c => c.getClientRects().length),
+  pixel: [...document.querySelectorAll('tr[data-event-id] td.browser')].map(td =>
+    [td.dataset.pixelLoaded, td.querySelector('.pixel-loaded').textContent]),
+  ipNote: ((note) => note.hidden ? '' : note.textContent)(document.getElementById('ip-note')),
+  ipChips: [...document.querySelectorAll('#diagnostic-rows .chip[data-key="ip"]')]
+    .map(c => c.textContent),
+})"""
+
+
+def on_a_phone(browser: Any, url: str) -> None:
+    """The demo's inspector 390 px wide: no sideways scrolling, ids on one line, every row
+    saying whether fbevents.js loaded, and the demo's ip 0% explained beside it."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        missing: list[str] = []
+        page.on("response", lambda r: missing.append(r.url) if r.status >= 400 else None)
+        page.goto(url + INSPECTOR)
+        page.wait_for_function(ROWS_READY, arg=EXPECTED, timeout=20_000)
+        page.wait_for_selector("#diagnostic-rows tr[data-event-name='Purchase']")
+        page.screenshot(path=str(ARTIFACTS / "inspector-demo-390.png"), full_page=True)
+        seen = page.evaluate(PHONE)
+        assert seen["width"] <= 390, seen
+        assert seen["ids"] and set(seen["ids"]) == {1}, seen  # each id on one line
+        texts = {"1": "fbevents.js loaded", "0": "fbevents.js did not load"}
+        texts["?"] = "fbevents.js unknown"
+        assert len(seen["pixel"]) == sum(EXPECTED.values())
+        assert all(texts[flag] == text for flag, text in seen["pixel"]), seen["pixel"]
+        assert set(seen["ipChips"]) == {"ip 0%"}  # a loopback visitor: no ip is ever sent...
+        assert "Loopback and private addresses" in seen["ipNote"]  # ...and the page says why
+        assert missing == [] and "favicon" not in str(
+            page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        )
+    finally:
+        context.close()

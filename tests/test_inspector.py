@@ -336,3 +336,18 @@ def test_the_post_says_whether_the_pixel_library_loaded(make_core: Any) -> None:
     assert visitor.post(page["token"], ("PageView", page["pv"]), px=None).status == 202
     [row] = rows(core).values()
     assert row["browser"]["pixel_loaded"] is None and row["notes"] == []  # an older script
+
+
+def test_the_data_says_how_far_the_clock_is_from_meta_s(
+    make_core: Any, fake_graph: FakeGraph
+) -> None:
+    core = make_core()
+    assert json.loads(get(core, DATA).body)["clock"] is None  # no answer from Meta yet
+    fake_graph.clock_skew = -3 * 86400  # this server's clock runs three days ahead
+    visitor = Visitor(core)
+    page = visitor.page("/")
+    assert visitor.post(page["token"], ("PageView", page["pv"])).status == 202
+    assert core.bridge.flush(10)
+    clock = json.loads(get(core, DATA).body)["clock"]
+    assert clock["off"] is True and clock["text"] == "3 days ahead of Meta's"
+    assert "NTP" in clock["fix"] and clock["host"]

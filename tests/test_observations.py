@@ -7,10 +7,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.delivery_worker import RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
 
 from capi_bridge.bridge import Bridge
@@ -29,6 +31,7 @@ from capi_bridge.observations import (
     SERVER,
     UA,
     Observation,
+    ObservationBuffer,
     Origin,
     describe,
     key_labels,
@@ -184,6 +187,60 @@ def test_twins_noted_at_render_are_written_by_the_dispatcher(make_bridge: MakeBr
     bridge.observe_later([row])  # no SQLite here; it wakes this process's dispatcher
     bridge.close()  # its last pass, or close itself, writes what is noted
     assert [s.row.event_id for s in Outbox(bridge.outbox.location).recent(5)] == ["ev-twin"]
+
+
+def twin(event_id: str) -> Observation:
+    return Observation(
+        time.time(), "1234567890", "Purchase", event_id, 3, None, None, 8, None, None, ""
+    )
+
+
+def test_a_reader_waits_for_twins_another_thread_is_writing() -> None:
+    """The inspector writes the buffer before reading the store: rows the dispatcher has taken
+    out but not yet written must be in the store once that returns (the buffer once looked
+    empty then, and the inspector showed a server event without its twin)."""
+    buffer = ObservationBuffer()
+    written: list[str] = []
+    inside, release, reading = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write(rows: list[Observation]) -> None:  # the dispatcher's write, held mid-way
+        inside.set()
+        release.wait(30)
+        written.extend(r.event_id for r in rows)
+
+    seen: list[list[str]] = []
+
+    def read() -> None:
+        reading.set()
+        buffer.write_to(lambda rows: written.extend(r.event_id for r in rows))
+        seen.append(list(written))
+
+    buffer.add([twin("ev-1")])
+    dispatcher = threading.Thread(target=buffer.write_to, args=(slow_write,))
+    dispatcher.start()
+    assert inside.wait(30)
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert reading.wait(30)
+    release.set()
+    reader.join(30)
+    dispatcher.join(30)
+    assert seen == [["ev-1"]]  # the reader returned after ev-1 was written, not before
+
+
+def test_twins_whose_write_failed_are_kept_for_the_next_pass() -> None:
+    buffer = ObservationBuffer()
+    buffer.add([twin("ev-1")])
+
+    def unavailable(rows: list[Observation]) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError):
+        buffer.write_to(unavailable)
+    buffer.add([twin("ev-2")])
+    written: list[str] = []
+    assert buffer.write_to(lambda rows: written.extend(r.event_id for r in rows)) == 2
+    assert written == ["ev-1", "ev-2"] and len(buffer) == 0
 
 
 def test_old_observations_and_replies_are_pruned_by_the_dispatcher(

@@ -15,6 +15,7 @@ import threading
 
 import pytest
 
+from capi_bridge.delivery import sqlite_store as sqlite_store_module
 from capi_bridge.delivery.dispatcher import new_owner_id
 from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
 from capi_bridge.delivery.store import State
@@ -56,17 +57,28 @@ def test_missing_outbox_is_not_created_for_readers(tmp_path: object) -> None:
     assert not os.path.exists(path)
 
 
-def test_a_locked_outbox_is_waited_for_not_failed(outbox_path: str) -> None:
+def test_a_locked_outbox_is_waited_for_not_failed(
+    outbox_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outbox = Outbox(outbox_path)
     other = sqlite3.connect(outbox_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    met_the_lock = threading.Event()
+    store_s_test = sqlite_store_module.is_busy
+
+    def is_busy(exc: sqlite3.OperationalError) -> bool:  # the store's own test, noted
+        busy = store_s_test(exc)
+        if busy:
+            met_the_lock.set()
+        return busy
+
+    monkeypatch.setattr(sqlite_store_module, "is_busy", is_busy)
     result: list[int] = []
     writer = threading.Thread(target=lambda: result.append(outbox.enqueue(rows(1), NOW)))
     writer.start()
-    writer.join(0.05)
-    assert writer.is_alive() and result == []  # still waiting, not failed
-    other.execute("COMMIT")
-    writer.join(5)
+    assert met_the_lock.wait(30)  # it tried and met the lock; the lock is released only now,
+    other.execute("COMMIT")  # so a writer that gave up at the lock would have stored nothing
+    writer.join(30)
     assert result == [1]
 
 

@@ -1,10 +1,14 @@
-"""The retry policy: pure arithmetic with an injected RNG, so nothing here sleeps."""
+"""The retry policy: pure arithmetic with an injected RNG (and clock), so nothing here sleeps."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.retry import Action, RetryPolicy
+from capi_bridge.delivery.sqlite_store import SQLiteStore
 from capi_bridge.graph import ErrorKind, GraphError
 
 
@@ -57,9 +61,27 @@ def test_retry_after_is_a_floor_clamped_to_the_cap() -> None:
     assert high.backoff(5, retry_after=2.0) == pytest.approx(16.0, rel=1e-3)  # the larger one wins
 
 
-def test_pause_is_the_configured_period() -> None:
-    policy = RetryPolicy(pause=300.0)
-    assert policy.pause_for(1) == policy.pause_for(50) == 300.0
+def test_an_open_circuit_waits_the_pause_after_every_failure(tmp_path: Path) -> None:
+    """An auth error pauses the pixel ``pause`` seconds after each failure, never growing
+    like a backoff (a person fixes the token; the next probe must not drift hours away),
+    and a pause burns no attempt. Settled on a real outbox, with an injected clock."""
+    store = SQLiteStore(str(tmp_path / "outbox.sqlite3"))
+    now = [1_800_000_000.0]
+    policy = RetryPolicy(base=1.0, cap=3600.0, pause=120.0, probe=3600.0, rng=lambda: 0.999999)
+    settler = Settler(store, policy, "host:1:a", lambda: now[0])
+    store.enqueue([("111", "Lead", "lead-1", "", now[0] + 86400, "{}")], now[0])
+    token = GraphError("Invalid OAuth access token", status=401, code=190)
+    for failures in range(1, 7):
+        store.prepare()
+        claim = store.claim("111", "", owner="host:1:a", now=now[0], limit=9, lease=60, linger=0)
+        [row] = claim.rows
+        assert row.attempts == 0  # a pause is not a try
+        decision = settler.settle("111", claim.rows, [], token)
+        assert (decision.action, decision.retry_at) == (Action.PAUSE, now[0] + 120.0)
+        [pause] = store.stats(now[0]).paused
+        assert (pause.kind, pause.until, pause.failures) == ("auth", now[0] + 120.0, failures)
+        now[0] = pause.until
+    store.close()
 
 
 def test_a_failing_pixel_is_probed_at_least_every_probe_interval() -> None:

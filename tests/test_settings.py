@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 from capi_bridge.errors import ConfigError
-from capi_bridge.settings import DEFAULT_PARTNER_AGENT, Settings, dict_naming
+from capi_bridge.settings import Settings, dict_naming
 
 
 def make(**kw: object) -> Settings:
@@ -19,7 +21,9 @@ def test_defaults_fit_meta() -> None:
     assert s.api_version == "v26.0"  # what facebook-business 26.0.3 sends to
     assert len(s.partner_agent) < 23
     assert sum(c.isalpha() for c in s.partner_agent) >= 2
-    assert s.partner_agent == DEFAULT_PARTNER_AGENT
+    # Meta's "[partner_name]_[major]_[minor]", from the version the package is installed as
+    major, minor = importlib.metadata.version("capi-bridge").split(".")[:2]
+    assert s.partner_agent == f"capibridge_{major}_{minor}"
 
 
 def test_api_version_matches_facebook_business() -> None:

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from capi_bridge.clock import ClockWatch
 from capi_bridge.delivery.buffer import RowBuffer
 from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.retry import Action, RetryPolicy
@@ -111,17 +112,19 @@ class Dispatcher:
         observed: ObservationBuffer | None = None,
         buffered: RowBuffer | None = None,
         clock: Callable[[], float] = time.time,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
         """``owner`` is this process's id (leases, and the ``origin`` of the rows it stored);
         ``observed`` holds observations noted where the store must not be touched (a page
         being rendered) and ``buffered`` rows the store refused on the request path: every
-        pass writes them."""
+        pass writes them. ``clock_watch`` reads Meta's ``Date`` off every answer."""
         self.settings = settings
         self.store = store
         self.policy = policy
         self.observed = observed if observed is not None else ObservationBuffer()
         self.buffered = buffered if buffered is not None else RowBuffer()
         self.clock = clock
+        self.clock_watch = clock_watch
         self.owner = owner or new_owner_id()
         self.settler = Settler(store, policy, self.owner, clock)
         self.pid = os.getpid()
@@ -283,6 +286,9 @@ class Dispatcher:
             return  # other hosts' pids mean nothing here: their leases simply expire
         try:
             freed = self.store.reclaim(socket.gethostname(), pid_alive)
+        except self.store.errors as exc:  # locked, read-only, broken: the loop says so, and
+            self._unavailable(exc)  # other processes' leases still expire in time
+            return
         except Exception:
             logger.exception("capi-bridge dispatcher: could not reclaim stale leases")
             return
@@ -300,7 +306,7 @@ class Dispatcher:
         if len(self.buffered) and not self._spill():
             next_at = min(next_at, now + SPILL_RETRY)
         self.store.prepare()  # files the observations enqueued rows carry...
-        self.store.observe(self.observed.drain())  # ...then the later ones noted in memory
+        self.observed.write_to(self.store.observe)  # ...then the later ones noted in memory
         for pixel_id, test_code in self.store.groups():
             if self._stop.is_set():
                 break
@@ -360,7 +366,7 @@ class Dispatcher:
 
     def _graph(self) -> GraphClient:
         if self._client is None:
-            self._client = GraphClient.from_settings(self.settings)
+            self._client = GraphClient.from_settings(self.settings, clock_watch=self.clock_watch)
         return self._client
 
     def _deliver(self, pixel_id: str, test_code: str, claim: Claim) -> float | None:

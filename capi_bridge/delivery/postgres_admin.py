@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from capi_bridge.clock import ClockSkew
 from capi_bridge.delivery.records import LastError, OutboxStats, Pause
 from capi_bridge.delivery.sql_reads import purge_cutoff
 from capi_bridge.delivery.store import State
@@ -34,6 +35,9 @@ class PostgresAdmin:
             raise NotImplementedError
 
         def last_error(self) -> LastError | None:
+            raise NotImplementedError
+
+        def clock_skew(self) -> ClockSkew | None:
             raise NotImplementedError
 
         def _notify(self, tx: Any) -> None:
@@ -69,6 +73,7 @@ class PostgresAdmin:
             oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
             paused=pauses,
             last_error=self.last_error(),
+            clock=self.clock_skew(),
             held=int(held),
             held_expired=counters.get("held_expired", 0),
         )

@@ -8,14 +8,15 @@ user data: dead letters name the event's name, id, pixel and Meta's reason, neve
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
+from capi_bridge.clock import ClockSkew
+from capi_bridge.json_record import JsonRecord
 from capi_bridge.observations import Observation
 
 
 @dataclasses.dataclass(frozen=True)
-class LastError:
+class LastError(JsonRecord):
     """The most recent failed send: Meta's words and trace id, never a payload."""
 
     at: float
@@ -26,18 +27,6 @@ class LastError:
     code: int | None = None
     subcode: int | None = None
     fbtrace_id: str | None = None
-
-    def encode(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, text: str | None) -> LastError | None:
-        if not text:
-            return None
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError):
-            return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +51,8 @@ class OutboxStats:
     ``held_expired`` counts those dropped after waiting ``held_ttl``. Counts are rows, one per
     pixel an event goes to. ``buffered`` and ``lost`` are this process's own: rows taken while
     the outbox was unavailable and waiting in memory for it, and rows dropped because that
-    bounded buffer was full (see ``Bridge.submit``).
+    bounded buffer was full (see ``Bridge.submit``). ``clock`` is the latest reading of a
+    sending machine's clock against Meta's (:mod:`capi_bridge.clock`), None before any answer.
     """
 
     path: str
@@ -79,6 +69,7 @@ class OutboxStats:
     held_expired: int = 0
     buffered: int = 0
     lost: int = 0
+    clock: ClockSkew | None = None
 
     @property
     def undelivered(self) -> int:

@@ -64,11 +64,14 @@ EMQ_WEIGHTS: dict[str, int] = {
     "ua": 1,
     "other": 1,
 }
+#: Shown under the inspector's diagnostics: public pages only, and README's section on them.
 EMQ_SOURCE = (
-    "pixel-capi.md §4: Meta's Business Help Center 'About Event Match Quality' priority table "
-    "(High: email, fbc; Medium: phone, external_id, fbp, birthdate, country; Low: first/last "
-    "name, city, zip), Meta Best Practices (IP among high-quality parameters), Dataset Quality "
-    "API example uplifts (email 58.96 %, IP 20.65 %). Meta publishes no numeric weights."
+    "Meta Business Help Center, 'About Event Match Quality' "
+    "(facebook.com/business/help/765081237991954): its priority table (High: email, fbc; "
+    "Medium: phone, external_id, fbp, birthdate, country; Low: first/last name, city, zip); "
+    "Conversions API best practices (IP among the high-quality parameters); the Dataset Quality "
+    "API's example uplifts (email 58.96 %, IP 20.65 %). Meta publishes no numeric weights; "
+    "capi-bridge's README, 'Inspector and diagnostics', explains these."
 )
 EMQ_METHOD = (
     "10 x the weighted share of match keys present on the server copies (key presence only; "

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from capi_bridge.clock import ClockSkew
 from capi_bridge.delivery.records import (
     DeadLetter,
     DropRow,
@@ -142,6 +143,21 @@ class SqlReads:
         """Meta's most recent error, as ``stats()`` reports it."""
         last = self.query("SELECT value FROM meta WHERE key = 'last_error'")
         return LastError.decode(last[0][0] if last else None)
+
+    def note_clock(self, reading: ClockSkew) -> None:
+        """Keep the latest clock reading (:mod:`capi_bridge.clock`) of any process, for
+        ``stats()`` everywhere (``capi-bridge outbox stats`` runs in a process of its own)."""
+        with self.write() as tx:
+            tx.execute(
+                "INSERT INTO meta VALUES ('clock_skew', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (reading.encode(),),
+            )
+
+    def clock_skew(self) -> ClockSkew | None:
+        """The latest clock reading a dispatcher noted, if any."""
+        row = self.query("SELECT value FROM meta WHERE key = 'clock_skew'")
+        return ClockSkew.decode(row[0][0] if row else None)
 
     def outcomes(self, keys: Iterable[Key], now: float) -> dict[Key, Outcome]:
         """The delivery state of each (pixel, event_name, event_id): a look-up on the outbox's

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from capi_bridge.clock import ClockSkew
 from capi_bridge.delivery.records import LastError, OutboxStats, Pause
 from capi_bridge.delivery.sql_reads import purge_cutoff
 from capi_bridge.delivery.sqlite_leases import chunks
@@ -51,6 +52,9 @@ class SQLiteAdmin:
             raise NotImplementedError
 
         def last_error(self) -> LastError | None:
+            raise NotImplementedError
+
+        def clock_skew(self) -> ClockSkew | None:
             raise NotImplementedError
 
     # --- housekeeping (dispatcher thread only) ------------------------------------------------
@@ -127,6 +131,7 @@ class SQLiteAdmin:
             oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
             paused=pauses,
             last_error=self.last_error(),
+            clock=self.clock_skew(),
             held=int(held[0][0]),
             held_expired=counters.get("held_expired", 0),
         )

@@ -25,6 +25,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from capi_bridge.clock import ClockSkew
 from capi_bridge.delivery.records import (
     DeadLetter,
     DropRow,
@@ -226,6 +227,10 @@ class Store(Protocol):
     # --- reading and repairing (operators, inspector, diagnostics) ----------------------------
 
     def stats(self, now: float) -> OutboxStats: ...
+
+    def note_clock(self, reading: ClockSkew) -> None:
+        """Keep the latest reading of this machine's clock against Meta's for ``stats()``."""
+        ...
 
     def dead_letters(self, limit: int = 50) -> list[DeadLetter]: ...
 

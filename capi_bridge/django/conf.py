@@ -63,6 +63,9 @@ def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, A
     secret = getattr(django_settings, "SECRET_KEY", None)
     if not values.get(ENV_PREFIX + "SECRET_KEY") and secret:
         overrides["secret_key"] = str(secret)
+    base_dir = getattr(django_settings, "BASE_DIR", None)  # startproject's: db.sqlite3's folder
+    if isinstance(base_dir, (str, os.PathLike)):
+        overrides["outbox_folder"] = base_dir  # the default outbox's place, when none is set
     try:
         settings = Settings.from_mapping(values, **overrides)
         consent_check = import_string(check) if isinstance(check, str) else check

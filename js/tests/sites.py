@@ -103,6 +103,17 @@ class Site:
         [event] = [e for e in events if e["event_id"] == event_id]
         return event
 
+    def held(self, timeout: float = 10.0) -> int:
+        """Rows held for consent, once every answered post is in the outbox: a busy outbox
+        keeps a request's rows in memory for a moment (``Bridge.submit``), where the store's
+        count does not see them yet."""
+        bridge = self.core.bridge
+        deadline = time.monotonic() + timeout
+        while (stats := bridge.stats()).buffered:
+            assert time.monotonic() < deadline, f"rows still in memory: {stats}"
+            bridge.flush(0.05)  # a bounded wait while the dispatcher stores them
+        return bridge.stats().held  # read again: a row stored during the first read counts
+
     def delivered_ids(self) -> set[str]:
         """Every event id the fake Graph has, once all the outbox holds is delivered."""
         assert self.core.bridge.flush(10)

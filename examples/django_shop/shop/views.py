@@ -57,8 +57,9 @@ def cart(request: HttpRequest) -> HttpResponse:
             pid = None
         if pid not in PRODUCTS:
             return JsonResponse({"error": "unknown product"}, status=400)
-        response = JsonResponse({"ok": True})
-        response.set_cookie(CART_COOKIE, ".".join([*cart_ids(request), pid]), samesite="Lax")
+        ids = [*cart_ids(request), pid]  # the count goes back for the page's cart link
+        response = JsonResponse({"ok": True, "count": len(ids)})
+        response.set_cookie(CART_COOKIE, ".".join(ids), samesite="Lax")
         return response
     items = [PRODUCTS[pid] for pid in cart_ids(request)]
     return page(request, "cart.html", items=items, total=sum(p["price"] for p in items))
