@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from helpers.delivery_worker import PIXEL, RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
 from helpers.stores import POSTGRES_URL
+from helpers.waiting import until
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.delivery.records import OutboxStats
@@ -60,11 +61,16 @@ def all_delivered(bridge: Bridge, fake: FakeGraph, count: int, timeout: float = 
 def paused(bridge: Bridge, timeout: float = 30) -> OutboxStats:
     """The stats once a pixel is paused (the dispatcher took Meta's answer): waited for, so
     that nothing has to be proved by a flush running out of time."""
-    deadline = time.monotonic() + timeout
-    while not (stats := bridge.stats()).paused:
-        assert time.monotonic() < deadline, f"no pixel paused within {timeout} s: {stats}"
-        bridge.flush(0.05)  # a bounded wait for the dispatcher's next pass
-    return stats
+    def paused_stats() -> OutboxStats | None:
+        stats = bridge.stats()
+        return stats if stats.paused else None
+
+    return until(
+        paused_stats,
+        timeout=timeout,
+        what="no pixel paused",
+        step=lambda: bridge.flush(0.05),  # a bounded wait for the dispatcher's next pass
+    )
 
 
 def delivered_ids(fake: FakeGraph) -> collections.Counter[str]:
@@ -302,7 +308,6 @@ def test_asyncio_api(make_bridge: MakeBridge, fake_graph: FakeGraph) -> None:
     assert (flushed, delivered) == (True, 4)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_bridge_built_before_fork_delivers_from_the_child(
     make_bridge: MakeBridge, fake_graph: FakeGraph
 ) -> None:

@@ -27,6 +27,7 @@ import httpx
 import pytest
 from helpers import chromium
 from helpers.chromium import DESKTOP_UA, pixel_sent
+from helpers.waiting import until
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.demo import environment
@@ -48,10 +49,16 @@ class Shop:
     settings: Settings
 
     def flush(self) -> None:
-        """Deliver everything the app accepted (another process's dispatcher would do it too:
-        the outbox is shared through SQLite, so a second Bridge on the file is enough)."""
+        """Deliver everything the app accepted. A second Bridge on the shared outbox file helps
+        the app's dispatcher; its own ``flush()`` waits only for its process's rows (the app
+        may be another process: Django's runserver), so wait until none is left undelivered."""
         with Bridge(self.settings) as bridge:
-            assert bridge.flush(15)
+            until(
+                lambda: bridge.stats().undelivered == 0,
+                timeout=15,
+                what="the app's events were not all delivered",
+                step=lambda: bridge.flush(0.1),
+            )
 
     def held(self, expected: int, timeout: float = 10.0) -> int:
         """Rows held for consent, once ``expected`` (or at the deadline): a busy outbox keeps
@@ -129,16 +136,17 @@ def _serve_django(sock: socket.socket) -> Iterator[None]:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
         with httpx.Client(trust_env=False, timeout=2) as client:
-            while True:
+
+            def answers() -> bool:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
                 try:
                     client.get(f"http://{host}:{port}/capi-bridge/capi-bridge.js")
-                    break
                 except httpx.TransportError:
-                    assert time.monotonic() < deadline, "runserver did not answer within 30 s"
-                    time.sleep(0.05)  # the interval between two tries, not a guess at readiness
+                    return False
+                return True
+
+            until(answers, timeout=30, what="runserver did not answer")
         yield
     finally:
         process.terminate()

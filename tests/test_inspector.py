@@ -13,6 +13,7 @@ import httpx
 import pytest
 from flask import Flask
 from helpers.visits import HOST, Visitor, new_id, view
+from helpers.waiting import until
 from helpers.web import SECRET
 
 from capi_bridge.asgi import CapiBridgeMiddleware as AsgiMiddleware
@@ -320,10 +321,16 @@ def test_dead_and_retrying_events_show_meta_s_words(make_core: Any, fake_graph: 
     fake_graph.add_fault(mode="status", status=503)
     second = visitor.page("/next")
     assert visitor.post(second["token"], ("PageView", second["pv"])).status == 202
-    deadline = time.monotonic() + 10
-    while (row := rows(core)[second["pv"]])["state"] != "retrying":  # backs off for a minute
-        assert time.monotonic() < deadline, row
-        core.bridge.flush(0.05)  # a bounded wait for the dispatcher's first attempt
+    def retrying() -> dict[str, Any] | None:  # then it backs off for a minute
+        row = rows(core)[second["pv"]]
+        return row if row["state"] == "retrying" else None
+
+    row = until(
+        retrying,
+        timeout=10,
+        what="the PageView was never retried",
+        step=lambda: core.bridge.flush(0.05),  # a bounded wait for the dispatcher's try
+    )
     assert "retry your request later" in row["reply"]["message"] and row["reply"]["code"] == 2
 
 

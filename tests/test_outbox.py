@@ -155,7 +155,6 @@ def test_forget_settled_keeps_pending_rows(outbox_path: str) -> None:
     assert left == [("e3", PENDING), ("new0", DELIVERED), ("new1", DELIVERED)]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_opens_its_own_connection(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
     outbox.enqueue(rows(1), NOW)

@@ -120,7 +120,6 @@ def test_the_cli_reads_the_file_the_app_uses(
 
 
 def test_django_keeps_it_next_to_base_dir(tmp_path: pathlib.Path) -> None:
-    pytest.importorskip("django")
     from helpers import django_app
 
     django_app.setup()

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from helpers.waiting import until
+
 from capi_bridge.assembly import build_core
 from capi_bridge.pages import PageBridge
 from capi_bridge.request import RequestView
@@ -108,10 +110,12 @@ class Site:
         keeps a request's rows in memory for a moment (``Bridge.submit``), where the store's
         count does not see them yet."""
         bridge = self.core.bridge
-        deadline = time.monotonic() + timeout
-        while (stats := bridge.stats()).buffered:
-            assert time.monotonic() < deadline, f"rows still in memory: {stats}"
-            bridge.flush(0.05)  # a bounded wait while the dispatcher stores them
+        until(
+            lambda: not bridge.stats().buffered,
+            timeout=timeout,
+            what="rows stayed in memory",
+            step=lambda: bridge.flush(0.05),  # a bounded wait while the dispatcher stores them
+        )
         return bridge.stats().held  # read again: a row stored during the first read counts
 
     def delivered_ids(self) -> set[str]:

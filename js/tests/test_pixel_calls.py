@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from helpers import chromium
 from helpers.chromium import pixel_sent
+from helpers.waiting import until
 from sites import FOREIGN_PIXEL, PIXEL_ID, Site, serve_site
 
 pytestmark = pytest.mark.browser
@@ -47,10 +47,12 @@ class Gate:
         page.route(pattern, lambda route: self.routes.append(route))
 
     def open(self, page: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not self.routes:  # each call to the page lets Playwright hand over the request
-            assert time.monotonic() < deadline, "the page never asked for the script"
-            page.evaluate("0")
+        until(
+            lambda: self.routes,
+            timeout=10,
+            what="the page never asked for the script",
+            step=lambda: page.evaluate("0"),  # each call lets Playwright hand over the request
+        )
         for route in self.routes:
             route.fulfill(status=200, content_type="text/javascript", body=self._body())
         self.routes.clear()

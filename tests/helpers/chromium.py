@@ -35,9 +35,10 @@ DESKTOP_UA = (
 
 
 def launch() -> Iterator[Any]:
-    """A module-scoped ``browser`` fixture's body: skip (with the fix) when Chromium is absent."""
+    """A module-scoped ``browser`` fixture's body: fails (with the fix) when Chromium is absent,
+    rather than skipping: a skipped browser test would pass CI without testing anything."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (tests/run installs Debian's chromium)")
+        pytest.fail(f"Chromium not found at {CHROMIUM} (tests/run installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
