@@ -8,12 +8,17 @@ decision about identity, cookies and server-originated events is made here, once
 
 Server-originated events (``track()`` while handling a request, e.g. a confirmed payment) are
 enqueued at once with the request's identity, and their pixel twin is carried to the next page
-this browser renders in a signed cookie that lives ten minutes. That page fires
-``fbq('track', name, data, {eventID})`` with the same id (through ``capiBridge.fb``, so the fbq
-hook does not mirror it a second time), so Meta deduplicates the pair instead of counting the
-Purchase twice. No cookie of ours is set while consent is required and missing: one
-:class:`~capi_bridge.consent.ConsentPolicy` decides for the pages, the endpoint and
-server events alike.
+this browser renders (:mod:`capi_bridge.twins`: a signed cookie bound to the browser, fired
+once). That page fires ``fbq('track', name, data, {eventID})`` with the same id (through
+``capiBridge.fb``, so the fbq hook does not mirror it a second time), so Meta deduplicates the
+pair instead of counting the Purchase twice. No cookie of ours is set while consent is required
+and missing: one :class:`~capi_bridge.consent.ConsentPolicy` decides for the pages, the
+endpoint and server events alike.
+
+With ``allowed_hosts`` set, a page requested under another ``Host`` gets no snippet, token or
+cookie (:mod:`capi_bridge.hosts`); without it, start-up warns. A page that carries the
+visitor's raw advanced-matching data is marked ``Cache-Control: private`` (see
+:attr:`Page.private`), so no shared cache serves it to someone else.
 """
 
 from __future__ import annotations
@@ -26,27 +31,39 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 
+from capi_bridge.admission import OutboxLevels
 from capi_bridge.bridge import Bridge
 from capi_bridge.browser_payload import HOLD_ID
 from capi_bridge.consent import ConsentPolicy
-from capi_bridge.cookies import expire_cookie, set_cookie
+from capi_bridge.cookies import TEST_COOKIE as TEST_COOKIE  # re-exported: the tests look here
+from capi_bridge.cookies import TWIN_COOKIE, cookie_domain
 from capi_bridge.drops import DropTally
 from capi_bridge.drops import is_bot as is_bot  # re-exported: where the adapters' tests look
 from capi_bridge.endpoint import BrowserEndpoint
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
+from capi_bridge.hosts import host_allowed
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
 from capi_bridge.injection import is_navigation
 from capi_bridge.mirror import settle
 from capi_bridge.observations import Origin, dropped_fields, twin_copies
 from capi_bridge.request import RequestView, Response
+from capi_bridge.scoped_tests import TEST_COOKIE_MAX_AGE as TEST_COOKIE_MAX_AGE
+from capi_bridge.scoped_tests import TEST_LINK_MAX_AGE as TEST_LINK_MAX_AGE
+from capi_bridge.scoped_tests import TEST_PARAM as TEST_PARAM
+from capi_bridge.scoped_tests import ScopedTestCodes
+from capi_bridge.scoped_tests import make_test_link as make_test_link
 from capi_bridge.settings import Settings
-from capi_bridge.signing import (
-    PENDING_EVENTS_SALT,
-    TEST_CODE_SALT,
-    PageSigner,
-    SignedValues,
-)
+from capi_bridge.signing import PageSigner
 from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, ConsentCheck, PageRenderer, script_json
+from capi_bridge.twins import (
+    TWIN_DATA_BYTES,
+    TWIN_LIMIT,
+    TWIN_MAX_AGE,
+    Twin,
+    Twins,
+    twin_cookie,
+)
+from capi_bridge.twins import pixel_data as _small
 from capi_bridge.visitor_data import visitor_value
 
 logger = logging.getLogger("capi_bridge.pages")
@@ -57,18 +74,12 @@ PAGE_ENVIRON_KEY = "capi_bridge.page"
 PAGE_STATE_KEY = "capi_bridge.page"
 CORE_STATE_KEY = "capi_bridge"
 
-#: Carries server-originated events to the next rendered page (signed, short-lived).
-PENDING_COOKIE = "_capib_ev"
-PENDING_MAX_AGE = 600
-#: At most this many events wait for a page; custom_data larger than this is left out of the
-#: pixel copy (the server copy keeps it), so the cookie stays far below browsers' 4 KB limit.
-PENDING_LIMIT = 4
-PENDING_DATA_BYTES = 600
-#: Scoped test events: the signed link parameter and the cookie it turns into.
-TEST_PARAM = "capi_bridge_test"
-TEST_COOKIE = "_capib_test"
-TEST_LINK_MAX_AGE = 86400
-TEST_COOKIE_MAX_AGE = 3600
+#: The twin cookie on http (``__Host-capib_ev`` on https) and its limits: the names of
+#: :mod:`capi_bridge.twins`, kept here where the adapters' tests look.
+PENDING_COOKIE = TWIN_COOKIE
+PENDING_MAX_AGE = TWIN_MAX_AGE
+PENDING_LIMIT = TWIN_LIMIT
+PENDING_DATA_BYTES = TWIN_DATA_BYTES
 
 #: How a server event reached us, for the inspector (see observations.py).
 _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
@@ -102,7 +113,10 @@ class PageBridge:
         consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
         inspector: InspectorFactory | None = None,
+        debug: bool = False,
     ) -> None:
+        """``debug``: the app runs in its framework's debug mode (Flask's ``app.debug``,
+        Django's ``DEBUG``), where a missing ``allowed_hosts`` is not worth a warning."""
         self.settings = settings
         self.bridge = bridge if bridge is not None else Bridge(settings)
         #: Whether a visitor consented: the one rule of pages, endpoint and server events.
@@ -112,8 +126,19 @@ class PageBridge:
         self.renderer = PageRenderer(
             settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
         )
+        # the outbox's held and pending counts, for the endpoint's total caps (read off the
+        # request path; a store of an older interface without them only disables the caps)
+        levels = OutboxLevels(
+            lambda bound: self.bridge.outbox.waiting(bound),
+            bound=max(settings.max_held_rows, settings.max_pending_rows) + 1000,
+        )
         self.endpoint = BrowserEndpoint(
-            settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
+            settings,
+            consent=self.policy,
+            signer=self.signer,
+            proxies=self.proxies,
+            levels=levels,
+            clock=clock,
         )
         #: Browser events not stored (ignored or refused), counted for inspector and diagnostics.
         self.drops = DropTally(lambda: self.bridge.outbox, clock=clock)
@@ -130,9 +155,18 @@ class PageBridge:
             + (tuple(self.inspector.paths) if self.inspector is not None else ())
         )
         assert settings.secret_key  # PageSigner refused to start without one
-        self._pending = SignedValues(settings.secret_key, PENDING_EVENTS_SALT)
-        self._tests = SignedValues(settings.secret_key, TEST_CODE_SALT)
+        #: Server events' pixel twins: the cookie bound to the browser, fired once.
+        self.twins = Twins(settings.secret_key, clock=clock)
+        self._tests = ScopedTestCodes(settings.secret_key)
         self._clock = clock
+        if not settings.allowed_hosts and not debug:
+            logger.warning(
+                "%s is not set: pages and the mirror endpoint answer any Host header, so a "
+                "script can fetch a page as Host: another.example and post conversions for that "
+                "host into your pixel. List your site's hosts (shop.example.com, .example.com "
+                "for every subdomain).",
+                settings.name_of("allowed_hosts"),
+            )
         if settings.test_event_code:
             logger.warning(
                 "CAPI_BRIDGE_TEST_EVENT_CODE is set: every event goes to Events Manager's Test "
@@ -181,13 +215,11 @@ class PageBridge:
         """The scoped test event code this browser carries (signed cookie or link), if any."""
         if not self.settings.scoped_test_events:
             return None
-        link = request.query_param(TEST_PARAM)
-        if link:
-            code = self._tests.loads(link, TEST_LINK_MAX_AGE)
-            if isinstance(code, str):
-                return code
-        code = self._tests.loads(request.cookies.get(TEST_COOKIE), TEST_COOKIE_MAX_AGE)
-        return code if isinstance(code, str) else None
+        return self._tests.code(request)
+
+    def serves(self, request: RequestView) -> bool:
+        """Whether ``request``'s Host is one of ``allowed_hosts`` (any, when unset)."""
+        return host_allowed(request.host, self.settings.allowed_hosts)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -223,9 +255,12 @@ class Page:
         self._consent: bool | None = None
         self._html: str | None = None
         self._page_cookies: tuple[str, ...] = ()
-        self._tracked: list[dict[str, Any]] = []
+        self._tracked: list[Twin] = []
         self._hold: str | None = None
         self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
+        #: Whether the rendered snippet carries the visitor's raw advanced-matching data: the
+        #: response must then be ``Cache-Control: private`` (the adapters see to it).
+        self.private = False
 
     @property
     def request(self) -> RequestView:
@@ -241,6 +276,12 @@ class Page:
         if self._consent is None:
             self._consent = self.core.consent(self.request)
         return self._consent
+
+    @functools.cached_property
+    def serves(self) -> bool:
+        """Whether this request's Host is the site's (``allowed_hosts``): otherwise the page
+        gets no snippet, token or cookie. Free when the setting is unset."""
+        return not self.core.settings.allowed_hosts or self.core.serves(self.request)
 
     @property
     def identity(self) -> Identity:
@@ -349,11 +390,15 @@ class Page:
     # --- what the adapters call ---------------------------------------------------------------
 
     def render(self, nonce: str | None = None) -> str:
-        """The snippet (plus the pixel twins of earlier server events) for this page."""
+        """The snippet (plus the pixel twins of earlier server events) for this page; empty
+        for a Host the site does not serve."""
+        if self._html is None and not self.serves:
+            self._html = ""
         if self._html is None:
             matching = None
             if self.core.settings.advanced_matching and self.consent:
                 matching = {k: v for k, v in self._user_data.items() if k in ADVANCED_MATCHING_KEYS}
+            self.private = bool(matching)
             tags = self.core.renderer.render(
                 self.request,
                 nonce=nonce or self.nonce,
@@ -373,7 +418,9 @@ class Page:
         """``Set-Cookie`` headers this response needs; call once, as the response starts.
 
         Cheap when the request did nothing with the bridge (an image, a JSON call): no
-        cookie is parsed and nothing is signed."""
+        cookie is parsed and nothing is signed. A Host the site does not serve gets none."""
+        if not self.serves:
+            return []
         cookies: list[str] = []
         if self._html is not None:
             cookies.extend(self._page_cookies)
@@ -387,36 +434,34 @@ class Page:
 
     # --- cookies ------------------------------------------------------------------------------
 
-    def _incoming(self) -> list[dict[str, Any]]:
-        raw = self.request.cookies.get(PENDING_COOKIE)
-        data = self.core._pending.loads(raw, PENDING_MAX_AGE)
-        if not isinstance(data, list):
+    @property
+    def _secure(self) -> bool:
+        return self.core.proxies.scheme(self.request) == "https"
+
+    @functools.cached_property
+    def _arriving(self) -> list[Twin]:
+        """The twins this browser's cookie carries (see :mod:`capi_bridge.twins`)."""
+        cookies, secure = self.request.cookies, self._secure
+        if twin_cookie(secure) not in cookies:
             return []
-        return [
-            e
-            for e in data
-            if isinstance(e, dict)
-            and isinstance(e.get("n"), str)
-            and isinstance(e.get("i"), str)
-            and isinstance(e.get("d"), dict)
-        ]
+        return self.core.twins.arriving(cookies, fbp=self.identity.fbp, secure=secure)
 
     def _pixel_twins(self, nonce: str | None) -> str:
         if not self.consent:
             return ""
+        fired = self.core.twins.fire(self._arriving)
+        if not fired:
+            return ""
         calls = []
-        incoming = self._incoming()
-        for event in incoming:
+        for event in fired:
             method = "track" if event["n"] in STANDARD_EVENTS else "trackCustom"
             args = [method, event["n"], event["d"], {"eventID": event["i"]}]
             calls.append(f"capiBridge.fb({script_json(args)});")  # mirrored already: unhooked
-        if not calls:
-            return ""
-        self._observe_twins(incoming)
+        self._observe_twins(fired)
         attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
         return f"<script{attr} data-capi-bridge-events>{''.join(calls)}</script>"
 
-    def _observe_twins(self, fired: list[dict[str, Any]]) -> None:
+    def _observe_twins(self, fired: list[Twin]) -> None:
         """Note the twins this page fires, with the keys the pixel attaches (this browser's
         cookies, IP and user agent); written off the request path by the dispatcher."""
         identity = self.identity.user_data()
@@ -425,34 +470,19 @@ class Page:
         self.core.bridge.observe_later(twin_copies(pixels, pairs, identity, self.core._clock()))
 
     def _pending_cookie(self) -> list[str]:
-        """Carry this request's events to the next page, or consume what this page fired."""
-        incoming = self._incoming()
-        secure = self.core.proxies.scheme(self.request) == "https"
+        """Carry this request's events to the next page, or delete the twin cookies this page
+        received (fired, refused or foreign alike)."""
+        secure = self._secure
         if self._tracked:
-            waiting = ([] if self._html is not None else incoming) + self._tracked
-            value = self.core._pending.dumps(waiting[-PENDING_LIMIT:])
-            return [
-                set_cookie(
-                    PENDING_COOKIE, value, max_age=PENDING_MAX_AGE, secure=secure, http_only=True
-                )
-            ]
-        if incoming:
-            return [expire_cookie(PENDING_COOKIE, secure=secure)]
-        return []
+            waiting = ([] if self._html is not None else self._arriving) + self._tracked
+            return [self.core.twins.carry(waiting, fbp=self.identity.fbp, secure=secure)]
+        domain, _ = cookie_domain(self.request.host, self.core.settings.cookie_domain)
+        return self.core.twins.clear(self.request.cookies, secure=secure, domain=domain)
 
     def _test_cookie(self) -> list[str]:
         if not self.core.settings.scoped_test_events:
             return []
-        link = self.request.query_param(TEST_PARAM)
-        code = self.core._tests.loads(link, TEST_LINK_MAX_AGE)
-        if not isinstance(code, str):
-            return []
-        secure = self.core.proxies.scheme(self.request) == "https"
-        value = self.core._tests.dumps(code)
-        cookie = set_cookie(
-            TEST_COOKIE, value, max_age=TEST_COOKIE_MAX_AGE, secure=secure, http_only=True
-        )
-        return [cookie]
+        return self.core._tests.cookies(self.request, secure=self._secure)
 
 
 def page_in(
@@ -469,24 +499,3 @@ def page_in(
         page = core.open_page(request, navigation=is_navigation(sec_fetch_dest))
         state[PAGE_STATE_KEY] = page
     return page
-
-
-def make_test_link(secret_key: str, url: str, code: str) -> str:
-    """A link that routes one browser's events to ``code`` (Events Manager's Test events tab)
-    for an hour; valid for a day, and only on a site with ``scoped_test_events`` on."""
-    separator = "&" if "?" in url else "?"
-    token = SignedValues(secret_key, TEST_CODE_SALT).dumps(code)
-    return f"{url}{separator}{TEST_PARAM}={token}"
-
-
-def _small(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The custom_data the pixel twin carries: all of it, unless it would bloat the cookie."""
-    if not data:
-        return {}
-    out = dict(data)
-    if len(script_json(out)) > PENDING_DATA_BYTES:
-        keep: dict[str, Any] = {
-            k: out[k] for k in ("value", "currency", "content_type") if k in out
-        }
-        return keep
-    return out
