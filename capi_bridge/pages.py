@@ -40,6 +40,7 @@ from capi_bridge.cookies import TWIN_COOKIE, cookie_domain
 from capi_bridge.drops import DropTally
 from capi_bridge.drops import is_bot as is_bot  # re-exported: where the adapters' tests look
 from capi_bridge.endpoint import BrowserEndpoint
+from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.hosts import host_allowed
 from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
@@ -64,7 +65,7 @@ from capi_bridge.twins import (
     twin_cookie,
 )
 from capi_bridge.twins import pixel_data as _small
-from capi_bridge.visitor_data import visitor_value
+from capi_bridge.visitor_data import refused_by_visitor, visitor_value
 
 logger = logging.getLogger("capi_bridge.pages")
 
@@ -338,7 +339,8 @@ class Page:
 
         With ``pixel=True`` (default) the next page this browser renders fires the pixel for
         the same event with the same id, so the pair deduplicates. Raises ``InvalidEvent``
-        when Meta would refuse the event (nothing is stored).
+        when Meta would refuse the event (nothing is stored), but for a refusal the request
+        alone causes (no User-Agent, nothing to match on: see ``visitor_data``).
         """
         eid = event_id or new_event_id()
         identity = self.identity
@@ -365,9 +367,14 @@ class Page:
         # Without consent the event waits in the outbox (never sent unless released).
         hold = None if self.consent else self._hold_key()
         twin = pixel and self.consent and self.navigation
-        self.core.bridge.submit(  # never fails nor holds the page for the outbox
-            event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
-        )
+        try:  # never fails nor holds the page for the outbox
+            self.core.bridge.submit(
+                event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
+            )
+        except InvalidEvent as exc:  # nothing to match a scripted request on: not the app's bug
+            if not refused_by_visitor(event_name, exc.problems, strict=self.core.settings.strict):
+                raise
+            return eid
         if twin:
             self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
         if dropped:
