@@ -17,6 +17,10 @@ and ``Retry-After`` (the browser's script waits and does not retry on its own):
   outbox), plus what this process admitted since. Server events (``track``, ``enqueue``) are
   the app's own and never refused; they do count towards the totals.
 
+One more bound lives here, on what a page load may claim: the PageView ids it binds through
+token refreshes (an SPA's route changes), at most ``page_views_per_load`` (counted per process,
+by the page load's first PageView id, which refreshed tokens carry).
+
 A row is one event for one pixel (an event for every configured pixel makes one row per pixel).
 A refusal is logged once per client and minute (a WARNING with the masked address), never once
 per request: a flood must not fill the log either.
@@ -66,6 +70,8 @@ class _AdmissionSettings(Protocol):
     def max_held_rows(self) -> int: ...
     @property
     def max_pending_rows(self) -> int: ...
+    @property
+    def page_views_per_load(self) -> int: ...
     def name_of(self, field: str) -> str: ...
 
 
@@ -184,6 +190,7 @@ class Admission:
         self._held = Windows(settings.held_ttl, clock=clock)
         self._pending = Windows(PENDING_WINDOW, clock=clock)
         self._logged: Recent[float] = Recent()
+        self._page_views: Recent[int] = Recent()
         self._clock = clock
 
     def request(self, key: str) -> None:
@@ -223,6 +230,25 @@ class Admission:
             )
         if self.levels is not None:
             self.levels.added(rows, held=held)
+
+    def page_view(self, page_load: str) -> None:
+        """Count one more PageView bound for ``page_load`` (its first PageView id); a 403 past
+        ``page_views_per_load``: an SPA's route changes fit, one page load cannot mint
+        PageViews without end."""
+        limit = self.settings.page_views_per_load
+
+        def step(bound: int | None) -> tuple[int, bool]:
+            count = bound or 0
+            return (count + 1, True) if count < limit else (count, False)
+
+        if not self._page_views.change(page_load, step):
+            name = self.settings.name_of("page_views_per_load")
+            raise Rejected(
+                403,
+                "page_view_limit",
+                f"this page load has bound {limit} PageViews ({name}): reload the page",
+                "pv",
+            )
 
     def _rate(self, key: str, cost: int) -> None:
         wait = self.limiter.wait_time(key, cost)

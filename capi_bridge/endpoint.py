@@ -27,6 +27,12 @@ carry the ``fbp`` the consent answer will set (:func:`~capi_bridge.identity.held
 click dated from the tab session's first page. The consent message then releases
 (``consent: true``) or forgets (``false``) that browser's held events. No response sets a
 cookie while consent is missing.
+
+The endpoint is open to the internet by design, so what anonymous input may cost is bounded
+here: a ``Host`` outside ``allowed_hosts`` is refused; events per minute, and rows held or
+queued per client and in total, are limited (:mod:`capi_bridge.admission`, 429 with
+``Retry-After``); a token is refreshed only within ``token_refresh_window`` of its page load,
+which binds at most ``page_views_per_load`` PageViews.
 """
 
 from __future__ import annotations
@@ -36,10 +42,8 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from capi_bridge.admission import Admission, OutboxLevels
-from capi_bridge.bounded import Recent
 from capi_bridge.browser_payload import (
     EVENT_ID,
     HOLD_ID,
@@ -58,14 +62,14 @@ from capi_bridge.consent import ConsentPolicy
 from capi_bridge.cookies import cookie_domain
 from capi_bridge.drops import HOOK_FAILURES, PIXEL_CALLS, Drop, classify_agent
 from capi_bridge.events import STANDARD_EVENTS
-from capi_bridge.hosts import host_allowed, listed
+from capi_bridge.hosts import host_allowed, site_url
 from capi_bridge.identity import TrustedProxies, held_fbp, resolve_identity
 from capi_bridge.mirror import Batch, Choice, EndpointResult, answer_rejected
 from capi_bridge.observations import Origin
 from capi_bridge.ratelimit import RateLimiter, client_key
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
-from capi_bridge.signing import PageClaims, PageSigner, TokenError, normalize_host
+from capi_bridge.signing import PageClaims, PageSigner, TokenError
 from capi_bridge.snippet import script_response
 
 logger = logging.getLogger("capi_bridge.endpoint")
@@ -104,8 +108,6 @@ class BrowserEndpoint:
         self.proxies = proxies or TrustedProxies.from_settings(settings)
         self.admission = Admission(settings, limiter=rate_limiter, levels=levels, clock=clock)
         self.limiter = self.admission.limiter
-        #: PageViews bound per page load (its first PageView id), see ``page_views_per_load``.
-        self._page_views: Recent[int] = Recent()
         self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
         self._pixels = frozenset(settings.pixel_ids)
         assert settings.secret_key  # PageSigner refused to start without one
@@ -174,13 +176,6 @@ class BrowserEndpoint:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def _host_allowed(self, netloc: str, request: RequestView) -> bool:
-        """Whether a page on ``netloc`` is this site: the request's own host, or a host
-        ``allowed_hosts`` lists."""
-        return normalize_host(netloc) == normalize_host(request.host) or listed(
-            netloc, self.settings.allowed_hosts
-        )
-
     def _check_origin(self, request: RequestView, *, required: bool) -> None:
         """Same-site check: browsers send ``Origin`` on every POST, ``Referer`` on most GETs."""
         origin = request.headers.get("origin")
@@ -191,11 +186,7 @@ class BrowserEndpoint:
             if required:
                 raise Rejected(403, "origin_missing", "no Origin or Referer header", "Origin")
             return
-        try:
-            parts = urlsplit(source)
-        except ValueError:  # "http://[127.0.0.1:18000": not a URL at all
-            raise Rejected(403, "origin_forbidden", "the Origin is not a URL", "Origin") from None
-        if parts.scheme not in ("http", "https") or not self._host_allowed(parts.netloc, request):
+        if not site_url(source, request.host, self.settings.allowed_hosts):
             raise Rejected(403, "origin_forbidden", "request from another site", "Origin")
 
     def _verify(self, request: RequestView, token: Any, max_age: float | None = None) -> PageClaims:
@@ -205,14 +196,11 @@ class BrowserEndpoint:
             raise Rejected(403, exc.code, str(exc), "token") from None
 
     def _page_url(self, raw: str | None, request: RequestView) -> str | None:
+        """The page's URL: the one posted, else the Referer, if it is one of this site's."""
+        allowed = self.settings.allowed_hosts
         for candidate in (raw, request.headers.get("referer")):
-            if candidate and len(candidate) <= 2048:
-                try:
-                    parts = urlsplit(candidate)
-                except ValueError:
-                    continue
-                if parts.scheme in ("http", "https") and self._host_allowed(parts.netloc, request):
-                    return candidate
+            if candidate and len(candidate) <= 2048 and site_url(candidate, request.host, allowed):
+                return candidate
         return None
 
     def _ignored(self, event: dict[str, Any], agent: tuple[str, str] | None) -> Drop | None:
@@ -260,8 +248,8 @@ class BrowserEndpoint:
         pv = request.query_param("pv")
         if pv is not None and not EVENT_ID.fullmatch(pv):
             raise Rejected(400, "event_id_invalid", "pv is not a well-formed event id", "pv")
-        if pv is not None and pv != claims.page_view_id:
-            self._bind_page_view(claims)
+        if pv is not None and pv != claims.page_view_id:  # counted per page load
+            self.admission.page_view(claims.root or f"{claims.host}:{claims.loaded_at}")
         page_view_id = pv or claims.page_view_id
         token = self.signer.issue(host=request.host, page_view_id=page_view_id, descends=claims)
         identity = resolve_identity(
@@ -277,26 +265,6 @@ class BrowserEndpoint:
             {"token": token, "page_view_id": page_view_id, "ttl": int(self.signer.max_age)},
             headers=[("Set-Cookie", cookie) for cookie in identity.cookies],
         )
-
-    def _bind_page_view(self, claims: PageClaims) -> None:
-        """Count one more PageView for the page load ``claims`` descend from; refuse past
-        ``page_views_per_load`` (an SPA's route changes fit; one page load cannot mint
-        PageViews without end). Counted in this process's bounded memory."""
-        limit = self.settings.page_views_per_load
-        root = claims.root or f"{claims.host}:{claims.loaded_at}"
-
-        def step(bound: int | None) -> tuple[int, bool]:
-            count = bound or 0
-            return (count + 1, True) if count < limit else (count, False)
-
-        if not self._page_views.change(root, step):
-            raise Rejected(
-                403,
-                "page_view_limit",
-                f"this page load has bound {limit} PageViews "
-                f"({self.settings.name_of('page_views_per_load')}): reload the page",
-                "pv",
-            )
 
     def _events(
         self,

@@ -1,4 +1,5 @@
-"""Which ``Host`` a request may name: ``allowed_hosts``, and loopback for the inspector.
+"""Which ``Host`` a request may name (``allowed_hosts``, and loopback for the inspector), and
+which pages are the site's (``Origin``, ``Referer``, a posted page URL).
 
 Anyone can send any ``Host`` header. Without a list of the site's hosts, a script can fetch a
 page with ``Host: competitor.example``, receive a token signed for that host and post
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from urllib.parse import urlsplit
 
 from capi_bridge.cookies import split_host
+from capi_bridge.signing import normalize_host
 
 
 def host_name(netloc: str) -> str:
@@ -56,3 +59,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name.partition("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def same_site(netloc: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a page on ``netloc`` is this site: the request's own ``host``, or one of
+    ``allowed`` (``allowed_hosts``: ``www.`` and the apex of one shop, say)."""
+    return normalize_host(netloc) == normalize_host(host) or listed(netloc, allowed)
+
+
+def site_url(url: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``url`` is an http(s) URL of this site; one that does not parse
+    (``http://[127.0.0.1:18000``) is not, and raises nothing."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and same_site(parts.netloc, host, allowed)

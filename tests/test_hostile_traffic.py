@@ -173,30 +173,31 @@ def _peak_mib(pid: int) -> int:
 
 def _huge_chunked_post(mode: str, outbox: str, mib: int) -> tuple[int, bytes]:
     """Peak RSS growth (MiB) of a werkzeug worker serving one chunked POST of ``mib`` MiB."""
-    server = subprocess.Popen(
-        [sys.executable, str(_SERVER), mode, outbox], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        before = _peak_mib(server.pid)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(
-                b"POST /capi-bridge/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain"
-                b"\r\nOrigin: http://127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            chunk = b"%x\r\n" % _MIB + b"x" * _MIB + b"\r\n"
-            try:
-                for _ in range(mib):
-                    sock.sendall(chunk)
-                sock.sendall(b"0\r\n\r\n")
-            except OSError:  # the server answered and closed: fine, it read no more
-                pass
-            answer = sock.recv(64)
-        return _peak_mib(server.pid) - before, answer
-    finally:
-        server.kill()
-        server.wait()
+    command = [sys.executable, str(_SERVER), mode, outbox]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as server:
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            before = _peak_mib(server.pid)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(
+                    b"POST /capi-bridge/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: text/plain\r\nOrigin: http://127.0.0.1\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                chunk = b"%x\r\n" % _MIB + b"x" * _MIB + b"\r\n"
+                try:
+                    for _ in range(mib):
+                        sock.sendall(chunk)
+                    sock.sendall(b"0\r\n\r\n")
+                except OSError:  # the server answered and closed: fine, it read no more
+                    pass
+                answer = sock.recv(64)
+            return _peak_mib(server.pid) - before, answer
+        finally:
+            server.kill()
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
