@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.logs import ErrorRecords
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -775,15 +776,6 @@ def test_shipped_script_size_budgets(name: str, budget: int) -> None:
 # --- fuzzing ----------------------------------------------------------------------------------
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda children: (
@@ -910,15 +902,11 @@ def test_fuzzed_requests_never_5xx_nor_accept_without_a_valid_token(req: dict[st
             body["token"] = tokens[token_kind]
         body = json.dumps(body).encode()
     query = req["query"].replace("token=valid", f"token={tokens['valid']}&pv={PV}")
-    errors = _Errors()
-    logging.getLogger("capi_bridge").addHandler(errors)
-    try:
+    with ErrorRecords("capi_bridge") as errors:
         result = env.call(body, method=req["method"], headers=req["headers"], query=query)
-    finally:
-        logging.getLogger("capi_bridge").removeHandler(errors)
     reply = result.response
     assert reply.status < 500
-    assert errors.records == [], [r.getMessage() for r in errors.records]
+    assert errors.records == [], errors.messages
     if reply.status >= 400:
         assert set(json.loads(reply.body)["error"]) >= {"code", "message", "field"}
     if result.events or result.dropped or result.choice:

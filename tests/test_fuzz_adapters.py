@@ -13,7 +13,6 @@ outbox and the fake Graph API are shared by the examples of one adapter, as a se
 from __future__ import annotations
 
 import json
-import logging
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 from helpers.adapters import ADAPTERS, HOST, STREAMING, Call, Shop, open_shop
+from helpers.logs import ErrorRecords
 from helpers.web import BROWSER, SECRET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -155,15 +155,6 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(params=ADAPTERS)
 def shop(request: pytest.FixtureRequest, delivery_settings: Any) -> Iterator[Shop]:
     settings = delivery_settings(
@@ -210,23 +201,19 @@ def test_hostile_requests_never_5xx_log_errors_or_hold_a_big_body(
         chunked=req["chunked"],
         scheme=req["scheme"],
     )
-    errors = _Errors()
-    root = logging.getLogger()
-    root.addHandler(errors)
     traced = chunks is HUGE and call.path in OUR_ROUTES and shop.kind in STREAMING
-    try:
+    with ErrorRecords() as errors:
         if traced:
             tracemalloc.start()
-        reply = shop.call(call)
-        if traced:
-            _, peak = tracemalloc.get_traced_memory()
-            assert peak < MEMORY_BOUND, (shop.kind, call.path, peak)
-    finally:
-        if traced:
+        try:
+            reply = shop.call(call)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
             tracemalloc.stop()
-        root.removeHandler(errors)
+    if traced:
+        assert peak < MEMORY_BOUND, (shop.kind, call.path, peak)
     assert reply.status < 500, (reply.status, reply.body[:300])
-    assert errors.records == [], [r.getMessage() for r in errors.records]
+    assert errors.records == [], errors.messages
     if call.path in OUR_ROUTES and shop.kind in STREAMING:
         assert reply.read <= MAX_BODY_BYTES + 65536, reply.read  # one chunk past the limit
     if reply.status >= 400 and call.path == ENDPOINT and call.method == "POST":

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from helpers.adapters import ADAPTERS, HOST, Call, Shop, open_shop, page_of
+from helpers.visits import view
 from helpers.web import BROWSER, SECRET, page_config, pixel_twins
 
 from capi_bridge.admission import OutboxLevels
@@ -28,14 +29,13 @@ from capi_bridge.demo import demo_environment
 from capi_bridge.errors import InvalidUserData
 from capi_bridge.normalize import normalize
 from capi_bridge.pages import PageBridge
-from capi_bridge.request import RequestView, Response
+from capi_bridge.request import Response
 from capi_bridge.settings import Settings
 from capi_bridge.signing import PageSigner
 from capi_bridge.testing import FakeGraph
 
 UA = BROWSER["User-Agent"]
 ENDPOINT = "/capi-bridge/events"
-PEER = "81.2.69.142"
 
 
 class Clock:
@@ -74,24 +74,6 @@ def synchronous_levels(core: PageBridge) -> None:
         bound=max(settings.max_held_rows, settings.max_pending_rows) + 1000,
         spawn=lambda work: work(),
     )
-
-
-def view(
-    path: str = "/",
-    *,
-    method: str = "GET",
-    host: str = HOST,
-    scheme: str = "http",
-    cookies: dict[str, str] | None = None,
-    peer: str = PEER,
-    **headers: str,
-) -> RequestView:
-    path, _, query = path.partition("?")
-    items = {"user-agent": UA, "sec-fetch-dest": "document"}
-    items.update({k.replace("_", "-"): v for k, v in headers.items()})
-    if cookies:
-        items["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    return RequestView.build(method, scheme, host, path, query, items, peer)
 
 
 def page_token(core: PageBridge, **kw: Any) -> dict[str, Any]:
