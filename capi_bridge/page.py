@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.browser_payload import HOLD_ID
-from capi_bridge.cookies import cookie_domain
+from capi_bridge.cookies import TWIN_COOKIE, TWIN_COOKIE_HTTPS, cookie_domain
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import STANDARD_EVENTS, new_event_id
 from capi_bridge.identity import Identity, resolve_identity
@@ -24,7 +24,7 @@ from capi_bridge.injection import is_navigation
 from capi_bridge.observations import Origin, dropped_fields, twin_copies
 from capi_bridge.request import RequestView
 from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, script_json
-from capi_bridge.twins import Twin, twin_cookie
+from capi_bridge.twins import Twin
 from capi_bridge.twins import pixel_data as _small
 from capi_bridge.visitor_data import refused_by_visitor, visitor_value
 
@@ -39,6 +39,13 @@ _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 
 class Page:
     """One request's identity, user data, server events and (for a page) snippet and cookies."""
+
+    #: Whether the rendered snippet carries the visitor's raw advanced-matching data: the
+    #: response must then be ``Cache-Control: private`` (the adapters see to it). Class-level
+    #: defaults, set on the instance only when they change: a JSON response stays cheap.
+    private = False
+    _serves: bool | None = None
+    _twins: list[Twin] | None = None
 
     def __init__(
         self,
@@ -61,9 +68,6 @@ class Page:
         self._tracked: list[Twin] = []
         self._hold: str | None = None
         self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
-        #: Whether the rendered snippet carries the visitor's raw advanced-matching data: the
-        #: response must then be ``Cache-Control: private`` (the adapters see to it).
-        self.private = False
 
     @property
     def request(self) -> RequestView:
@@ -80,11 +84,15 @@ class Page:
             self._consent = self.core.consent(self.request)
         return self._consent
 
-    @functools.cached_property
+    @property
     def serves(self) -> bool:
         """Whether this request's Host is the site's (``allowed_hosts``): otherwise the page
-        gets no snippet, token or cookie. Free when the setting is unset."""
-        return not self.core.settings.allowed_hosts or self.core.serves(self.request)
+        gets no snippet, token or cookie. Free when the setting is unset; else one cached
+        look-up (not ``cached_property``, whose lock costs more than the answer)."""
+        if self._serves is None:
+            allowed = self.core.settings.allowed_hosts
+            self._serves = not allowed or self.core.serves(self.request)
+        return self._serves
 
     @property
     def identity(self) -> Identity:
@@ -228,8 +236,6 @@ class Page:
 
         Cheap when the request did nothing with the bridge (an image, a JSON call): no
         cookie is parsed and nothing is signed. A Host the site does not serve gets none."""
-        if not self.serves:
-            return []
         cookies: list[str] = []
         if self._html is not None:
             cookies.extend(self._page_cookies)
@@ -239,6 +245,8 @@ class Page:
             cookies.extend(self._pending_cookie())
         if self.core.settings.scoped_test_events:
             cookies.extend(self._test_cookie())
+        if not cookies or not self.serves:  # Host asked only when there is something to set
+            return []
         return [("Set-Cookie", cookie) for cookie in cookies]
 
     # --- cookies ------------------------------------------------------------------------------
@@ -247,18 +255,23 @@ class Page:
     def _secure(self) -> bool:
         return self.core.proxies.scheme(self.request) == "https"
 
-    @functools.cached_property
     def _arriving(self) -> list[Twin]:
-        """The twins this browser's cookie carries (see :mod:`capi_bridge.twins`)."""
-        cookies, secure = self.request.cookies, self._secure
-        if twin_cookie(secure) not in cookies:
-            return []
-        return self.core.twins.arriving(cookies, fbp=self.identity.fbp, secure=secure)
+        """The twins this browser's cookie carries (see :mod:`capi_bridge.twins`), read once.
+        Most pages carry no twin cookie: two dict look-ups, nothing else."""
+        if self._twins is None:
+            cookies = self.request.cookies
+            if TWIN_COOKIE not in cookies and TWIN_COOKIE_HTTPS not in cookies:
+                self._twins = []
+            else:
+                fbp, secure = self.identity.fbp, self._secure
+                self._twins = self.core.twins.arriving(cookies, fbp=fbp, secure=secure)
+        return self._twins
 
     def _pixel_twins(self, nonce: str | None) -> str:
         if not self.consent:
             return ""
-        fired = self.core.twins.fire(self._arriving)
+        arriving = self._arriving()
+        fired = self.core.twins.fire(arriving) if arriving else []
         if not fired:
             return ""
         calls = []
@@ -281,12 +294,14 @@ class Page:
     def _pending_cookie(self) -> list[str]:
         """Carry this request's events to the next page, or delete the twin cookies this page
         received (fired, refused or foreign alike)."""
-        secure = self._secure
         if self._tracked:
-            waiting = ([] if self._html is not None else self._arriving) + self._tracked
-            return [self.core.twins.carry(waiting, fbp=self.identity.fbp, secure=secure)]
+            waiting = ([] if self._html is not None else self._arriving()) + self._tracked
+            return [self.core.twins.carry(waiting, fbp=self.identity.fbp, secure=self._secure)]
+        cookies = self.request.cookies
+        if TWIN_COOKIE not in cookies and TWIN_COOKIE_HTTPS not in cookies:
+            return []
         domain, _ = cookie_domain(self.request.host, self.core.settings.cookie_domain)
-        return self.core.twins.clear(self.request.cookies, secure=secure, domain=domain)
+        return self.core.twins.clear(cookies, secure=self._secure, domain=domain)
 
     def _test_cookie(self) -> list[str]:
         if not self.core.settings.scoped_test_events:

@@ -72,7 +72,7 @@ class PageResponse:
         #: Whether the start line must wait for the body's decision (a length to correct).
         self.held = False
         #: Lower-case names of the app's headers to leave out (``cache-control``).
-        self.replaced: frozenset[str] = frozenset()
+        self.replaced: frozenset[str] = _NOTHING
 
     def start(self, status: int, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Decide from the status and headers; returns the headers to add (``Set-Cookie``, and
@@ -81,7 +81,7 @@ class PageResponse:
         May be called again (WSGI's ``start_response`` with ``exc_info``): it starts over."""
         self.injector = None
         self.held = False
-        self.replaced = frozenset()
+        self.replaced = _NOTHING
         page: Page | None
         if self._inject and should_inject(status, headers):
             page = self._make()
@@ -130,6 +130,7 @@ class PageResponse:
             return value
 
 
+_NOTHING: frozenset[str] = frozenset()
 _CACHE_CONTROL = frozenset({"cache-control"})
 _SHARED = frozenset({"public", "private", "s-maxage"})
 
