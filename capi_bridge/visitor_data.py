@@ -88,6 +88,7 @@ def visitor_value(
 #: Meta's refusals the request alone can cause (the first words of ``validation.py``'s): no
 #: User-Agent, or nothing to match the visitor on (no cookie, no public address, no user data).
 VISITOR_REFUSALS = (
+    "user_data is required and must hold",
     "user_data.client_user_agent is required",
     "user_data holds too little customer information",
 )

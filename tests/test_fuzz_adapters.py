@@ -23,7 +23,7 @@ import pytest
 from helpers.adapters import ADAPTERS, HOST, STREAMING, Call, Shop, open_shop
 from helpers.logs import ErrorRecords
 from helpers.web import BROWSER, SECRET
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from capi_bridge.browser_payload import MAX_BODY_BYTES
@@ -177,6 +177,47 @@ def _tokens(shop: Shop) -> dict[str, str]:
     }
 
 
+def _request(path: str, method: str = "POST", body: Any = None, **headers: str) -> dict[str, Any]:
+    base = {"host": HOST, "user-agent": BROWSER["User-Agent"], "origin": f"http://{HOST}",
+            "content-type": "text/plain", "sec-fetch-dest": "empty"}  # fmt: skip
+    return {
+        "method": method,
+        "path": path,
+        "query": "",
+        "headers": {k: v for k, v in {**base, **headers}.items() if v is not None},
+        "chunks": [json.dumps(body).encode()] if body is not None else [],
+        "chunked": False,
+        "scheme": "http",
+    }
+
+
+def _post(**event: Any) -> dict[str, Any]:
+    return {"token": "valid", "events": [{**_valid_event(), **event}]}
+
+
+#: The attacks issue 13 reported, always tried first (then Hypothesis's own examples).
+ATTACKS = [
+    _request(ENDPOINT, body=_post(), origin="http://[127.0.0.1:18000"),
+    _request(ENDPOINT, body=_post(event_time=10**400)),
+    _request(ENDPOINT, body={**_post(), "sent_at": 10**400}),
+    _request(ENDPOINT, body=_post(custom_data={"value": 10**400, "currency": "EUR"})),
+    _request(ENDPOINT, body=_post(custom_data={"content_ids": ["\ud800", "a\x00"]})),
+    _request(ENDPOINT, body=_post(referrer_url="https://x.test/\udfff")),
+    _request(ENDPOINT, body=_post(), **{"content-length": "\xb2"}),
+    _request(ENDPOINT, body=_post(), host="competitor.example", origin="http://competitor.example"),
+    _request(INSPECTOR + "/data", "GET", host="rebind.attacker.test"),
+    _request("/pay", **{"user-agent": None, "x-forwarded-for": "unknown"}),
+    {**_request(ENDPOINT), "chunks": "huge", "chunked": True},
+]
+
+
+def _attacks(test: Any) -> Any:
+    for attack in reversed(ATTACKS):
+        test = example(req=attack)(test)
+    return test
+
+
+@_attacks
 @settings(
     max_examples=100,
     derandomize=True,

@@ -26,7 +26,7 @@ from helpers.web import BROWSER, SECRET, page_config, pixel_twins
 from capi_bridge.admission import OutboxLevels
 from capi_bridge.assembly import build_core
 from capi_bridge.demo import demo_environment
-from capi_bridge.errors import InvalidUserData
+from capi_bridge.errors import InvalidEvent, InvalidUserData
 from capi_bridge.normalize import normalize
 from capi_bridge.pages import PageBridge
 from capi_bridge.request import Response
@@ -502,6 +502,26 @@ def test_item10_malformed_input_gets_a_clean_answer_and_no_error_log(
             reply = post(core, body, **headers)
             assert reply.status == status, (body, headers, reply.body)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_item10_a_scripted_request_with_nothing_to_match_on_does_not_break_track(
+    make_core: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A POST to a checkout without User-Agent, cookie or public address: Meta would refuse
+    its server event, but the request, not the app, is at fault: no exception (a 500 and a
+    traceback per request), one warning; strict settings (the app's tests) still raise."""
+    bare = view("/pay", method="POST", peer="10.0.0.1", user_agent="")
+    with caplog.at_level(logging.WARNING, logger="capi_bridge"):
+        for _ in range(3):
+            page = make_core().open_page(bare)
+            assert page.track("Purchase", custom_data={"value": 1, "currency": "EUR"})
+    assert len([r for r in caplog.records if "was not stored" in r.getMessage()]) == 1
+    strict = make_core(strict=True).open_page(bare)
+    with pytest.raises(InvalidEvent, match="user_data"):
+        strict.track("Purchase", custom_data={"value": 1, "currency": "EUR"})
+    checkout = make_core().open_page(view("/pay", method="POST"))
+    with pytest.raises(InvalidEvent, match="currency"):  # the app's own mistake still raises
+        checkout.track("Purchase", custom_data={"value": 1})
 
 
 # --- 11. bad Unicode ----------------------------------------------------------------------------
