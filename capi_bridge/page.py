@@ -182,7 +182,8 @@ class Page:
                 event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
             )
         except InvalidEvent as exc:  # nothing to match a scripted request on: not the app's bug
-            if not refused_by_visitor(event_name, exc.problems, strict=self.core.settings.strict):
+            strict, warned = self.core.settings.strict, self.core.refusals
+            if not refused_by_visitor(event_name, exc.problems, strict=strict, warned=warned):
                 raise
             return eid
         if twin:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from capi_bridge.admission import OutboxLevels
+from capi_bridge.bounded import Recent
 from capi_bridge.bridge import Bridge
 from capi_bridge.consent import ConsentPolicy
 from capi_bridge.cookies import TEST_COOKIE as TEST_COOKIE  # re-exported: the tests look here
@@ -142,6 +143,8 @@ class PageBridge:
         #: Server events' pixel twins: the cookie bound to the browser, fired once.
         self.twins = Twins(settings.secret_key, clock=clock)
         self._tests = ScopedTestCodes(settings.secret_key)
+        #: When a server event a scripted request made unmatchable was last reported, per name.
+        self.refusals: Recent[float] = Recent(1000)
         self._clock = clock
         if not settings.allowed_hosts and not debug:
             logger.warning(

@@ -92,13 +92,14 @@ VISITOR_REFUSALS = (
     "user_data.client_user_agent is required",
     "user_data holds too little customer information",
 )
-_WARNED: Recent[float] = Recent(1000)
 
 
-def refused_by_visitor(event_name: str, problems: Sequence[str], *, strict: bool) -> bool:
+def refused_by_visitor(
+    event_name: str, problems: Sequence[str], *, strict: bool, warned: Recent[float]
+) -> bool:
     """Whether every one of ``problems`` is the request's doing (not the app's): then the
-    event is dropped with a warning (at most once a minute per event name) instead of raising,
-    unless ``strict``."""
+    event is dropped with a warning (at most once a minute per event name, remembered in the
+    app's ``warned``) instead of raising, unless ``strict``."""
     if strict or not problems or not all(p.startswith(VISITOR_REFUSALS) for p in problems):
         return False
     now = time.monotonic()
@@ -106,7 +107,7 @@ def refused_by_visitor(event_name: str, problems: Sequence[str], *, strict: bool
     def step(last: float | None) -> tuple[float, bool]:
         return (last, False) if last is not None and now - last < 60 else (now, True)
 
-    if _WARNED.change(event_name[:50], step):
+    if warned.change(event_name[:50], step):
         logger.warning(
             "capi-bridge: a %s server event was not stored: %s (the request had no "
             "User-Agent, cookie or public address to match the visitor on; said once a minute)",

@@ -909,8 +909,10 @@ def test_fuzzed_requests_never_5xx_nor_accept_without_a_valid_token(req: dict[st
     assert errors.records == [], errors.messages
     if reply.status >= 400:
         assert set(json.loads(reply.body)["error"]) >= {"code", "message", "field"}
-    if result.events or result.dropped or result.choice:
+    if result.events or result.dropped:
         assert token_kind == "valid"
+    if result.choice:  # a consent message is taken from a page whose token expired (a tab left
+        assert token_kind in ("valid", "expired")  # open): endpoint.CHOICE_MAX_AGE
     if result.events:
         assert reply.status == 202
         assert json.loads(reply.body)["accepted"] == len(result.events)

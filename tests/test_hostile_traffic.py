@@ -511,9 +511,10 @@ def test_item10_a_scripted_request_with_nothing_to_match_on_does_not_break_track
     its server event, but the request, not the app, is at fault: no exception (a 500 and a
     traceback per request), one warning; strict settings (the app's tests) still raise."""
     bare = view("/pay", method="POST", peer="10.0.0.1", user_agent="")
+    core = make_core()
     with caplog.at_level(logging.WARNING, logger="capi_bridge"):
         for _ in range(3):
-            page = make_core().open_page(bare)
+            page = core.open_page(bare)
             assert page.track("Purchase", custom_data={"value": 1, "currency": "EUR"})
     assert len([r for r in caplog.records if "was not stored" in r.getMessage()]) == 1
     strict = make_core(strict=True).open_page(bare)
