@@ -201,6 +201,9 @@ class _Responder:
             return
         headers = [(bytes(k).lower().decode("latin-1"), bytes(v).decode("latin-1")) for k, v in raw]
         extra = self._body.start(status, headers)
+        replaced = self._body.replaced
+        if replaced:
+            raw = [(k, v) for k, v in raw if bytes(k).lower().decode("latin-1") not in replaced]
         out = {
             **message,
             "headers": [

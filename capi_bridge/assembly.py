@@ -37,11 +37,13 @@ def build_core(
     core: PageBridge | None = None,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    debug: bool = False,
 ) -> PageBridge:
     """The :class:`PageBridge` a middleware serves: ``core`` as given, else one built from
     ``settings`` (else the ``CAPI_BRIDGE_*`` variables of ``environ``, default ``os.environ``),
-    with the inspector when it is enabled. Raises :class:`ConfigError` naming the setting at
-    fault, the outbox's included."""
+    with the inspector when it is enabled. ``debug``: the framework runs in debug mode (no
+    start-up warning about a missing ``allowed_hosts``). Raises :class:`ConfigError` naming
+    the setting at fault, the outbox's included."""
     if core is not None:
         return core
     if settings is None:
@@ -53,6 +55,7 @@ def build_core(
             consent_check=consent_check,
             clock=clock,
             inspector=_inspector,
+            debug=debug,
         )
     except (OSError, sqlite3.Error, StoreError) as exc:
         field = "outbox_url" if settings.outbox_url else "outbox_path"

@@ -29,6 +29,12 @@ MAX_LIST_ITEMS = 200
 MAX_STRING = 1000
 MAX_URL = 2048
 
+#: Numbers posted are below this in size (float precision ends there; Meta's too).
+MAX_NUMBER = 1e15
+#: Default bound on ``value``, ``predicted_ltv`` and ``net_revenue`` (setting
+#: ``max_event_value``): a conversion worth more in any currency is not a browser's to claim.
+MAX_VALUE = 1_000_000_000
+
 #: Largest request body read; adapters read at most ``MAX_BODY_BYTES + 1`` bytes.
 MAX_BODY_BYTES = 64 * 1024
 #: Longest event name (the pixel's limit for custom events).
@@ -59,7 +65,12 @@ _BODY_KEYS = frozenset(
 )
 _CONTENT_TYPES = ("text/plain", "application/json")
 _NUMBER_KEYS = frozenset({"value", "predicted_ltv", "net_revenue"})
+#: A margin may be a loss; a value or a lifetime value may not be negative.
+_SIGNED_KEYS = frozenset({"net_revenue"})
 _NUMERIC_TEXT = re.compile(r"-?\d{1,15}(\.\d{1,6})?")
+#: Text that must not reach the outbox or Meta: NUL, and lone UTF-16 surrogates (JSON's
+#: ``"\\ud800"`` decodes to one; it has no UTF-8 form, so Meta would refuse the whole batch).
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 class Rejected(Exception):
@@ -95,19 +106,43 @@ def _bad(field: str, message: str, code: str = "invalid_field") -> Rejected:
 
 
 def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite JSON number of sane size (a 400-digit integer is compared, never converted:
+    converting it to a float raises)."""
+    if isinstance(value, bool):
         return False
-    return math.isfinite(value) and abs(value) < 1e15
+    if isinstance(value, int):
+        return -MAX_NUMBER < value < MAX_NUMBER
+    return isinstance(value, float) and math.isfinite(value) and abs(value) < MAX_NUMBER
+
+
+def _check_text(value: str, field: str, limit: int = MAX_STRING) -> None:
+    if len(value) > limit:
+        raise _bad(field, f"is longer than {limit} characters")
+    if _BAD_TEXT.search(value):
+        raise _bad(field, "holds a NUL character or a lone surrogate (not text Meta takes)")
 
 
 def _check_scalar(value: Any, field: str) -> None:
     if value is None or isinstance(value, bool) or _is_number(value):
         return
     if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise _bad(field, f"is longer than {MAX_STRING} characters")
+        _check_text(value, field)
         return
+    if isinstance(value, (int, float)):
+        raise _bad(field, f"must be a finite number below {MAX_NUMBER:.0e}", "implausible_value")
     raise _bad(field, "must be a string, number, boolean or null")
+
+
+def _check_amount(value: Any, field: str, key: str, max_value: float) -> None:
+    """A money amount: a number (or numeric text), not negative (but a margin), not above the
+    site's ``max_event_value``."""
+    if not (_is_number(value) or (isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value))):
+        raise _bad(field, "must be a number")
+    amount = float(value)
+    low = -max_value if key in _SIGNED_KEYS else 0
+    if not low <= amount <= max_value:
+        bounds = f"{int(low):,} to {int(max_value):,}"
+        raise _bad(field, f"must be a number from {bounds}", "implausible_value")
 
 
 def _check_list(value: Any, field: str) -> list[Any]:
@@ -118,7 +153,7 @@ def _check_list(value: Any, field: str) -> list[Any]:
     return value
 
 
-def _check_contents(value: Any, field: str) -> None:
+def _check_contents(value: Any, field: str, max_value: float) -> None:
     for i, item in enumerate(_check_list(value, field)):
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
@@ -129,10 +164,20 @@ def _check_contents(value: Any, field: str) -> None:
             if not isinstance(key, str) or not _KEY.fullmatch(key):
                 raise _bad(where, "has an invalid key")
             _check_scalar(sub, f"{where}.{key}")
+        quantity = item.get("quantity")
+        if quantity is not None and (
+            isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity < 10**9
+        ):
+            raise _bad(f"{where}.quantity", "must be a non-negative integer", "implausible_value")
+        if item.get("item_price") is not None:
+            _check_amount(item["item_price"], f"{where}.item_price", "item_price", max_value)
 
 
-def check_custom_data(data: Any, field: str) -> dict[str, Any] | None:
-    """``custom_data`` as given, once every key and value has a sane type and size."""
+def check_custom_data(
+    data: Any, field: str, max_value: float = MAX_VALUE
+) -> dict[str, Any] | None:
+    """``custom_data`` as given, once every key and value has a sane type and size, amounts
+    are plausible (see ``max_event_value``) and no text holds NUL or a lone surrogate."""
     if data is None:
         return None
     if not isinstance(data, dict):
@@ -144,10 +189,7 @@ def check_custom_data(data: Any, field: str) -> dict[str, Any] | None:
         if not _KEY.fullmatch(key):
             raise _bad(field, f"key {key[:70]!r} is not a parameter name (letters, digits, _ . -)")
         if key in _NUMBER_KEYS:
-            if not (
-                _is_number(value) or (isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value))
-            ):
-                raise _bad(where, "must be a number")
+            _check_amount(value, where, key, max_value)
         elif key == "num_items":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
                 raise _bad(where, "must be a non-negative integer")
@@ -157,7 +199,7 @@ def check_custom_data(data: Any, field: str) -> dict[str, Any] | None:
                     raise _bad(f"{where}[{i}]", "must be a string or an integer")
                 _check_scalar(item, f"{where}[{i}]")
         elif key == "contents":
-            _check_contents(value, where)
+            _check_contents(value, where, max_value)
         elif key == "status":
             if not isinstance(value, (str, bool)):
                 raise _bad(where, "must be a string or a boolean")
@@ -189,6 +231,7 @@ def http_url(value: Any, field: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_URL:
         raise _bad(field, f"must be a URL of at most {MAX_URL} characters")
+    _check_text(value, field, MAX_URL)
     return value if value.startswith(("http://", "https://")) else None
 
 
@@ -201,7 +244,9 @@ def event_name(raw: Any) -> str | None:
     return None
 
 
-def check_events(events: Any, sent_at: Any, *, now: float) -> list[dict[str, Any]]:
+def check_events(
+    events: Any, sent_at: Any, *, now: float, max_value: float = MAX_VALUE
+) -> list[dict[str, Any]]:
     """The posted events, checked and normalized (event_time corrected, empty keys dropped).
 
     ``sent_at`` is the browser's clock (ms) when it sent the request: the difference to ``now``
@@ -235,7 +280,7 @@ def check_events(events: Any, sent_at: Any, *, now: float) -> list[dict[str, Any
             "event_id": event_id,
             "event_time": _event_time(raw.get("event_time"), offset, now),
         }
-        custom = check_custom_data(raw.get("custom_data"), f"{field}.custom_data")
+        custom = check_custom_data(raw.get("custom_data"), f"{field}.custom_data", max_value)
         if custom:
             event["custom_data"] = custom
         source = http_url(raw.get("event_source_url"), f"{field}.event_source_url")
@@ -254,8 +299,10 @@ def check_events(events: Any, sent_at: Any, *, now: float) -> list[dict[str, Any
 
 def read_body(request: RequestView, body: bytes) -> dict[str, Any]:
     """The JSON object of a POST, once its size, type and keys are sane."""
-    declared = request.headers.get("content-length") or "0"
-    if len(body) > MAX_BODY_BYTES or (declared.isdigit() and int(declared) > MAX_BODY_BYTES):
+    declared = (request.headers.get("content-length") or "0").strip()
+    digits = declared.isascii() and declared.isdigit()  # not int(): "²" is a digit to Python
+    too_long = digits and (len(declared) > 18 or int(declared) > MAX_BODY_BYTES)
+    if len(body) > MAX_BODY_BYTES or too_long:
         raise Rejected(413, "body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype not in _CONTENT_TYPES:
@@ -270,7 +317,8 @@ def read_body(request: RequestView, body: bytes) -> dict[str, Any]:
         raise Rejected(400, "malformed", "the body must be a JSON object")
     unknown = sorted(set(data) - _BODY_KEYS)
     if unknown:
-        raise Rejected(400, "unknown_field", f"unexpected key {unknown[0]!r}", unknown[0])
+        key = unknown[0][:64]
+        raise Rejected(400, "unknown_field", f"unexpected key {key!r}", key)
     return data
 
 

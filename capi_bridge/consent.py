@@ -20,7 +20,11 @@ from capi_bridge.cookies import (
     FBC_COOKIE,
     FBP_COOKIE,
     PAGE_COOKIE,
+    TEST_COOKIE,
+    TWIN_COOKIE,
+    TWIN_COOKIE_HTTPS,
     expire_cookie,
+    expire_everywhere,
     set_cookie,
 )
 from capi_bridge.request import RequestView
@@ -89,7 +93,9 @@ class ConsentPolicy:
         self, granted: bool, *, domain: str | None, secure: bool
     ) -> list[tuple[str, str]]:
         """``Set-Cookie`` headers recording a choice: the consent cookie for six months, or, on
-        withdrawal, the choice forgotten along with the identifiers it allowed."""
+        withdrawal, the choice forgotten along with everything it allowed: the identifiers,
+        the page marker, a server event's pixel twin still waiting for a page (host-only and on
+        the cookie domain, ``__Host-`` on https) and a scoped test code."""
         if granted:
             values = [
                 set_cookie(
@@ -105,5 +111,9 @@ class ConsentPolicy:
             values = [
                 expire_cookie(name, domain=domain, secure=secure)
                 for name in (self.cookie, FBP_COOKIE, FBC_COOKIE)
-            ] + [expire_cookie(PAGE_COOKIE)]
+            ] + [expire_cookie(PAGE_COOKIE, secure=secure)]
+            values += expire_everywhere(TWIN_COOKIE, domain=domain, secure=secure)
+            if secure:
+                values.append(expire_cookie(TWIN_COOKIE_HTTPS, secure=True))
+            values.append(expire_cookie(TEST_COOKIE, secure=secure))
         return [("Set-Cookie", value) for value in values]

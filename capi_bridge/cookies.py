@@ -24,6 +24,12 @@ FBC_COOKIE = "_fbc"
 PAGE_COOKIE = "_capib_pv"
 #: "1" once the visitor granted consent through ``capiBridge.consent(true)``.
 CONSENT_COOKIE = "capib_consent"
+#: A server event's pixel twin on its way to the next page (see ``twins.py``): the ``__Host-``
+#: name on https (no sibling subdomain can set it), the plain one on http.
+TWIN_COOKIE = "_capib_ev"
+TWIN_COOKIE_HTTPS = "__Host-capib_ev"
+#: The scoped test event code of one browser (see ``pages.py``).
+TEST_COOKIE = "_capib_test"
 
 #: 90 days, the lifetime the pixel and Meta's docs use for ``_fbp``/``_fbc``.
 IDENTITY_MAX_AGE = 90 * 24 * 3600
@@ -165,3 +171,12 @@ def set_cookie(
 def expire_cookie(name: str, *, domain: str | None = None, secure: bool = False) -> str:
     """A ``Set-Cookie`` value that deletes ``name`` (same domain and path as when it was set)."""
     return set_cookie(name, "", max_age=0, domain=domain, secure=secure)
+
+
+def expire_everywhere(name: str, *, domain: str | None, secure: bool) -> list[str]:
+    """Delete ``name`` both host-only (as capi-bridge sets it) and on ``domain``: a copy set
+    for the parent domain by a sibling subdomain survives a host-only deletion."""
+    values = [expire_cookie(name, secure=secure)]
+    if domain:
+        values.append(expire_cookie(name, domain=domain, secure=secure))
+    return values

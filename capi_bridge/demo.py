@@ -121,6 +121,7 @@ def demo_environment(graph: FakeGraph, outbox_path: str) -> dict[str, str]:
         "OUTBOX_PATH": outbox_path,
         "LINGER": "0.05",
         "INSPECTOR": "true",
+        "ALLOWED_HOSTS": f"{HOST},localhost",  # the demo answers for loopback names only
     }
     return {ENV_PREFIX + name: value for name, value in values.items()}
 

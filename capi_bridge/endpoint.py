@@ -27,18 +27,23 @@ carry the ``fbp`` the consent answer will set (:func:`~capi_bridge.identity.held
 click dated from the tab session's first page. The consent message then releases
 (``consent: true``) or forgets (``false``) that browser's held events. No response sets a
 cookie while consent is missing.
+
+The endpoint is open to the internet by design, so what anonymous input may cost is bounded
+here: a ``Host`` outside ``allowed_hosts`` is refused; events per minute, and rows held or
+queued per client and in total, are limited (:mod:`capi_bridge.admission`, 429 with
+``Retry-After``); a token is refreshed only within ``token_refresh_window`` of its page load,
+which binds at most ``page_views_per_load`` PageViews.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
+from capi_bridge.admission import Admission, OutboxLevels
 from capi_bridge.browser_payload import (
     EVENT_ID,
     HOLD_ID,
@@ -57,19 +62,21 @@ from capi_bridge.consent import ConsentPolicy
 from capi_bridge.cookies import cookie_domain
 from capi_bridge.drops import HOOK_FAILURES, PIXEL_CALLS, Drop, classify_agent
 from capi_bridge.events import STANDARD_EVENTS
+from capi_bridge.hosts import host_allowed, site_url
 from capi_bridge.identity import TrustedProxies, held_fbp, resolve_identity
 from capi_bridge.mirror import Batch, Choice, EndpointResult, answer_rejected
 from capi_bridge.observations import Origin
-from capi_bridge.ratelimit import RateLimiter
+from capi_bridge.ratelimit import RateLimiter, client_key
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
-from capi_bridge.signing import PageClaims, PageSigner, TokenError, normalize_host
+from capi_bridge.signing import PageClaims, PageSigner, TokenError
 from capi_bridge.snippet import script_response
 
 logger = logging.getLogger("capi_bridge.endpoint")
 
-#: Oldest token a cached page may trade in for a fresh one (and send consent with).
-REFRESH_MAX_AGE = 30 * 86400.0
+#: Oldest token a consent message is taken with (a tab left open for days still records the
+#: visitor's choice; refreshing a token has its own, shorter window: ``token_refresh_window``).
+CHOICE_MAX_AGE = 30 * 86400.0
 #: Events the pixel sends by itself; a page may pass them to fbq, they are never mirrored.
 AUTOMATIC_EVENTS = frozenset({"SubscribedButtonClick", "Microdata"})
 #: Names other modules and the tests take from here.
@@ -89,15 +96,18 @@ class BrowserEndpoint:
         signer: PageSigner | None = None,
         proxies: TrustedProxies | None = None,
         rate_limiter: RateLimiter | None = None,
+        levels: OutboxLevels | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``consent`` defaults to the site's policy from ``settings`` (what
-        :class:`~capi_bridge.pages.PageBridge` passes: the one its pages use)."""
+        :class:`~capi_bridge.pages.PageBridge` passes: the one its pages use); ``levels``, the
+        outbox's counts, enable the total caps (``max_held_rows``, ``max_pending_rows``)."""
         self.settings = settings
         self.policy = consent or ConsentPolicy.from_settings(settings)
         self.signer = signer or PageSigner.from_settings(settings, clock=clock)
         self.proxies = proxies or TrustedProxies.from_settings(settings)
-        self.limiter = rate_limiter or RateLimiter(settings.rate_limit)
+        self.admission = Admission(settings, limiter=rate_limiter, levels=levels, clock=clock)
+        self.limiter = self.admission.limiter
         self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
         self._pixels = frozenset(settings.pixel_ids)
         assert settings.secret_key  # PageSigner refused to start without one
@@ -124,14 +134,15 @@ class BrowserEndpoint:
                 return EndpointResult(script_response(request))
             if request.path != self.settings.endpoint_path:
                 raise Rejected(404, "not_found", "no such capi-bridge route")
-            client = self.proxies.client_ip(request)
-            wait = self.limiter.wait_time(str(client) if client else "unknown")
-            if wait:
+            key = client_key(self.proxies.client_ip(request))
+            self.admission.request(key)
+            if not host_allowed(request.host, self.settings.allowed_hosts):
                 raise Rejected(
-                    429,
-                    "rate_limited",
-                    "too many requests from this client; retry later",
-                    headers=(("Retry-After", str(math.ceil(wait))),),
+                    400,
+                    "host_not_allowed",
+                    "this site does not answer for this Host "
+                    f"({self.settings.name_of('allowed_hosts')})",
+                    "Host",
                 )
             allowed = self.policy.allows(request) if consent is None else consent
             if request.method == "GET":
@@ -147,7 +158,7 @@ class BrowserEndpoint:
             data = read_body(request, body)
             if "events" not in data:
                 return self._choice(request, data)
-            return self._events(request, data, allowed, test_code)
+            return self._events(request, data, allowed, test_code, key)
         except Rejected as exc:
             return answer_rejected(exc)
         except Exception as exc:  # a bug of ours: log where (not the message: it may hold
@@ -165,18 +176,6 @@ class BrowserEndpoint:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def _host_allowed(self, netloc: str, request: RequestView) -> bool:
-        if normalize_host(netloc) == normalize_host(request.host):
-            return True
-        name = urlsplit(f"//{netloc}").hostname or ""
-        for allowed in self.settings.allowed_hosts:
-            allowed = allowed.lower()
-            if allowed == "*" or name == allowed.lstrip("."):
-                return True
-            if allowed.startswith(".") and name.endswith(allowed):
-                return True
-        return False
-
     def _check_origin(self, request: RequestView, *, required: bool) -> None:
         """Same-site check: browsers send ``Origin`` on every POST, ``Referer`` on most GETs."""
         origin = request.headers.get("origin")
@@ -187,8 +186,7 @@ class BrowserEndpoint:
             if required:
                 raise Rejected(403, "origin_missing", "no Origin or Referer header", "Origin")
             return
-        parts = urlsplit(source)
-        if parts.scheme not in ("http", "https") or not self._host_allowed(parts.netloc, request):
+        if not site_url(source, request.host, self.settings.allowed_hosts):
             raise Rejected(403, "origin_forbidden", "request from another site", "Origin")
 
     def _verify(self, request: RequestView, token: Any, max_age: float | None = None) -> PageClaims:
@@ -198,11 +196,11 @@ class BrowserEndpoint:
             raise Rejected(403, exc.code, str(exc), "token") from None
 
     def _page_url(self, raw: str | None, request: RequestView) -> str | None:
+        """The page's URL: the one posted, else the Referer, if it is one of this site's."""
+        allowed = self.settings.allowed_hosts
         for candidate in (raw, request.headers.get("referer")):
-            if candidate and len(candidate) <= 2048:
-                parts = urlsplit(candidate)
-                if parts.scheme in ("http", "https") and self._host_allowed(parts.netloc, request):
-                    return candidate
+            if candidate and len(candidate) <= 2048 and site_url(candidate, request.host, allowed):
+                return candidate
         return None
 
     def _ignored(self, event: dict[str, Any], agent: tuple[str, str] | None) -> Drop | None:
@@ -235,13 +233,25 @@ class BrowserEndpoint:
     # --- routes -------------------------------------------------------------------------------
 
     def _refresh(self, request: RequestView, consent: bool) -> Response:
+        """A fresh token for a page (cached, long-lived, or binding a new PageView id), only
+        within ``token_refresh_window`` of the page load its token descends from."""
         self._check_origin(request, required=False)
-        claims = self._verify(request, request.query_param("token"), REFRESH_MAX_AGE)
+        window = self.settings.token_refresh_window
+        claims = self._verify(request, request.query_param("token"), window)
+        if self._clock() - claims.loaded_at > window:
+            raise Rejected(
+                403,
+                "token_expired",
+                "the page was served too long ago for its token to be refreshed: reload it",
+                "token",
+            )
         pv = request.query_param("pv")
         if pv is not None and not EVENT_ID.fullmatch(pv):
             raise Rejected(400, "event_id_invalid", "pv is not a well-formed event id", "pv")
+        if pv is not None and pv != claims.page_view_id:  # counted per page load
+            self.admission.page_view(claims.root or f"{claims.host}:{claims.loaded_at}")
         page_view_id = pv or claims.page_view_id
-        token = self.signer.issue(host=request.host, page_view_id=page_view_id)
+        token = self.signer.issue(host=request.host, page_view_id=page_view_id, descends=claims)
         identity = resolve_identity(
             request,
             self.settings,
@@ -257,7 +267,12 @@ class BrowserEndpoint:
         )
 
     def _events(
-        self, request: RequestView, data: dict[str, Any], consent: bool, test_code: str | None
+        self,
+        request: RequestView,
+        data: dict[str, Any],
+        consent: bool,
+        test_code: str | None,
+        key: str,
     ) -> EndpointResult:
         claims = self._verify(request, data.get("token"))
         loaded = pixel_flag(data.get("px"))
@@ -265,12 +280,18 @@ class BrowserEndpoint:
         hold = None if consent else hold_id(data.get("hold"), required=True)
         dropped = [Drop(PIXEL_CALLS, "not_mirrored", HOOK_FAILURES[hook])] if hook else []
         try:
-            events = check_events(data["events"], data.get("sent_at"), now=self._clock())
+            events = check_events(
+                data["events"],
+                data.get("sent_at"),
+                now=self._clock(),
+                max_value=self.settings.max_event_value,
+            )
         except Rejected as exc:  # none of the post is stored: each event counts as refused
             raw = data["events"] if isinstance(data["events"], list) else []
             names = [name for name in map(event_name, raw[:20]) if name is not None]
             dropped += [Drop(name, "refused", exc.message) for name in names]
             return EndpointResult(exc.response(), dropped=tuple(dropped))
+        self.admission.events(key, len(events))
         for index, event in enumerate(events):
             if event["event_name"] == "PageView" and event["event_id"] != claims.page_view_id:
                 raise Rejected(
@@ -299,6 +320,10 @@ class BrowserEndpoint:
                 "one post carries events for one pixel target: post trackSingle events apart",
                 "events",
             )
+        target = next(iter(targets), None)
+        if kept:  # one row per event and pixel it goes to
+            rows = len(kept) * (len(self._pixels) if target is None else 1)
+            self.admission.rows(key, rows, held=hold is not None)
         started, fbp = self._held_identity(request, hold)
         enriched = tuple(self._enrich(request, e, claims, started, fbp) for e in kept)
         answer: dict[str, Any] = {"accepted": len(enriched)}
@@ -309,7 +334,7 @@ class BrowserEndpoint:
             batch = Batch(
                 enriched,
                 hold=hold,
-                pixel_id=targets.pop(),
+                pixel_id=target,
                 origin=Origin("browser", pixel_loaded=loaded),
                 test_event_code=test_code,
                 positions=tuple(positions),
@@ -327,7 +352,7 @@ class BrowserEndpoint:
         granted = data.get("consent")
         if not isinstance(granted, bool):
             raise Rejected(400, "malformed", "send events, or consent true/false", "events")
-        self._verify(request, data.get("token"), REFRESH_MAX_AGE)
+        self._verify(request, data.get("token"), CHOICE_MAX_AGE)
         hold = hold_id(data.get("hold"), required=False)
         domain, _ = cookie_domain(request.host, self.settings.cookie_domain)
         secure = self.proxies.scheme(request) == "https"

@@ -62,6 +62,7 @@ class CapiBridge:
             settings=self._settings or _settings_from(app),
             bridge=self._bridge,
             consent_check=self._consent_check,
+            debug=app.debug,
         )
         app.extensions[EXTENSION_KEY] = core
         app.wsgi_app = CapiBridgeMiddleware(app.wsgi_app, core=core)  # type: ignore[method-assign]

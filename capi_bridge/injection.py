@@ -17,9 +17,12 @@ from collections.abc import Iterable
 #: passed through untouched rather than held in memory.
 SEARCH_LIMIT = 64 * 1024
 
-#: Present in every snippet capi-bridge renders; a page holding it (placed by the template tag)
-#: is left alone.
-MARKER = b"data-capi-bridge"
+#: How every snippet capi-bridge renders begins: a page holding this tag before its insertion
+#: point (placed by the template tag, or replayed by a full-page cache) is left alone. Only the
+#: tag itself counts: the words ``data-capi-bridge`` in the page's text (a search term the page
+#: reflects before ``</head>``, HTML-escaped as templates do) must not turn the pixel off.
+MARKER = b"<script data-capi-bridge"
+_OWN_TAG = re.compile(re.escape(MARKER) + rb"[ >]")
 
 _INSERTION = re.compile(rb"</head\s*>|<body(?:\s[^>]*)?>", re.IGNORECASE)
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -76,7 +79,7 @@ class Injector:
             match = _INSERTION.search(chunk)
             if match is not None:
                 self.decided = True
-                if MARKER in chunk[: match.end()]:
+                if _OWN_TAG.search(chunk, 0, match.end()):
                     return chunk
                 at = match.start() if match.group(0)[:2] == b"</" else match.end()
                 self.injected = True
@@ -104,7 +107,7 @@ class Injector:
         self.decided = True
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        if MARKER in data[: match.end()]:
+        if _OWN_TAG.search(data, 0, match.end()):
             return data
         at = match.start() if match.group(0)[:2] == b"</" else match.end()
         self.injected = True

@@ -7,9 +7,13 @@ CSP nonce, no external asset) that polls ``{inspector_path}/data`` (JSON rows, s
 
 Who may look: it shows masked identifiers and what a site's visitors do, so it answers
 
-* a client whose socket peer is loopback and whose request carries no forwarding header: a
+* a client whose socket peer is loopback, whose request carries no forwarding header and names
+  a loopback ``Host`` (``localhost``, ``127.0.0.1``, ``[::1]``) or one of ``allowed_hosts``: a
   reverse proxy on the same host makes every visitor look like loopback, but it adds
-  ``X-Forwarded-For`` (or ``Forwarded``, ``Via``...), so proxied requests are refused; or
+  ``X-Forwarded-For`` (or ``Forwarded``, ``Via``...), so proxied requests are refused; and a
+  page on ``rebind.attacker.test`` whose name the attacker re-points at 127.0.0.1 (DNS
+  rebinding) reaches the loopback socket from a visitor's browser, but with its own name as
+  ``Host``, so it is refused too; or
 * anyone holding a signed link (``?key=``, made by ``capi-bridge inspector-link URL`` with the
   site's ``secret_key``): expiring, bound to the site's host, useless once tampered with.
 
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit
 
 from capi_bridge.drops import DropTally
 from capi_bridge.drops import read as read_drops
+from capi_bridge.hosts import host_allowed, is_loopback, listed
 from capi_bridge.inspector_rows import build_rows, group
 from capi_bridge.request import RequestView, Response
 from capi_bridge.settings import Settings
@@ -144,6 +149,9 @@ class Inspector:
     def refusal(self, request: RequestView) -> tuple[str, str] | None:
         """Why ``request`` may not see the inspector (code, message), or None."""
         key = request.query_param(LINK_PARAM)
+        allowed, hosts = self.settings.allowed_hosts, self.settings.name_of("allowed_hosts")
+        if key is not None and not host_allowed(request.host, allowed):
+            return ("host_not_allowed", f"this site does not answer for this Host ({hosts})")
         if key is not None:
             claims = self._links.loads(key, LINK_MAX_AGE)
             if (
@@ -173,6 +181,13 @@ class Inspector:
                 "the inspector answers loopback clients only: open it on the server itself "
                 "(e.g. through `ssh -L`), or use a signed link from `capi-bridge inspector-link "
                 "URL`",
+            )
+        if not (is_loopback(request.host) or listed(request.host, allowed)):
+            return (
+                "host_not_allowed",
+                "the inspector answers a loopback Host (localhost, 127.0.0.1, [::1]) or one of "
+                f"{hosts} only: another name on a loopback socket is how a DNS-rebinding page "
+                "would read it",
             )
         proxied = next((h for h in FORWARDING_HEADERS if h in request.headers), None)
         if proxied is not None:

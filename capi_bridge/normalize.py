@@ -187,9 +187,19 @@ def _hint_from_value(value: Any) -> str | None:
 # Shared helpers
 
 
-def _show(text: str) -> str:
-    """``text`` quoted for an error message, cut short so a log line stays readable."""
-    return repr(text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "...")
+def masked(text: str) -> str:
+    """``text`` for an error message, masked: its shape, never its value (letters become
+    ``x``, digits ``9``; spaces and punctuation stay, so ``'xxxx xxx@xxxxx.xx'`` still shows
+    why it is no e-mail address), quoted and cut short. An error about a visitor's value ends
+    up in the app's tracebacks and logs, where raw personal data must never be."""
+    shape = "".join(
+        "x" if ch.isalpha() else "9" if ch.isdigit() else ch if ch.isprintable() else "?"
+        for ch in text[:_MAX_SHOWN]
+    )
+    return repr(shape + ("..." if len(text) > _MAX_SHOWN else ""))
+
+
+_show = masked
 
 
 def _fold(text: str) -> str:
@@ -621,14 +631,14 @@ def _checked_date(text: str, year: int, month: int, day: int) -> str:
     if not _MIN_BIRTH_YEAR <= year <= last_year:
         raise InvalidUserData(
             "db",
-            f"{_show(text)}: year {year} is outside {_MIN_BIRTH_YEAR}..{last_year} (write the "
+            f"{_show(text)}: its year is outside {_MIN_BIRTH_YEAR}..{last_year} (write the "
             "year with four digits)",
         )
     try:
         datetime.date(year, month, day)
     except ValueError:
         raise InvalidUserData(
-            "db", f"{_show(text)} is not a real date (read as {year:04d}-{month:02d}-{day:02d})"
+            "db", f"{_show(text)} is not a real date (no such day in the month it was read as)"
         ) from None
     return f"{year:04d}{month:02d}{day:02d}"
 

@@ -8,70 +8,66 @@ decision about identity, cookies and server-originated events is made here, once
 
 Server-originated events (``track()`` while handling a request, e.g. a confirmed payment) are
 enqueued at once with the request's identity, and their pixel twin is carried to the next page
-this browser renders in a signed cookie that lives ten minutes. That page fires
-``fbq('track', name, data, {eventID})`` with the same id (through ``capiBridge.fb``, so the fbq
-hook does not mirror it a second time), so Meta deduplicates the pair instead of counting the
-Purchase twice. No cookie of ours is set while consent is required and missing: one
-:class:`~capi_bridge.consent.ConsentPolicy` decides for the pages, the endpoint and
-server events alike.
+this browser renders (:mod:`capi_bridge.twins`: a signed cookie bound to the browser, fired
+once). That page fires ``fbq('track', name, data, {eventID})`` with the same id (through
+``capiBridge.fb``, so the fbq hook does not mirror it a second time), so Meta deduplicates the
+pair instead of counting the Purchase twice. No cookie of ours is set while consent is required
+and missing: one :class:`~capi_bridge.consent.ConsentPolicy` decides for the pages, the
+endpoint and server events alike.
+
+With ``allowed_hosts`` set, a page requested under another ``Host`` gets no snippet, token or
+cookie (:mod:`capi_bridge.hosts`); without it, start-up warns. A page that carries the
+visitor's raw advanced-matching data is marked ``Cache-Control: private`` (see
+:attr:`Page.private`), so no shared cache serves it to someone else.
 """
 
 from __future__ import annotations
 
-import functools
-import html
 import logging
-import secrets
 import time
-from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
+from capi_bridge.admission import OutboxLevels
+from capi_bridge.bounded import Recent
 from capi_bridge.bridge import Bridge
-from capi_bridge.browser_payload import HOLD_ID
 from capi_bridge.consent import ConsentPolicy
-from capi_bridge.cookies import expire_cookie, set_cookie
+from capi_bridge.cookies import TEST_COOKIE as TEST_COOKIE  # re-exported: the tests look here
+from capi_bridge.cookies import TWIN_COOKIE
 from capi_bridge.drops import DropTally
 from capi_bridge.drops import is_bot as is_bot  # re-exported: where the adapters' tests look
 from capi_bridge.endpoint import BrowserEndpoint
-from capi_bridge.events import STANDARD_EVENTS, new_event_id
-from capi_bridge.identity import Identity, TrustedProxies, resolve_identity
-from capi_bridge.injection import is_navigation
+from capi_bridge.hosts import host_allowed
+from capi_bridge.identity import TrustedProxies
 from capi_bridge.mirror import settle
-from capi_bridge.observations import Origin, dropped_fields, twin_copies
+from capi_bridge.page import PAGE_STATE_KEY as PAGE_STATE_KEY  # re-exported (adapters)
+from capi_bridge.page import Page as Page
+from capi_bridge.page import page_in as page_in
 from capi_bridge.request import RequestView, Response
+from capi_bridge.scoped_tests import TEST_COOKIE_MAX_AGE as TEST_COOKIE_MAX_AGE
+from capi_bridge.scoped_tests import TEST_LINK_MAX_AGE as TEST_LINK_MAX_AGE
+from capi_bridge.scoped_tests import TEST_PARAM as TEST_PARAM
+from capi_bridge.scoped_tests import ScopedTestCodes
+from capi_bridge.scoped_tests import make_test_link as make_test_link
 from capi_bridge.settings import Settings
-from capi_bridge.signing import (
-    PENDING_EVENTS_SALT,
-    TEST_CODE_SALT,
-    PageSigner,
-    SignedValues,
-)
-from capi_bridge.snippet import ADVANCED_MATCHING_KEYS, ConsentCheck, PageRenderer, script_json
-from capi_bridge.visitor_data import visitor_value
+from capi_bridge.signing import PageSigner
+from capi_bridge.snippet import ConsentCheck, PageRenderer
+from capi_bridge.twins import TWIN_DATA_BYTES, TWIN_LIMIT, TWIN_MAX_AGE, Twins
 
 logger = logging.getLogger("capi_bridge.pages")
 
 #: Where the WSGI middleware leaves the request's :class:`Page` (``environ``), and the ASGI one
 #: leaves it and the :class:`PageBridge` (``scope["state"]``).
 PAGE_ENVIRON_KEY = "capi_bridge.page"
-PAGE_STATE_KEY = "capi_bridge.page"
 CORE_STATE_KEY = "capi_bridge"
 
-#: Carries server-originated events to the next rendered page (signed, short-lived).
-PENDING_COOKIE = "_capib_ev"
-PENDING_MAX_AGE = 600
-#: At most this many events wait for a page; custom_data larger than this is left out of the
-#: pixel copy (the server copy keeps it), so the cookie stays far below browsers' 4 KB limit.
-PENDING_LIMIT = 4
-PENDING_DATA_BYTES = 600
-#: Scoped test events: the signed link parameter and the cookie it turns into.
-TEST_PARAM = "capi_bridge_test"
-TEST_COOKIE = "_capib_test"
-TEST_LINK_MAX_AGE = 86400
-TEST_COOKIE_MAX_AGE = 3600
+#: The twin cookie on http (``__Host-capib_ev`` on https) and its limits: the names of
+#: :mod:`capi_bridge.twins`, kept here where the adapters' tests look.
+PENDING_COOKIE = TWIN_COOKIE
+PENDING_MAX_AGE = TWIN_MAX_AGE
+PENDING_LIMIT = TWIN_LIMIT
+PENDING_DATA_BYTES = TWIN_DATA_BYTES
 
-#: How a server event reached us, for the inspector (see observations.py).
-_TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 
 
 class RouteTool(Protocol):
@@ -102,7 +98,10 @@ class PageBridge:
         consent_check: ConsentCheck | None = None,
         clock: Callable[[], float] = time.time,
         inspector: InspectorFactory | None = None,
+        debug: bool = False,
     ) -> None:
+        """``debug``: the app runs in its framework's debug mode (Flask's ``app.debug``,
+        Django's ``DEBUG``), where a missing ``allowed_hosts`` is not worth a warning."""
         self.settings = settings
         self.bridge = bridge if bridge is not None else Bridge(settings)
         #: Whether a visitor consented: the one rule of pages, endpoint and server events.
@@ -112,8 +111,19 @@ class PageBridge:
         self.renderer = PageRenderer(
             settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
         )
+        # the outbox's held and pending counts, for the endpoint's total caps (read off the
+        # request path; a store of an older interface without them only disables the caps)
+        levels = OutboxLevels(
+            lambda bound: self.bridge.outbox.waiting(bound),
+            bound=max(settings.max_held_rows, settings.max_pending_rows) + 1000,
+        )
         self.endpoint = BrowserEndpoint(
-            settings, consent=self.policy, signer=self.signer, proxies=self.proxies, clock=clock
+            settings,
+            consent=self.policy,
+            signer=self.signer,
+            proxies=self.proxies,
+            levels=levels,
+            clock=clock,
         )
         #: Browser events not stored (ignored or refused), counted for inspector and diagnostics.
         self.drops = DropTally(lambda: self.bridge.outbox, clock=clock)
@@ -130,9 +140,20 @@ class PageBridge:
             + (tuple(self.inspector.paths) if self.inspector is not None else ())
         )
         assert settings.secret_key  # PageSigner refused to start without one
-        self._pending = SignedValues(settings.secret_key, PENDING_EVENTS_SALT)
-        self._tests = SignedValues(settings.secret_key, TEST_CODE_SALT)
+        #: Server events' pixel twins: the cookie bound to the browser, fired once.
+        self.twins = Twins(settings.secret_key, clock=clock)
+        self._tests = ScopedTestCodes(settings.secret_key)
+        #: When a server event a scripted request made unmatchable was last reported, per name.
+        self.refusals: Recent[float] = Recent(1000)
         self._clock = clock
+        if not settings.allowed_hosts and not debug:
+            logger.warning(
+                "%s is not set: pages and the mirror endpoint answer any Host header, so a "
+                "script can fetch a page as Host: another.example and post conversions for that "
+                "host into your pixel. List your site's hosts (shop.example.com, .example.com "
+                "for every subdomain).",
+                settings.name_of("allowed_hosts"),
+            )
         if settings.test_event_code:
             logger.warning(
                 "CAPI_BRIDGE_TEST_EVENT_CODE is set: every event goes to Events Manager's Test "
@@ -181,13 +202,11 @@ class PageBridge:
         """The scoped test event code this browser carries (signed cookie or link), if any."""
         if not self.settings.scoped_test_events:
             return None
-        link = request.query_param(TEST_PARAM)
-        if link:
-            code = self._tests.loads(link, TEST_LINK_MAX_AGE)
-            if isinstance(code, str):
-                return code
-        code = self._tests.loads(request.cookies.get(TEST_COOKIE), TEST_COOKIE_MAX_AGE)
-        return code if isinstance(code, str) else None
+        return self._tests.code(request)
+
+    def serves(self, request: RequestView) -> bool:
+        """Whether ``request``'s Host is one of ``allowed_hosts`` (any, when unset)."""
+        return host_allowed(request.host, self.settings.allowed_hosts)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -200,293 +219,3 @@ class PageBridge:
         """Flush what can be sent within ``timeout`` and stop the dispatcher."""
         self.drops.flush()
         return self.bridge.close(timeout)
-
-
-class Page:
-    """One request's identity, user data, server events and (for a page) snippet and cookies."""
-
-    def __init__(
-        self,
-        core: PageBridge,
-        request: RequestView | Callable[[], RequestView],
-        *,
-        navigation: bool,
-    ) -> None:
-        self.core = core
-        self._request = request
-        self.navigation = navigation
-        #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
-        self.nonce: str | None = None
-        self.placed = False
-        self._user_data: dict[str, Any] = {}
-        self._identity: Identity | None = None
-        self._consent: bool | None = None
-        self._html: str | None = None
-        self._page_cookies: tuple[str, ...] = ()
-        self._tracked: list[dict[str, Any]] = []
-        self._hold: str | None = None
-        self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
-
-    @property
-    def request(self) -> RequestView:
-        request = self._request
-        if not isinstance(request, RequestView):
-            request = self._request = request()
-        return request
-
-    # --- what the app calls -------------------------------------------------------------------
-
-    @property
-    def consent(self) -> bool:
-        if self._consent is None:
-            self._consent = self.core.consent(self.request)
-        return self._consent
-
-    @property
-    def identity(self) -> Identity:
-        """Resolved once per request, so a server event and the page share one minted fbp."""
-        if self._identity is None:
-            self._identity = resolve_identity(
-                self.request,
-                self.core.settings,
-                proxies=self.core.proxies,
-                consent=self.consent,
-                write_cookies=self.navigation,
-            )
-        return self._identity
-
-    def identify(self, **user_data: Any) -> None:
-        """Attach the signed-in visitor's data (``em``, ``ph``, ``external_id``...) to every
-        event of this request. Values are normalized now and hashed when the event is stored;
-        raw values never leave the process.
-
-        Tracking never breaks the app: a value that is not what its key needs (an address an
-        ``<input type=email>`` accepts, ``jane@intranet``) is visitor data, not a bug, so it is
-        dropped with a warning naming the key (never the value), the events go out with the
-        rest, and the inspector and diagnostics count the drop. ``strict`` settings make it
-        raise instead (for the app's tests). An unknown key or a value of the wrong type is a
-        programming error and always raises."""
-        for field, value in user_data.items():
-            if value is None:
-                continue
-            if isinstance(value, (list, tuple)):
-                raise TypeError(f"identify(): give {field} one value, not a {type(value).__name__}")
-            text = self._user_value(field, value, self._user_data.get("country"))
-            if text is not None:
-                self._user_data[field] = text
-            else:
-                self._user_data.pop(field, None)
-
-    def _user_value(self, field: str, value: Any, country: str | None) -> Any:
-        """``value`` normalized for ``field``; None when it carries nothing or was dropped
-        (noted in ``_dropped`` for the inspector and diagnostics)."""
-        strict = self.core.settings.strict
-        return visitor_value(field, value, country=country, strict=strict, dropped=self._dropped)
-
-    def track(
-        self,
-        event_name: str,
-        *,
-        custom_data: Mapping[str, Any] | None = None,
-        user_data: Mapping[str, Any] | None = None,
-        event_id: str | None = None,
-        event_source_url: str | None = None,
-        pixel: bool = True,
-    ) -> str:
-        """Send a server-originated event through CAPI now; returns its event id.
-
-        With ``pixel=True`` (default) the next page this browser renders fires the pixel for
-        the same event with the same id, so the pair deduplicates. Raises ``InvalidEvent``
-        when Meta would refuse the event (nothing is stored).
-        """
-        eid = event_id or new_event_id()
-        identity = self.identity
-        dropped_before = dict(self._dropped)
-        extra: dict[str, Any] = {}
-        if user_data:
-            country = user_data.get("country") or self._user_data.get("country")
-            hint = country if isinstance(country, str) else None
-            for field, value in user_data.items():
-                if value is not None:
-                    extra[field] = self._user_value(field, value, hint)
-        event: dict[str, Any] = {
-            "event_name": event_name,
-            "event_id": eid,
-            "event_time": int(self.core._clock()),
-            "action_source": "website",
-            "event_source_url": event_source_url or identity.event_source_url,
-            "user_data": {**identity.user_data(), **self._user_data, **extra},
-        }
-        # identify()'s drops concern every event of the request, a track() argument's this one
-        dropped, self._dropped = self._dropped, dropped_before
-        if custom_data:
-            event["custom_data"] = dict(custom_data)
-        # Without consent the event waits in the outbox (never sent unless released).
-        hold = None if self.consent else self._hold_key()
-        twin = pixel and self.consent and self.navigation
-        self.core.bridge.submit(  # never fails nor holds the page for the outbox
-            event, test_event_code=self.test_code, hold=hold, origin=_TRACKED[twin]
-        )
-        if twin:
-            self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
-        if dropped:
-            pixels = self.core.settings.pixel_ids
-            notes = dropped_fields(pixels, event_name, eid, dropped, self.core._clock())
-            self.core.bridge.observe_later(notes)
-        return eid
-
-    @functools.cached_property
-    def test_code(self) -> str | None:
-        """Read (and its signature checked) once per request, not once per event."""
-        return self.core.test_code(self.request)
-
-    def _hold_key(self) -> str:
-        if self._hold is None:
-            header = self.request.headers.get("x-capi-bridge-hold", "")
-            self._hold = header if HOLD_ID.fullmatch(header) else secrets.token_urlsafe(18)
-        return self._hold
-
-    # --- what the adapters call ---------------------------------------------------------------
-
-    def render(self, nonce: str | None = None) -> str:
-        """The snippet (plus the pixel twins of earlier server events) for this page."""
-        if self._html is None:
-            matching = None
-            if self.core.settings.advanced_matching and self.consent:
-                matching = {k: v for k, v in self._user_data.items() if k in ADVANCED_MATCHING_KEYS}
-            tags = self.core.renderer.render(
-                self.request,
-                nonce=nonce or self.nonce,
-                advanced_matching=matching or None,
-                consent=self.consent,
-                identity=self.identity,
-            )
-            self._page_cookies = tags.set_cookies
-            self._html = tags.html + self._pixel_twins(nonce or self.nonce)
-        self.placed = True
-        return self._html
-
-    def snippet_bytes(self) -> bytes:
-        return self.render().encode("utf-8")
-
-    def response_headers(self) -> list[tuple[str, str]]:
-        """``Set-Cookie`` headers this response needs; call once, as the response starts.
-
-        Cheap when the request did nothing with the bridge (an image, a JSON call): no
-        cookie is parsed and nothing is signed."""
-        cookies: list[str] = []
-        if self._html is not None:
-            cookies.extend(self._page_cookies)
-        elif self._identity is not None:
-            cookies.extend(self._identity.cookies)  # e.g. a redirect after a server event
-        if self._tracked or (self._html is not None and self.consent):
-            cookies.extend(self._pending_cookie())
-        if self.core.settings.scoped_test_events:
-            cookies.extend(self._test_cookie())
-        return [("Set-Cookie", cookie) for cookie in cookies]
-
-    # --- cookies ------------------------------------------------------------------------------
-
-    def _incoming(self) -> list[dict[str, Any]]:
-        raw = self.request.cookies.get(PENDING_COOKIE)
-        data = self.core._pending.loads(raw, PENDING_MAX_AGE)
-        if not isinstance(data, list):
-            return []
-        return [
-            e
-            for e in data
-            if isinstance(e, dict)
-            and isinstance(e.get("n"), str)
-            and isinstance(e.get("i"), str)
-            and isinstance(e.get("d"), dict)
-        ]
-
-    def _pixel_twins(self, nonce: str | None) -> str:
-        if not self.consent:
-            return ""
-        calls = []
-        incoming = self._incoming()
-        for event in incoming:
-            method = "track" if event["n"] in STANDARD_EVENTS else "trackCustom"
-            args = [method, event["n"], event["d"], {"eventID": event["i"]}]
-            calls.append(f"capiBridge.fb({script_json(args)});")  # mirrored already: unhooked
-        if not calls:
-            return ""
-        self._observe_twins(incoming)
-        attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
-        return f"<script{attr} data-capi-bridge-events>{''.join(calls)}</script>"
-
-    def _observe_twins(self, fired: list[dict[str, Any]]) -> None:
-        """Note the twins this page fires, with the keys the pixel attaches (this browser's
-        cookies, IP and user agent); written off the request path by the dispatcher."""
-        identity = self.identity.user_data()
-        pairs = [(e["n"], e["i"]) for e in fired]
-        pixels = self.core.settings.pixel_ids
-        self.core.bridge.observe_later(twin_copies(pixels, pairs, identity, self.core._clock()))
-
-    def _pending_cookie(self) -> list[str]:
-        """Carry this request's events to the next page, or consume what this page fired."""
-        incoming = self._incoming()
-        secure = self.core.proxies.scheme(self.request) == "https"
-        if self._tracked:
-            waiting = ([] if self._html is not None else incoming) + self._tracked
-            value = self.core._pending.dumps(waiting[-PENDING_LIMIT:])
-            return [
-                set_cookie(
-                    PENDING_COOKIE, value, max_age=PENDING_MAX_AGE, secure=secure, http_only=True
-                )
-            ]
-        if incoming:
-            return [expire_cookie(PENDING_COOKIE, secure=secure)]
-        return []
-
-    def _test_cookie(self) -> list[str]:
-        if not self.core.settings.scoped_test_events:
-            return []
-        link = self.request.query_param(TEST_PARAM)
-        code = self.core._tests.loads(link, TEST_LINK_MAX_AGE)
-        if not isinstance(code, str):
-            return []
-        secure = self.core.proxies.scheme(self.request) == "https"
-        value = self.core._tests.dumps(code)
-        cookie = set_cookie(
-            TEST_COOKIE, value, max_age=TEST_COOKIE_MAX_AGE, secure=secure, http_only=True
-        )
-        return [cookie]
-
-
-def page_in(
-    state: MutableMapping[str, Any],
-    core: PageBridge,
-    request: Callable[[], RequestView],
-    sec_fetch_dest: str | None,
-) -> Page:
-    """The request's :class:`Page`, kept in ``state`` (ASGI ``scope["state"]``), made on first
-    use: by the app (``track``, ``identify``, the template tag) or by the middleware when the
-    response turns out to be a page. Requests that never touch the bridge never build one."""
-    page = state.get(PAGE_STATE_KEY)
-    if not isinstance(page, Page):
-        page = core.open_page(request, navigation=is_navigation(sec_fetch_dest))
-        state[PAGE_STATE_KEY] = page
-    return page
-
-
-def make_test_link(secret_key: str, url: str, code: str) -> str:
-    """A link that routes one browser's events to ``code`` (Events Manager's Test events tab)
-    for an hour; valid for a day, and only on a site with ``scoped_test_events`` on."""
-    separator = "&" if "?" in url else "?"
-    token = SignedValues(secret_key, TEST_CODE_SALT).dumps(code)
-    return f"{url}{separator}{TEST_PARAM}={token}"
-
-
-def _small(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The custom_data the pixel twin carries: all of it, unless it would bloat the cookie."""
-    if not data:
-        return {}
-    out = dict(data)
-    if len(script_json(out)) > PENDING_DATA_BYTES:
-        keep: dict[str, Any] = {
-            k: out[k] for k in ("value", "currency", "content_type") if k in out
-        }
-        return keep
-    return out

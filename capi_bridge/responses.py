@@ -5,9 +5,11 @@ The WSGI, ASGI and Django middlewares differ only in how bytes and headers trave
 response is decided here, once, so the adapters cannot drift apart:
 
 * :class:`PageResponse`, at the start line: is this a page to rewrite (auto-injection on for a
-  GET navigation, status 200, HTML, not encoded, not an attachment, and the template tag has not
-  placed the snippet already)? Which cookies does the response carry (the page's own, or those a
-  server event earned on a redirect)? Must the start line be held until the body is decided?
+  GET navigation, status 200, HTML, not encoded, not an attachment, a Host the site serves, and
+  the template tag has not placed the snippet already)? Which cookies does the response carry
+  (the page's own, or those a server event earned on a redirect)? Must its ``Cache-Control``
+  become private (the page carries the visitor's raw advanced-matching data, which no shared
+  cache may hand to someone else)? Must the start line be held until the body is decided?
   Only when there is a ``Content-Length`` to correct: a streamed page's headers go at once. Then
   the body, chunk by chunk, buffered only up to the insertion point or the search limit
   (:class:`~capi_bridge.injection.Injector`) and passed through after that. Streaming and
@@ -31,6 +33,7 @@ from capi_bridge.pages import Page, PageBridge
 __all__ = [
     "PageResponse",
     "body_limit",
+    "private_cache_control",
     "read_asgi_body",
     "read_limited",
     "read_wsgi_body",
@@ -46,10 +49,11 @@ class PageResponse:
     Call :meth:`start` with the status and the headers (lower-case names), send what it returns
     along with the app's headers, then pass every body chunk through :meth:`feed` and the end
     of the body through :meth:`finish`. While :attr:`held` the start line waits: send it once
-    :attr:`decided`, with ``Content-Length`` set by :meth:`length`.
+    :attr:`decided`, with ``Content-Length`` set by :meth:`length`. The app's headers named in
+    :attr:`replaced` are left out: the headers :meth:`start` returns replace them.
     """
 
-    __slots__ = ("_current", "_inject", "_make", "_nonce", "held", "injector")
+    __slots__ = ("_current", "_inject", "_make", "_nonce", "held", "injector", "replaced")
 
     def __init__(
         self,
@@ -67,17 +71,21 @@ class PageResponse:
         self.injector: Injector | None = None
         #: Whether the start line must wait for the body's decision (a length to correct).
         self.held = False
+        #: Lower-case names of the app's headers to leave out (``cache-control``).
+        self.replaced: frozenset[str] = _NOTHING
 
     def start(self, status: int, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Decide from the status and headers; returns the headers to add (``Set-Cookie``).
+        """Decide from the status and headers; returns the headers to add (``Set-Cookie``, and
+        ``Cache-Control`` in place of the app's when :attr:`replaced` says so).
 
         May be called again (WSGI's ``start_response`` with ``exc_info``): it starts over."""
         self.injector = None
         self.held = False
+        self.replaced = _NOTHING
         page: Page | None
         if self._inject and should_inject(status, headers):
             page = self._make()
-            if not page.placed:
+            if not page.placed and page.serves:
                 if page.nonce is None and self._nonce is not None:
                     page.nonce = self._nonce()  # the app's CSP nonce, read only for a page
                 # render first: the page's cookies (an fbp minted for it) come with its snippet
@@ -87,7 +95,12 @@ class PageResponse:
             page = self._current()
         if page is None or not page.navigation:
             return []
-        return page.response_headers()
+        extra = page.response_headers()
+        if page.private:
+            self.replaced = _CACHE_CONTROL
+            app = next((value for name, value in headers if name == "cache-control"), None)
+            extra.append(("Cache-Control", private_cache_control(app)))
+        return extra
 
     @property
     def rewriting(self) -> bool:
@@ -115,6 +128,23 @@ class PageResponse:
             return str(int(value) + len(injector.snippet))
         except ValueError:  # a malformed length: leave it to the server, as the app sent it
             return value
+
+
+_NOTHING: frozenset[str] = frozenset()
+_CACHE_CONTROL = frozenset({"cache-control"})
+_SHARED = frozenset({"public", "private", "s-maxage"})
+
+
+def private_cache_control(value: str | None) -> str:
+    """The app's ``Cache-Control`` made ``private``: shared caches (a CDN, a proxy) must not
+    keep a page carrying one visitor's data; the browser's own cache may (``max-age`` and
+    ``no-store`` are kept). ``public, max-age=600`` becomes ``private, max-age=600``."""
+    kept = [
+        part.strip()
+        for part in (value or "").split(",")
+        if part.strip() and part.split("=", 1)[0].strip().lower() not in _SHARED
+    ]
+    return ", ".join(["private", *kept])
 
 
 # --- request bodies of our routes ----------------------------------------------------------------

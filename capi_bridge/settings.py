@@ -269,6 +269,18 @@ class Settings:
     forwarded_header: str = "x-forwarded-for"
     trust_all_proxies: bool = False
     mirror_pixel_calls: bool = True
+    #: How long after a page was served its token (or one refreshed from it) may be refreshed.
+    token_refresh_window: float = 86400.0
+    #: PageView ids one page load may bind (SPA route changes), counted per process.
+    page_views_per_load: int = 100
+    #: Largest ``value``/``predicted_ltv``/``net_revenue`` a browser may post.
+    max_event_value: int = 1_000_000_000
+    #: Outbox rows one client may add: held for consent (over ``held_ttl``), queued per hour.
+    held_per_client: int = 1000
+    pending_per_client: int = 5000
+    #: Outbox rows browser events may fill in total, held and waiting for delivery.
+    max_held_rows: int = 100_000
+    max_pending_rows: int = 1_000_000
 
     # --- consent, test events, adapters -------------------------------------------------------
     consent: str = "granted"

@@ -57,6 +57,18 @@ _RANGES: dict[str, tuple[float, float, bool, str]] = {
         "a page token's lifetime; pages refresh it a minute before it expires",
     ),
     "rate_limit": (1, 100_000, True, "events per minute one client may post"),
+    "token_refresh_window": (
+        120,
+        30 * 86400,
+        True,
+        "how long after a page was served its token may be refreshed",
+    ),
+    "page_views_per_load": (1, 100_000, True, "PageViews one page load may bind"),
+    "max_event_value": (1, 10**15, True, "the largest value a browser may post"),
+    "held_per_client": (1, 10**7, True, "rows one client may hold for consent"),
+    "pending_per_client": (1, 10**7, True, "rows one client may queue per hour"),
+    "max_held_rows": (1, 10**9, True, "rows browser events may hold for consent"),
+    "max_pending_rows": (1, 10**9, True, "rows browser events may queue for delivery"),
     "held_ttl": (0, 7 * 86400, False, "how long events wait for a visitor's consent"),
     "probe_interval": (0, 3600, False, "the longest wait between two tries of a failing pixel"),
 }
@@ -264,6 +276,15 @@ def _check_numbers(s: Settings) -> None:
             f"{s.name_of('lease_seconds')} ({format_duration(s.lease_seconds)})",
             "a request outliving its lease lets another process send the same batch again: "
             f"keep it under {format_duration(s.lease_seconds)}",
+        )
+    if s.token_refresh_window < s.token_max_age:
+        fail(
+            s,
+            "token_refresh_window",
+            f"{format_duration(s.token_refresh_window)} is shorter than "
+            f"{s.name_of('token_max_age')} ({format_duration(s.token_max_age)})",
+            "pages refresh their token shortly before it expires: make the window at least "
+            f"{format_duration(s.token_max_age)} (and as long as your HTML may stay cached)",
         )
 
 

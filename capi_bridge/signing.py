@@ -55,12 +55,19 @@ class TokenWrongSite(TokenError):
 
 @dataclasses.dataclass(frozen=True)
 class PageClaims:
-    """What a verified token says about the page that carried it."""
+    """What a verified token says about the page that carried it.
+
+    ``loaded_at`` and ``root`` say which page load a token descends from: a page's own token
+    (the time it was signed, its PageView id) or, once refreshed, the first token's. The
+    endpoint refreshes tokens only within a window from ``loaded_at`` (refreshes cannot chain
+    without end) and counts the PageViews one ``root`` binds."""
 
     pixel_ids: tuple[str, ...]
     page_view_id: str | None
     host: str
     issued_at: float
+    loaded_at: float = 0.0
+    root: str | None = None
 
 
 class _SigningSettings(Protocol):
@@ -142,9 +149,20 @@ class PageSigner:
             setting=settings.name_of("secret_key"),
         )
 
-    def issue(self, *, host: str, page_view_id: str | None) -> str:
-        """A token for a page served on ``host`` whose PageView id is ``page_view_id``."""
-        payload = {"p": list(self.pixel_ids), "v": page_view_id, "h": normalize_host(host)}
+    def issue(
+        self, *, host: str, page_view_id: str | None, descends: PageClaims | None = None
+    ) -> str:
+        """A token for a page served on ``host`` whose PageView id is ``page_view_id``;
+        ``descends``: the claims of the token a refresh replaces (its page load is kept).
+        A page's own token carries no more than before (``o`` and ``r`` only once refreshed)."""
+        payload: dict[str, Any] = {
+            "p": list(self.pixel_ids),
+            "v": page_view_id,
+            "h": normalize_host(host),
+        }
+        if descends is not None:
+            payload["o"] = int(descends.loaded_at)
+            payload["r"] = descends.root
         # The serializer's own dump_payload tries zlib on every token (~20 µs per page) to
         # save a few bytes; its loads() reads the uncompressed form just the same.
         body = base64_encode(_COMPACT.encode(payload).encode("utf-8"))
@@ -162,6 +180,8 @@ class PageSigner:
             payload, stamp = self._serializer.loads(token, return_timestamp=True)
         except BadSignature:
             raise TokenForged("the token's signature does not match this site's key") from None
+        except (ValueError, OverflowError, OSError):  # a signed time no calendar holds
+            raise TokenForged("the token's timestamp is malformed") from None
         issued = stamp.timestamp()
         age = self._clock() - issued
         if age > (self.max_age if max_age is None else max_age) or age < -CLOCK_SKEW:
@@ -172,6 +192,8 @@ class PageSigner:
             and all(isinstance(p, str) for p in payload["p"])
             and isinstance(payload.get("v"), (str, type(None)))
             and isinstance(payload.get("h"), str)
+            and isinstance(payload.get("o", 0), int)
+            and isinstance(payload.get("r"), (str, type(None)))
         ):
             raise TokenForged("the token's payload is not a page token")
         if payload["h"] != normalize_host(host):
@@ -183,6 +205,8 @@ class PageSigner:
             page_view_id=payload["v"],
             host=payload["h"],
             issued_at=issued,
+            loaded_at=float(payload.get("o", issued)),
+            root=payload.get("r") if "o" in payload else payload["v"],
         )
 
 
@@ -209,5 +233,5 @@ class SignedValues:
             return None
         try:
             return self._serializer.loads(text, max_age=int(max_age))
-        except BadSignature:  # SignatureExpired is a subclass
-            return None
+        except (BadSignature, ValueError, OverflowError, OSError):  # SignatureExpired is a
+            return None  # BadSignature; a signed time no calendar holds raises the others

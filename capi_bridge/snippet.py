@@ -171,7 +171,7 @@ def render_snippet(
     if not settings.mirror_pixel_calls:
         config["mirror"] = False  # boot.js leaves fbq alone
     parts = [
-        # data-capi-bridge marks a page that already holds the snippet (see injection.MARKER)
+        # this tag marks a page that already holds the snippet (see injection.MARKER)
         f"<script data-capi-bridge{nonce_attr}>",
         _prelude(settings, consent, fields),
         f"window.capiBridgeConfig={script_json(config)};",
@@ -306,5 +306,6 @@ class PageRenderer:
         )
         cookies = identity.cookies
         if allowed:
-            cookies += (set_cookie(PAGE_COOKIE, pv, max_age=PAGE_COOKIE_MAX_AGE),)
+            secure = self.proxies.scheme(request) == "https"
+            cookies += (set_cookie(PAGE_COOKIE, pv, max_age=PAGE_COOKIE_MAX_AGE, secure=secure),)
         return PageTags(markup, pv, token, identity, cookies)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from capi_bridge.events import (
     SERVER_EVENT_KEYS,
     Event,
 )
-from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS
+from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, masked
 
 #: Meta's window for website events; physical-store events may be 62 days old.
 MAX_AGE_SECONDS = 7 * 24 * 3600
@@ -187,13 +188,13 @@ def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
         if value is not None and not (isinstance(value, str) and _FB_COOKIE.fullmatch(value)):
             payload = "fbclid" if key == "fbc" else "random number"
             problems.append(
-                f"user_data.{key} {str(value)[:40]!r} is malformed: "
+                f"user_data.{key} {masked(str(value))} is malformed: "
                 f"expected fb.<subdomain index>.<ms timestamp>.<{payload}>"
             )
     ip = user.get("client_ip_address")
     if ip is not None and not _valid_ip(ip):
         problems.append(
-            f"user_data.client_ip_address {str(ip)[:45]!r} is not a bare IPv4/IPv6 address "
+            f"user_data.client_ip_address {masked(str(ip))} is not a bare IPv4/IPv6 address "
             "(no port, no brackets)"
         )
     matchable = present & _USER_DATA_KEYS
@@ -233,6 +234,17 @@ def _is_number(value: object) -> bool:
     return False
 
 
+def _is_finite(value: object) -> bool:
+    """A number Meta can read: NaN and infinities (``float("nan")``, ``"inf"``) have no JSON
+    form, and an integer too large for a float has no meaning as money. Apart from
+    :func:`_is_number` so the check reads as the one bound server events share with the
+    endpoint's (which also bounds the size and the sign: a browser's value is untrusted)."""
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (OverflowError, ValueError, TypeError):
+        return False
+
+
 def _check_custom_data(name: str, custom: object, problems: list[str]) -> None:
     if not isinstance(custom, Mapping):
         problems.append("custom_data must be an object")
@@ -250,6 +262,8 @@ def _check_custom_data(name: str, custom: object, problems: list[str]) -> None:
     for key in ("value", "predicted_ltv", "net_revenue"):
         if custom.get(key) is not None and not _is_number(custom[key]):
             problems.append(f"custom_data.{key} must be a number")
+        elif custom.get(key) is not None and not _is_finite(custom[key]):
+            problems.append(f"custom_data.{key} must be a finite number (not NaN or infinity)")
     num_items = custom.get("num_items")
     if num_items is not None and (isinstance(num_items, bool) or not isinstance(num_items, int)):
         problems.append("custom_data.num_items must be an integer")
@@ -285,8 +299,8 @@ def _check_contents(contents: object, problems: list[str]) -> None:
         if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
             problems.append(f"{where}.quantity must be an integer")
         price = item.get("item_price")
-        if price is not None and not _is_number(price):
-            problems.append(f"{where}.item_price must be a number")
+        if price is not None and not (_is_number(price) and _is_finite(price)):
+            problems.append(f"{where}.item_price must be a finite number")
 
 
 def _check_dpo(data: Mapping[str, Any], problems: list[str]) -> None:

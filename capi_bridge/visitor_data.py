@@ -7,14 +7,23 @@ data), and the drop is noted for the inspector and diagnostics. Programming erro
 a key Meta does not know (``email=`` for ``em=``) or a value of the wrong type. ``strict``
 settings (``CAPI_BRIDGE_STRICT``) make data problems raise too, for the app's own tests, with
 the same value-free reason.
+
+The same holds for a whole server event Meta would refuse because of the request alone: a
+client that sends no User-Agent, no cookie and no public address leaves nothing to match on.
+Anyone can send such a request to a checkout, so ``track()`` does not raise for it (a 500 and a
+traceback in the app's log per request): the event is not stored, and a warning says so, once a
+minute per event name (:func:`refused_by_visitor`).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
+from capi_bridge.bounded import Recent
 from capi_bridge.errors import InvalidUserData
 from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, normalize
 
@@ -74,3 +83,35 @@ def visitor_value(
         )
         dropped[field] = reason
         return None
+
+
+#: Meta's refusals the request alone can cause (the first words of ``validation.py``'s): no
+#: User-Agent, or nothing to match the visitor on (no cookie, no public address, no user data).
+VISITOR_REFUSALS = (
+    "user_data is required and must hold",
+    "user_data.client_user_agent is required",
+    "user_data holds too little customer information",
+)
+
+
+def refused_by_visitor(
+    event_name: str, problems: Sequence[str], *, strict: bool, warned: Recent[float]
+) -> bool:
+    """Whether every one of ``problems`` is the request's doing (not the app's): then the
+    event is dropped with a warning (at most once a minute per event name, remembered in the
+    app's ``warned``) instead of raising, unless ``strict``."""
+    if strict or not problems or not all(p.startswith(VISITOR_REFUSALS) for p in problems):
+        return False
+    now = time.monotonic()
+
+    def step(last: float | None) -> tuple[float, bool]:
+        return (last, False) if last is not None and now - last < 60 else (now, True)
+
+    if warned.change(event_name[:50], step):
+        logger.warning(
+            "capi-bridge: a %s server event was not stored: %s (the request had no "
+            "User-Agent, cookie or public address to match the visitor on; said once a minute)",
+            event_name[:50],
+            problems[0],
+        )
+    return True

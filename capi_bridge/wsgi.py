@@ -134,6 +134,9 @@ class _Start:
         except ValueError:
             code = 0  # not ours to judge: passed through as the app sent it
         extra = self.body.start(code, [(name.lower(), value) for name, value in headers])
+        replaced = self.body.replaced
+        if replaced:
+            headers = [(name, value) for name, value in headers if name.lower() not in replaced]
         self._status = status
         self._headers = [*headers, *extra]
         if not self.body.held:

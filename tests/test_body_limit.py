@@ -10,13 +10,13 @@ there only the answer is compared.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import django_app
+from helpers import adapters, django_app
+from helpers.adapters import Call
 from helpers.web import BROWSER
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -43,89 +43,24 @@ HEADERS = {
 }
 
 
-class Stream:
-    """A 5 MB request body that counts what was read of it."""
-
-    def __init__(self) -> None:
-        self.read_bytes = 0
-
-    def read(self, size: int = -1) -> bytes:
-        left = TOTAL - self.read_bytes
-        size = left if size is None or size < 0 else min(size, left)
-        self.read_bytes += size
-        return b"x" * size
-
-    def readline(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-
-def environ(stream: Stream) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": PATH,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "81.2.69.142",
-        "HTTP_TRANSFER_ENCODING": "chunked",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": stream,
-        "wsgi.input_terminated": True,
-        "wsgi.errors": None,
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    for name, value in HEADERS.items():
-        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
-        env[key] = value
-    return env
+#: The 5 MB body, streamed in 64 KiB chunks (the adapters count what they pull of it).
+BODY = Call(
+    method="POST",
+    path=PATH,
+    headers=HEADERS,
+    chunks=[b"x" * CHUNK] * (TOTAL // CHUNK),
+    chunked=True,
+)
 
 
 def call_wsgi(app: Callable[..., Any]) -> tuple[int, bytes, int]:
-    stream = Stream()
-    status: list[str] = []
-    body = b"".join(app(environ(stream), lambda s, h, e=None: status.append(s)))
-    return int(status[0][:3]), body, stream.read_bytes
+    reply = adapters.call_wsgi(app, BODY)
+    return reply.status, reply.body, reply.read
 
 
 def call_asgi(app: Callable[..., Any]) -> tuple[int, bytes, int]:
-    received = 0
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if received >= TOTAL:  # the body is over: a server waits for the client to leave
-            await asyncio.Event().wait()
-        more = received + CHUNK < TOTAL
-        received += CHUNK
-        return {"type": "http.request", "body": b"x" * CHUNK, "more_body": more}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in HEADERS.items()]
-        + [(b"transfer-encoding", b"chunked")],
-        "client": ("81.2.69.142", 50000),
-        "server": ("localhost", 80),
-    }
-    asyncio.run(app(scope, receive, send))
-    [start] = [m for m in sent if m["type"] == "http.response.start"]
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return int(start["status"]), body, received
+    reply = adapters.call_asgi(app, BODY)
+    return reply.status, reply.body, reply.read
 
 
 @pytest.fixture

@@ -52,8 +52,26 @@ def test_choice_cookies() -> None:
         " HttpOnly"
     )
     withdrawn = [v for _, v in policy.choice_cookies(False, domain=None, secure=False)]
-    assert [v.split("=")[0] for v in withdrawn] == ["capib_consent", "_fbp", "_fbc", "_capib_pv"]
+    names = ["capib_consent", "_fbp", "_fbc", "_capib_pv", "_capib_ev", "_capib_test"]
+    assert [v.split("=")[0] for v in withdrawn] == names
     assert all("Max-Age=0" in v for v in withdrawn)
+
+
+def test_withdrawal_clears_a_waiting_pixel_twin_and_the_test_code_everywhere() -> None:
+    """Issue 13, item 9: withdrawing consent also deletes the pixel twin still waiting for a
+    page (on https its __Host- cookie, and a plain copy on the parent domain) and the scoped
+    test code, not only the identifiers."""
+    policy = ConsentPolicy(required=True)
+    withdrawn = [v for _, v in policy.choice_cookies(False, domain="example.com", secure=True)]
+    deleted = {(v.split("=")[0], "Domain=example.com" in v) for v in withdrawn}
+    assert {
+        ("_capib_ev", False),
+        ("_capib_ev", True),
+        ("__Host-capib_ev", False),
+        ("_capib_test", False),
+    } <= deleted
+    assert all("Max-Age=0" in v and v.endswith("Secure") for v in withdrawn)
+    assert all("Domain" not in v for v in withdrawn if v.startswith("__Host-"))
 
 
 def test_renderer_endpoint_and_pages_ask_one_policy(tmp_path: object) -> None:

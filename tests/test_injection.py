@@ -12,7 +12,7 @@ from capi_bridge.injection import (
     should_inject,
 )
 
-SNIPPET = b'<script data-capi-bridge="1">fbq()</script>'
+SNIPPET = b'<script data-capi-bridge nonce="n">fbq()</script>'  # as snippet.py renders it
 PAGE = (
     b"<!doctype html><html><head><meta charset=utf-8><title>t</title></head><body>hi</body></html>"
 )

@@ -404,8 +404,8 @@ def test_phone_numbers_get_their_calling_code(
         ("1234567890", "us", "not a valid phone number for US"),
         ("12345", "gb", "not a valid phone number for GB"),
         ("+999 123 4567", None, "does not start with a country calling code"),
-        ("650 555 1212", "Atlantis", "country hint 'Atlantis' is not a country"),
-        ("650 555 1212", "Narnia", "country hint 'Narnia' is not a country"),
+        ("650 555 1212", "Atlantis", "country hint 'xxxxxxxx' is not a country"),
+        ("650 555 1212", "Narnia", "country hint 'xxxxxx' is not a country"),
         ("1-800-FLOWERS", "us", "contains letters"),
         ("911", None, "has 3 digits"),
     ],
@@ -452,7 +452,9 @@ def test_every_way_of_writing_a_number_gives_the_same_digits(
     # A national number can't begin like a call abroad ("00", Japan's "010"): skip those.
     assume(not (form == "bare" and nsn.startswith(("00", idd))))
     assume(not (form == "trunk" and (trunk + nsn).startswith(("00", idd))))
-    assume(len(plan.calling_code + nsn) >= 7)  # shorter is refused whatever the country
+    # shorter or longer than E.164 allows (7 to 15 digits) is refused whatever the country,
+    # though the plans know longer national numbers (Germany's 14 digits after 49)
+    assume(7 <= len(plan.calling_code + nsn) <= 15)
     written = {
         "trunk": f"{trunk} {nsn}",
         "bare": nsn,
@@ -666,7 +668,7 @@ def test_one_bad_value_names_its_field() -> None:
     with pytest.raises(InvalidUserData) as caught:
         hash_user_data({"em": "a@b.co", "db": "31/02/1990"})
     assert caught.value.field == "db"
-    assert str(caught.value).startswith("user_data.db: '31/02/1990'")
+    assert str(caught.value).startswith("user_data.db: '99/99/9999'")  # its shape, not its value
 
 
 # --- normalize() contract ---------------------------------------------------------------------
@@ -675,7 +677,7 @@ def test_one_bad_value_names_its_field() -> None:
 def test_error_message_names_the_field_and_the_reason() -> None:
     with pytest.raises(InvalidUserData) as caught:
         normalize("em", "foo@")
-    assert str(caught.value) == "user_data.em: 'foo@' is not an email address"
+    assert str(caught.value) == "user_data.em: 'xxx@' is not an email address"
     assert caught.value.field == "em"
     assert isinstance(caught.value, ValueError)
 
@@ -745,7 +747,7 @@ def test_beyond_the_parameter_builder(field: str, value: str, expected: str) -> 
         ("db", "31/02/1990", "not a real date"),
         ("db", "May 1990", "is not a date of birth"),
         ("db", "May 31 1990 June", "expected a day, a month and a year"),
-        ("db", "12311990", "year 1231 is outside 1800"),
+        ("db", "12311990", "its year is outside 1800"),
         ("ge", "other", "is not a gender Meta accepts"),
         ("ct", "Москва", "no Latin letters"),
         ("ct", "123Angeles", "does not start with a letter"),

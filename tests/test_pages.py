@@ -145,8 +145,9 @@ def test_nonce_lands_on_every_script_tag(make_core: Any) -> None:
     core = make_core()
     first = core.open_page(view(method="POST"))
     first.track("Lead", user_data={"external_id": "u1"})
-    pending = cookie_values(first.response_headers())[PENDING_COOKIE]
-    page = core.open_page(view(cookies={PENDING_COOKIE: pending}))
+    browser = cookie_values(first.response_headers())  # the twin and the _fbp it is bound to
+    assert PENDING_COOKIE in browser
+    page = core.open_page(view(cookies=browser))
     page.nonce = "r4nd0m"
     html = page.render()
     assert html.count("<script") == html.count('nonce="r4nd0m"') == 3
@@ -157,9 +158,9 @@ def test_pending_cookie_keeps_the_latest_events_only(make_core: Any) -> None:
     core = make_core()
     page = core.open_page(view(method="POST"))
     ids = [page.track("Lead", user_data={"external_id": "u1"}) for _ in range(PENDING_LIMIT + 2)]
-    cookie = cookie_values(page.response_headers())[PENDING_COOKIE]
-    assert len(cookie) < 3000
-    shown = core.open_page(view(cookies={PENDING_COOKIE: cookie})).render()
+    browser = cookie_values(page.response_headers())
+    assert len(browser[PENDING_COOKIE]) < 3000
+    shown = core.open_page(view(cookies=browser)).render()
     assert [twin[3]["eventID"] for twin in pixel_twins(shown)] == ids[-PENDING_LIMIT:]
 
 
@@ -171,8 +172,8 @@ def test_big_custom_data_is_trimmed_for_the_pixel_copy_only(
     contents = [{"id": f"sku-{i}", "quantity": 1} for i in range(60)]
     custom = {"value": 9, "currency": "EUR", "contents": contents}
     page.track("Purchase", custom_data=custom, user_data={"external_id": "u1"})
-    cookie = cookie_values(page.response_headers())[PENDING_COOKIE]
-    [twin] = pixel_twins(core.open_page(view(cookies={PENDING_COOKIE: cookie})).render())
+    browser = cookie_values(page.response_headers())
+    [twin] = pixel_twins(core.open_page(view(cookies=browser)).render())
     assert twin[2] == {"value": 9, "currency": "EUR"}
     assert core.bridge.flush(10)
     assert len(fake_graph.events[0]["custom_data"]["contents"]) == 60

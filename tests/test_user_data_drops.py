@@ -28,7 +28,10 @@ def make_core(delivery_settings: Any) -> Iterator[Any]:
     cores: list[PageBridge] = []
 
     def make(**overrides: Any) -> PageBridge:
-        core = build_core(delivery_settings(secret_key=SECRET, inspector=True, **overrides))
+        settings = delivery_settings(
+            secret_key=SECRET, inspector=True, allowed_hosts=("shop.test",), **overrides
+        )
+        core = build_core(settings)
         cores.append(core)
         return core
 

@@ -306,6 +306,29 @@ class SqlReads:
         )[0][0]
         return Kept(delivered_young=int(young), delivered_newest=int(newest), dead_young=int(dead))
 
+    # --- the endpoint's caps on held and pending rows (capi_bridge.admission) -----------------
+
+    def waiting(self, bound: int) -> tuple[int, int]:
+        """(held, pending) rows, each counted up to ``bound``: enough to compare with a cap,
+        and cheap however large the outbox (read from the partial indexes of held and unsettled
+        rows, never past ``bound`` entries)."""
+        held, pending = (
+            int(
+                self.query(
+                    f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE state = {state:d}"
+                    " LIMIT ?) AS w",
+                    (bound,),
+                )[0][0]
+            )
+            for state in (State.HELD, State.PENDING)
+        )
+        return held, min(bound, pending + self.fresh_rows(bound))
+
+    def fresh_rows(self, bound: int) -> int:
+        """Rows stored but not yet claimable, up to ``bound`` (SQLite's fresh rows; none in a
+        store whose rows are claimable once committed)."""
+        return 0
+
     # --- browser events the mirror did not store (counts, see capi_bridge.drops) ---------------
 
     def record_drops(

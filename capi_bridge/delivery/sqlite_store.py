@@ -405,6 +405,16 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
         """The ingestion cursor: no row at or below it is fresh."""
         return int(self.query("SELECT value FROM meta WHERE key = 'ingested'")[0][0])
 
+    def fresh_rows(self, bound: int) -> int:
+        """Rows past the ingestion cursor, up to ``bound`` (see ``SqlReads.waiting``)."""
+        return int(
+            self.query(
+                f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id > ? AND state = {FRESH}"
+                " LIMIT ?) AS w",
+                (self.ingested(), bound),
+            )[0][0]
+        )
+
     def pending(self, origin: str, up_to: int) -> bool:
         """Is a row of ``origin`` with ``id <= up_to`` still neither delivered nor dead?"""
         return bool(

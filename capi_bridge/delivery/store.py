@@ -269,6 +269,10 @@ class Store(Protocol):
 
     def drop_counts(self, since_hour: int, until_hour: int) -> list[DropRow]: ...
 
+    def waiting(self, bound: int) -> tuple[int, int]:
+        """(held, pending) rows, each counted up to ``bound`` (the endpoint's outbox caps)."""
+        ...
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:

@@ -105,7 +105,8 @@ def _build() -> PageBridge:
         if _core is None:
             try:
                 settings, consent_check = read_settings()
-                _core = build_core(settings=settings, consent_check=consent_check)
+                debug = bool(getattr(django_settings, "DEBUG", False))
+                _core = build_core(settings=settings, consent_check=consent_check, debug=debug)
             except ConfigError as exc:
                 raise ImproperlyConfigured(f"capi-bridge: {exc}") from None
         return _core

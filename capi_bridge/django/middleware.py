@@ -113,8 +113,13 @@ def _finish(core: PageBridge, request: HttpRequest, response: HttpResponseBase) 
         response.content = body.feed(response.content) + body.finish()
         if response.has_header("Content-Length"):
             response["Content-Length"] = body.length(response["Content-Length"])
-    for _, value in extra:
-        _add_cookie(response, value)
+    for name in body.replaced:
+        del response[name]
+    for name, value in extra:
+        if name.lower() == "set-cookie":
+            _add_cookie(response, value)
+        else:
+            response[name] = value
     return response
 
 

@@ -78,6 +78,22 @@ def encoded(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def shop(request: HttpRequest) -> HttpResponse:
+    """The page the hostile-traffic tests share (see helpers/adapters.py): the signed-in
+    visitor's e-mail from ``?em=``, a search term from ``?q=`` in its title, cacheable."""
+    if request.GET.get("em"):
+        identify(request, em=request.GET["em"])
+    response = HttpResponse(shop_page(request.GET.get("q", "")))
+    response["Cache-Control"] = "public, max-age=600"
+    return response
+
+
+def shop_page(term: str) -> str:
+    from html import escape
+
+    return f"<html><head><title>{escape(term)}</title></head><body>shop</body></html>"
+
+
 def api(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
@@ -102,6 +118,7 @@ urlpatterns: list[Any] = [
     path("stream", stream),
     path("encoded", encoded),
     path("api", api),
+    path("shop", shop),
     path("pay", pay),
     path("async-pay", async_pay),
 ]

@@ -25,6 +25,8 @@ def view(
     method: str = "GET",
     cookies: dict[str, str] | None = None,
     peer: str = VISITOR_IP,
+    host: str = HOST,
+    scheme: str = "http",
     **headers: str,
 ) -> RequestView:
     """A request from a desktop browser at ``peer`` (headers: underscores become dashes)."""
@@ -33,7 +35,7 @@ def view(
     items.update({k.replace("_", "-"): v for k, v in headers.items()})
     if cookies:
         items["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    return RequestView.build(method, "http", HOST, path, query, items, peer)
+    return RequestView.build(method, scheme, host, path, query, items, peer)
 
 
 def new_id() -> str:
