@@ -1,0 +1,187 @@
+"""Where one ``Bridge.enqueue()`` spends its time: µs and instructions per stage.
+
+    python benchmarks/enqueue_breakdown.py [--events 5000] [--repeats 5] [--callgrind]
+
+The stages are cumulative levels of the same pipeline, each run on the same realistic events
+(those of ``benchmarks/delivery.py``): a level does everything the one before it does plus one
+stage, so a stage's cost is the difference between two levels. Timing is the median over
+``--repeats`` of each level's µs per event (noisy on a shared machine); ``--callgrind`` also
+runs every level under ``valgrind --tool=callgrind`` twice (with a short and a long list of
+events, so interpreter start-up, imports and warm-up cancel out) and reports instructions per
+event, which do not depend on the machine's load.
+
+Levels (see :data:`LEVELS`):
+  prepare     copy the mapping, give it an event_id
+  hashing     + normalize and hash user_data
+  validation  + the schema guard
+  row         + JSON, the observation tag and the stored row
+  store       + the SQLite insert and commit (no dispatcher)
+  enqueue     Bridge.enqueue with its dispatcher delivering to a loopback ack server, until
+              every event is acknowledged (the dispatcher's share is enqueue - store)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+LEVELS = ("prepare", "hashing", "validation", "row", "store", "enqueue")
+SHORT = 300  # callgrind: events of the short run (the long one adds --events)
+
+
+def _events(n: int, prefix: str) -> list[dict[str, Any]]:
+    from helpers.delivery_worker import make_event
+
+    return [make_event(i, prefix) for i in range(n)]
+
+
+def _pipeline(level: str, outbox: str, url: str) -> tuple[Callable[[dict[str, Any]], Any], Any]:
+    """A function doing ``level``'s work on one event, and the Bridge behind it."""
+    import delivery as bench
+
+    bridge = bench.make_bridge(url, {"outbox_path": outbox})
+    if level == "enqueue":
+        return bridge.enqueue, bridge
+    return _step(bridge, level), bridge
+
+
+def _step(bridge: Any, level: str) -> Callable[[dict[str, Any]], Any]:
+    """The first ``level`` stages of ``Bridge.enqueue``, written with the functions it calls."""
+    from capi_bridge.events import graph_event, new_event_id
+    from capi_bridge.validation import validate_event
+
+    def prepare(event: dict[str, Any]) -> Any:
+        data = dict(event)
+        if not data.get("event_id"):
+            data["event_id"] = new_event_id()
+        return data
+
+    def hashing(event: dict[str, Any]) -> Any:
+        return graph_event(prepare(event))
+
+    def validation(event: dict[str, Any]) -> Any:
+        wire = hashing(event)
+        return validate_event(wire, now=time.time())
+
+    def row(event: dict[str, Any]) -> Any:
+        return bridge._rows(event, None, None, time.time(), None)
+
+    def store(event: dict[str, Any]) -> Any:
+        now = time.time()
+        rows, _, tags = bridge._rows(event, None, None, now, None)
+        return bridge.outbox.enqueue(rows, now, tags=tags, origin=bridge._origin)
+
+    steps = {"prepare": prepare, "hashing": hashing, "validation": validation}
+    return {**steps, "row": row, "store": store}[level]
+
+
+def run_level(level: str, n: int, url: str, warm: int = 200) -> float:
+    """Seconds per event for ``level`` over ``n`` fresh events (after ``warm`` warm-up ones)."""
+    with tempfile.TemporaryDirectory(prefix="capi-breakdown-") as tmp:
+        step, bridge = _pipeline(level, os.path.join(tmp, "outbox.sqlite3"), url)
+        for event in _events(warm, f"w{level}"):
+            step(event)
+        if level == "enqueue":
+            bridge.flush(60)
+        batch = _events(n, f"{level}{time.time_ns()}")
+        started = time.perf_counter()
+        for event in batch:
+            step(event)
+        if level == "enqueue" and not bridge.flush(600):
+            raise RuntimeError("flush timed out")
+        seconds = time.perf_counter() - started
+        bridge.close(10)
+    return seconds / n
+
+
+def _ack_server() -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "delivery.py"), "--serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    return server, f"http://127.0.0.1:{int(server.stdout.readline())}"
+
+
+def _instructions(level: str, n: int, url: str) -> int:
+    """Instructions of one process running ``level`` on ``n`` events (callgrind's total)."""
+    with tempfile.TemporaryDirectory(prefix="capi-callgrind-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                level,
+                str(n),
+                url,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with open(out) as f:
+            found = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+        assert found, "no totals in callgrind's output"
+        return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions too")
+    parser.add_argument("--callgrind-events", type=int, default=2000)
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        level, n, url = args.one
+        run_level(level, int(n), url, warm=SHORT if int(n) > SHORT else 0)
+        return 0
+    server, url = _ack_server()
+    try:
+        micros: dict[str, float] = {}
+        for level in LEVELS:
+            runs = [run_level(level, args.events, url) for _ in range(args.repeats)]
+            micros[level] = statistics.median(runs) * 1e6
+        counts: dict[str, float] = {}
+        if args.callgrind:
+            m = args.callgrind_events
+            for level in LEVELS:
+                long, short = _instructions(level, SHORT + m, url), _instructions(level, SHORT, url)
+                counts[level] = (long - short) / m
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"{'stage':<12}{'µs/event':>10}{'cumulative':>12}", end="")
+    print(f"{'instr/event':>14}{'cumulative':>12}" if counts else "")
+    before_us = before_ir = 0.0
+    for level in LEVELS:
+        name = "dispatcher" if level == "enqueue" else level
+        line = f"{name:<12}{micros[level] - before_us:>10.1f}{micros[level]:>12.1f}"
+        if counts:
+            line += f"{counts[level] - before_ir:>14,.0f}{counts[level]:>12,.0f}"
+            before_ir = counts[level]
+        before_us = micros[level]
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
