@@ -68,19 +68,26 @@ def _step(bridge: Any, level: str) -> Callable[[dict[str, Any]], Any]:
             data["event_id"] = new_event_id()
         return data
 
+    maker = getattr(bridge, "rows", None)  # since issue 14: capi_bridge.accept.RowMaker
+    hasher = getattr(maker, "memo", None)
+
     def hashing(event: dict[str, Any]) -> Any:
+        if hasher is not None:
+            return graph_event(prepare(event), hasher.hash_user_data)
         return graph_event(prepare(event))
 
     def validation(event: dict[str, Any]) -> Any:
         wire = hashing(event)
         return validate_event(wire, now=time.time())
 
+    make = maker.rows if maker is not None else bridge._rows
+
     def row(event: dict[str, Any]) -> Any:
-        return bridge._rows(event, None, None, time.time(), None)
+        return make(event, None, None, time.time(), None)
 
     def store(event: dict[str, Any]) -> Any:
         now = time.time()
-        rows, _, tags = bridge._rows(event, None, None, now, None)
+        rows, _, tags = make(event, None, None, now, None)
         return bridge.outbox.enqueue(rows, now, tags=tags, origin=bridge._origin)
 
     steps = {"prepare": prepare, "hashing": hashing, "validation": validation}
