@@ -44,7 +44,8 @@ from capi_bridge.bridge_async import AsyncBridge
 from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
-from capi_bridge.delivery.dispatcher import Dispatcher, new_owner_id
+from capi_bridge.delivery.dispatcher import Dispatcher
+from capi_bridge.delivery.processes import new_owner_id
 from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.delivery.report import Diagnostics, compute
 from capi_bridge.delivery.retry import RetryPolicy
