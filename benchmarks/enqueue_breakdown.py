@@ -16,8 +16,13 @@ Levels (see :data:`LEVELS`):
   validation  + the schema guard
   row         + JSON, the observation tag and the stored row
   store       + the SQLite insert and commit (no dispatcher)
-  enqueue     Bridge.enqueue with its dispatcher delivering to a loopback ack server, until
-              every event is acknowledged (the dispatcher's share is enqueue - store)
+  dispatch    + the dispatcher delivering them to a loopback ack server in full batches,
+              until every event is acknowledged (``Bridge.flush``)
+
+The dispatcher runs after the events are stored, not alongside: under callgrind everything is
+~50 times slower, so alongside it would send batches of a few events where a real run sends
+1000 per request, and its count per event would mean nothing. ``benchmarks/delivery.py`` has
+the two running together.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-LEVELS = ("prepare", "hashing", "validation", "row", "store", "enqueue")
+LEVELS = ("prepare", "hashing", "validation", "row", "store", "dispatch")
 SHORT = 300  # callgrind: events of the short run (the long one adds --events)
 
 
@@ -52,9 +57,7 @@ def _pipeline(level: str, outbox: str, url: str) -> tuple[Callable[[dict[str, An
     import delivery as bench
 
     bridge = bench.make_bridge(url, {"outbox_path": outbox})
-    if level == "enqueue":
-        return bridge.enqueue, bridge
-    return _step(bridge, level), bridge
+    return _step(bridge, "store" if level == "dispatch" else level), bridge
 
 
 def _step(bridge: Any, level: str) -> Callable[[dict[str, Any]], Any]:
@@ -100,13 +103,13 @@ def run_level(level: str, n: int, url: str, warm: int = 200) -> float:
         step, bridge = _pipeline(level, os.path.join(tmp, "outbox.sqlite3"), url)
         for event in _events(warm, f"w{level}"):
             step(event)
-        if level == "enqueue":
-            bridge.flush(60)
+        if level == "dispatch" and not bridge.flush(60):
+            raise RuntimeError("flush timed out")
         batch = _events(n, f"{level}{time.time_ns()}")
         started = time.perf_counter()
         for event in batch:
             step(event)
-        if level == "enqueue" and not bridge.flush(600):
+        if level == "dispatch" and not bridge.flush(600):
             raise RuntimeError("flush timed out")
         seconds = time.perf_counter() - started
         bridge.close(10)
@@ -155,22 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--callgrind", action="store_true", help="count instructions too")
     parser.add_argument("--callgrind-events", type=int, default=2000)
+    parser.add_argument("--levels", default=",".join(LEVELS), help="levels to run (comma list)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         level, n, url = args.one
         run_level(level, int(n), url, warm=SHORT if int(n) > SHORT else 0)
         return 0
+    levels = [level for level in LEVELS if level in args.levels.split(",")]
     server, url = _ack_server()
     try:
         micros: dict[str, float] = {}
-        for level in LEVELS:
+        for level in levels:
             runs = [run_level(level, args.events, url) for _ in range(args.repeats)]
             micros[level] = statistics.median(runs) * 1e6
         counts: dict[str, float] = {}
         if args.callgrind:
             m = args.callgrind_events
-            for level in LEVELS:
+            for level in levels:
                 long, short = _instructions(level, SHORT + m, url), _instructions(level, SHORT, url)
                 counts[level] = (long - short) / m
     finally:
@@ -179,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':<12}{'µs/event':>10}{'cumulative':>12}", end="")
     print(f"{'instr/event':>14}{'cumulative':>12}" if counts else "")
     before_us = before_ir = 0.0
-    for level in LEVELS:
-        name = "dispatcher" if level == "enqueue" else level
+    for level in levels:
+        name = level
         line = f"{name:<12}{micros[level] - before_us:>10.1f}{micros[level]:>12.1f}"
         if counts:
             line += f"{counts[level] - before_ir:>14,.0f}{counts[level]:>12,.0f}"
