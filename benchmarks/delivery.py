@@ -153,7 +153,47 @@ def events(n: int, prefix: str) -> list[dict[str, Any]]:
     return [make_event(i, prefix) for i in range(n)]
 
 
-def run_bridge(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
+@contextmanager
+def dispatcher_process(url: str, where: dict[str, str]) -> Iterator[None]:
+    """The experiment of ``--dispatcher process``: the app process stores, and another process
+    on the same outbox delivers (it polls every 5 ms: SQLite has no cross-process wake-up)."""
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--dispatch-child", url, json.dumps(where)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    if child.stdout.readline().strip() != "ready":
+        raise RuntimeError("the dispatcher process did not start")
+    try:
+        yield
+    finally:
+        child.stdin.close()
+        child.wait(60)
+
+
+def dispatch_child(url: str, where_json: str) -> int:
+    """``--dispatch-child``: deliver what any process stores in the outbox, until stdin ends."""
+    from capi_bridge.delivery import dispatcher
+
+    dispatcher.IDLE_POLL = 0.005
+    bridge = make_bridge(url, json.loads(where_json))
+    bridge._start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    bridge.close(10)
+    return 0
+
+
+def run_bridge(
+    url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool, apart: bool = False
+) -> float:
+    """Seconds from the first event handed over until all are acknowledged; with ``apart``,
+    this process only stores and a dispatcher process delivers."""
+    if apart:
+        with dispatcher_process(url, where):
+            return _run_apart(url, where, batch, many)
     bridge = make_bridge(url, where)
     base = acknowledged(url)
     started = time.perf_counter()
@@ -170,6 +210,22 @@ def run_bridge(url: str, where: dict[str, str], batch: list[dict[str, Any]], man
     done = time.perf_counter()
     bridge.close(10)
     return done - started
+
+
+def _run_apart(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
+    bridge = make_bridge(url, where)
+    bridge._notify = lambda count: None  # this process never starts a dispatcher
+    base = acknowledged(url)
+    started = time.perf_counter()
+    if many:
+        for start in range(0, len(batch), 1000):
+            bridge.enqueue_many(batch[start : start + 1000])
+    else:
+        enqueue = bridge.enqueue
+        for event in batch:
+            enqueue(event)
+    wait_acknowledged(url, base + len(batch))
+    return time.perf_counter() - started
 
 
 def producer(url: str, where_json: str, prefix: str, count: int) -> int:
@@ -331,12 +387,22 @@ def main(argv: list[str] | None = None) -> int:
         "--backlog", type=int, default=1_000_000, help="events stored while Graph is down (0: skip)"
     )
     parser.add_argument("--backlog-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dispatcher",
+        choices=("thread", "process"),
+        default="thread",
+        help="where the enqueue runs deliver: the app's own dispatcher thread (the default),"
+        " or an experiment, a dispatcher process beside the app on the same outbox",
+    )
+    parser.add_argument("--dispatch-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return 0
+    if args.dispatch_child:
+        return dispatch_child(*args.dispatch_child)
     if args.backlog_child:
         url, where, count = args.backlog_child
         return backlog(url, where, int(count))
@@ -367,11 +433,14 @@ def _measure(url: str, args: argparse.Namespace) -> int:
     rates: dict[str, list[float]] = {k: [] for k in names}
     for run in range(args.runs):
         with fresh_store(kind, args.postgres_url) as where:
-            rates["enqueue"].append(n / run_bridge(url, where, events(n, f"r{run}"), False))
+            apart = args.dispatcher == "process"
+            batch = events(n, f"r{run}")
+            rates["enqueue"].append(n / run_bridge(url, where, batch, False, apart))
         with fresh_store(kind, args.postgres_url) as where:
             rates["enqueue_4p"].append(n / run_processes(url, where, n, 4, f"p{run}-"))
         with fresh_store(kind, args.postgres_url) as where:
-            rates["many"].append(n / run_bridge(url, where, events(n, f"m{run}"), True))
+            batch = events(n, f"m{run}")
+            rates["many"].append(n / run_bridge(url, where, batch, True, apart))
         rates["best"].append(n / run_sdk(url, events(n, f"b{run}"), 1000))
         common = events(args.sdk_common, f"c{run}")
         rates["common"].append(len(common) / run_sdk(url, common, 1))
@@ -393,6 +462,7 @@ def _measure(url: str, args: argparse.Namespace) -> int:
         run_backlog(url, kind, args.postgres_url, args.backlog) if args.backlog else None
     )
     print(f"\nstore: {kind}; events per run: {n:,} (SDK common use: {args.sdk_common:,});")
+    print(f"dispatcher: {args.dispatcher} (enqueue and enqueue_many runs)")
     print(f"medians of {args.runs}, end to end (handed over until acknowledged):")
     print(f"  enqueue() per event, 1 process:        {med['enqueue']:>10,.0f} events/s")
     print(f"  enqueue() per event, 4 processes:      {med['enqueue_4p']:>10,.0f} events/s")
@@ -423,7 +493,8 @@ def _measure(url: str, args: argparse.Namespace) -> int:
             f" (peak RSS then {backlog_figure['peak_rss_mb']:.0f} MB)"
         )
     ratios = {name: statistics.median(values) for name, values in per_run.items()}
-    summary = {"store": kind, "events": n, "runs": args.runs, "events_per_s": med}
+    summary = {"store": kind, "events": n, "runs": args.runs, "dispatcher": args.dispatcher}
+    summary |= {"events_per_s": med}
     summary |= {"ratios": ratios, "ratios_per_run": per_run}
     summary |= {"outage_s": args.outage, "drain_s": drain, "backlog": backlog_figure}
     print(json.dumps(summary))
