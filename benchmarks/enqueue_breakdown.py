@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     before_us = micros.get("events", 0.0)
     before_ir = counts.get("events", 0.0)
     for level in levels:
-        if level == "events":
+        if level == "events":  # the baseline itself: what making one test event costs
+            line = f"{'(events)':<12}{micros[level]:>10.1f}{'':>12}"
+            print(line + (f"{counts[level]:>14,.0f}" if counts else ""))
             continue
         name = level
         base_us, base_ir = micros.get("events", 0.0), counts.get("events", 0.0)
