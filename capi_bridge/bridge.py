@@ -45,7 +45,7 @@ from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
 from capi_bridge.delivery.dispatcher import Dispatcher
-from capi_bridge.delivery.processes import new_owner_id
+from capi_bridge.delivery.processes import current_pid, new_owner_id
 from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.delivery.report import Diagnostics, compute
 from capi_bridge.delivery.retry import RetryPolicy
@@ -258,7 +258,7 @@ class Bridge(AsyncBridge):
     def _running(self) -> Dispatcher | None:
         """This process's dispatcher, started if need be (None once closed)."""
         dispatcher = self._dispatcher
-        if dispatcher is None or dispatcher.pid != os.getpid():
+        if dispatcher is None or dispatcher.pid != current_pid():
             dispatcher = self._start()
         return dispatcher
 

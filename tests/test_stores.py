@@ -321,3 +321,42 @@ def test_id_sets_select_exactly_the_ids() -> None:
             chosen |= set(params)
     assert chosen == set(ids_)
     assert list(id_sets([])) == []
+
+
+def test_writers_of_one_process_queue_and_a_held_lock_reads_as_busy(tmp_path: Any) -> None:
+    """Threads of one process take turns on the store's own lock before SQLite's: every row
+    lands, and a writer that cannot get its turn within its wait fails as a locked file does."""
+    import sqlite3
+    import threading
+
+    from capi_bridge.delivery.sqlite_store import SQLiteStore, is_busy
+    from capi_bridge.delivery.sqlite_writers import WriteLock
+
+    store = SQLiteStore(str(tmp_path / "o.sqlite3"))
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda n: [store.enqueue(rows(1, prefix=f"t{n}-{i}-"), NOW) for i in range(50)],
+                range(4),
+            )
+        )
+    assert store.stats(NOW).pending == 200
+    lock = WriteLock(busy_timeout=5)
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock.held(None):
+            taken.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(5)
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        lock.acquire(0.01)
+    assert is_busy(raised.value)
+    done.set()
+    holder.join(5)
+    lock.acquire(0.01)  # free again
+    lock.release()
+    store.close()

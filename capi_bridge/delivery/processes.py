@@ -65,6 +65,22 @@ running = Running()
 atexit.register(running.close_all)
 os.register_at_fork(after_in_child=running.after_fork)
 
+_pid = os.getpid()
+
+
+def _note_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_pid)
+
+
+def current_pid() -> int:
+    """``os.getpid()`` without the system call (kernels and libcs no longer cache it): the
+    request path asks on every enqueue whether it is still in the process it started in."""
+    return _pid
+
 
 def new_owner_id() -> str:
     """``host:pid:random``: unique per process (and per fork), for leases and ``origin``; a

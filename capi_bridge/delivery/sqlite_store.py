@@ -47,11 +47,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from capi_bridge.delivery import sqlite_schema
+from capi_bridge.delivery.processes import current_pid
 from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
 from capi_bridge.delivery.sqlite_held import SQLiteHeld
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
 from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, SCHEMA_VERSION, insert_sql
+from capi_bridge.delivery.sqlite_writers import WriteLock
 from capi_bridge.delivery.store import NewRow, State
 from capi_bridge.observations import Observation, Tag
 
@@ -62,31 +64,6 @@ _SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) sh
 PENDING, DELIVERED, DEAD, FRESH, HELD = (int(s) for s in State)
 #: How long a writer waits for another one before an enqueue fails loudly.
 BUSY_TIMEOUT = 10.0
-
-
-class _WriteLock:
-    """The writers of one process take turns here before they ask SQLite for its lock.
-
-    SQLite has no queue: a writer that finds the file locked gets SQLITE_BUSY and must poll
-    (``_retry``), and a poll sleeps at least the kernel's timer slack, ~50-100 µs, several
-    times the insert it waits to make. Between the threads of one process (the request
-    threads and the dispatcher) this lock is that queue: a waiting writer is woken the moment
-    the previous one commits. Other processes are still met, and waited for, in SQLite: this
-    changes who waits how, never what is committed. Re-entrant, so a write inside a write
-    (same thread, same connection) is still one transaction.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-
-    @contextlib.contextmanager
-    def held(self, wait: float | None) -> Iterator[None]:
-        if not self._lock.acquire(timeout=BUSY_TIMEOUT if wait is None else wait):
-            raise sqlite3.OperationalError("database is locked (by a writer of this process)")
-        try:
-            yield
-        finally:
-            self._lock.release()
 
 
 class _Connection(sqlite3.Connection):
@@ -132,7 +109,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
         self._pid = os.getpid()
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._writing = _WriteLock()
+        self._writing = WriteLock(BUSY_TIMEOUT)
         if create:
             self._create()
         elif not os.path.exists(self.path):
@@ -156,7 +133,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use, never shared across fork)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._pid != os.getpid():
+        if conn is None or self._pid != current_pid():
             if self._pid != os.getpid():
                 self._after_fork()
             conn = self._open()
@@ -183,7 +160,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
         self._conns = weakref.WeakSet()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._writing = _WriteLock()
+        self._writing = WriteLock(BUSY_TIMEOUT)
         self._pid = os.getpid()
 
     def _discard(self, exc: sqlite3.Error) -> None:
@@ -254,7 +231,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
     def write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks.
 
-        Writers of this process queue on :class:`_WriteLock` first (see there), so only
+        Writers of this process queue on a :class:`WriteLock` first (see there), so only
         other processes' writers are met as SQLITE_BUSY and waited for by polling."""
         conn = self.conn()
         try:
@@ -326,7 +303,8 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
             values += extra
             if tags:
                 values += tags[0]
-            with self._writing.held(wait):
+            self._writing.acquire(wait)  # not a `with`: this is the hot path of enqueue
+            try:
                 try:
                     added = conn.execute(sql, values).rowcount
                 except sqlite3.OperationalError as exc:
@@ -335,6 +313,8 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
                     added = self._retry(lambda: conn.execute(sql, values), wait).rowcount
                 if added == 0:
                     self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)), wait)
+            finally:
+                self._writing.release()
         else:
             batch: list[tuple[Any, ...]] = [(*r[:5], now, now, r[5], origin, *extra) for r in rows]
             if tags:
