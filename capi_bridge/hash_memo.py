@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +29,7 @@ from capi_bridge.normalize import (
     _hint_from_value,
 )
 
-#: Entries kept; about 150 bytes each (a 16-byte digest and a 64-character hash).
+#: Entries kept; about 200 bytes each (a 16-byte digest, a 64-character hash, the slot): 3 MB.
 DEFAULT_SIZE = 16384
 
 
@@ -42,15 +41,12 @@ class HashMemo:
             raise ValueError("a HashMemo holds at least one value")
         self.size = size
         self._base = hashlib.blake2b(key=os.urandom(32), digest_size=16)
+        # No lock: reads, inserts and ``pop(key, None)`` are atomic dict operations, so two
+        # threads evicting at once only drop a few more entries than needed.
         self._values: dict[bytes, str | None] = {}
-        self._lock = threading.Lock()  # eviction only: reads and inserts are atomic dict ops
-        os.register_at_fork(after_in_child=self._after_fork)
 
     def __len__(self) -> int:
         return len(self._values)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
 
     def _digest(self, field: str, hint: str | None, value: str) -> bytes:
         state = self._base.copy()  # the keyed state: copying skips re-keying per value
@@ -68,10 +64,9 @@ class HashMemo:
         except KeyError:
             pass
         hashed = _hash_one(field, value, hint)  # raises for a value that is not one
-        if len(values) >= self.size:
-            with self._lock:  # drop the oldest quarter at once: eviction stays rare
-                for old in list(values)[: max(1, self.size // 4)]:
-                    values.pop(old, None)
+        if len(values) >= self.size:  # drop the oldest quarter at once: eviction stays rare
+            for old in list(values)[: max(1, self.size // 4)]:
+                values.pop(old, None)
         values[key] = hashed
         return hashed
 
