@@ -11,9 +11,9 @@ Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settle
 pixel's circuit and keep the events. The loop never dies: an unexpected exception is logged and
 the loop goes on after a pause, with the events still in the outbox. It also writes what the
 request path could not (observations noted during a render, rows taken while the outbox was
-unavailable: :mod:`capi_bridge.delivery.buffer`). A thread, not a process: a dispatcher process
-beside the app (``benchmarks/delivery.py --dispatcher process``) was no faster once the writers
-of a process queue on their own lock (:mod:`capi_bridge.delivery.sqlite_writers`).
+unavailable: :mod:`capi_bridge.delivery.buffer`). A thread, not a process: measured beside the
+app (``benchmarks/delivery.py --dispatcher process``), a process was slower for ``enqueue()`` per
+event and only sometimes faster for ``enqueue_many``, at the cost of a second process per worker.
 """
 
 from __future__ import annotations
