@@ -179,30 +179,26 @@ class Handler(BaseHTTPRequestHandler):
         """Status line, headers and body in one ``write``: two writes on a keep-alive connection
         make the client wait for a delayed ACK (~40 ms) on every request."""
         body = json.dumps(payload, separators=(",", ":")).encode()
+        extra = {"facebook-api-version": "v26.0", **(headers or {})}
+        self._send(status, "application/json", body, extra)
+
+    def _send_script(self, body: bytes) -> None:
+        """Meta's pixel library stand-in, so a page needs no internet to run its ``fbq`` calls."""
+        self._send(200, "text/javascript", body, {"Cache-Control": "no-store"})
+
+    def _send(self, status: int, media_type: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Write one whole reply (see :meth:`_reply`): Content-Type, -Length and Date, then
+        ``headers`` in order."""
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Error"
         lines = [
             f"HTTP/1.1 {status} {phrase}",
-            "Content-Type: application/json; charset=UTF-8",
+            f"Content-Type: {media_type}; charset=UTF-8",
             f"Content-Length: {len(body)}",
             f"Date: {self.server.fake.http_date()}",
-            "facebook-api-version: v26.0",
-            *(f"{name}: {value}" for name, value in (headers or {}).items()),
-        ]
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
-
-    def _send_script(self, body: bytes) -> None:
-        """Meta's pixel library stand-in, so a page needs no internet to run its ``fbq`` calls."""
-        lines = [
-            "HTTP/1.1 200 OK",
-            "Content-Type: text/javascript; charset=UTF-8",
-            f"Content-Length: {len(body)}",
-            f"Date: {self.server.fake.http_date()}",
-            "Cache-Control: no-store",
+            *(f"{name}: {value}" for name, value in headers.items()),
         ]
         if self.close_connection:
             lines.append("Connection: close")
