@@ -24,5 +24,6 @@ from __future__ import annotations
 from capi_bridge._fake_graph import FakeGraph
 from capi_bridge._fake_graph_cli import serve_forever
 from capi_bridge._fake_graph_http import PIXEL_SCRIPT_PATHS
+from capi_bridge.fake_rules import Fault  # what FakeGraph.add_fault returns
 
-__all__ = ["PIXEL_SCRIPT_PATHS", "FakeGraph", "serve_forever"]
+__all__ = ["PIXEL_SCRIPT_PATHS", "FakeGraph", "Fault", "serve_forever"]
