@@ -46,8 +46,6 @@ from capi_bridge.errors import ConfigError
 from capi_bridge.settings import ENV_PREFIX, Settings
 from capi_bridge.testing import FakeGraph
 
-logger = logging.getLogger("capi_bridge.demo")
-
 DEMO_PIXEL = "1234567890"
 DEMO_TOKEN = "demo-token"  # the only token the demo's fake Graph API accepts
 FRAMEWORKS = ("flask", "starlette", "django")
