@@ -70,6 +70,7 @@ def compare(bare: Run, wrapped: Run, block: int, pairs: int) -> dict[str, float]
         timed(wrapped, block)
     ratios, added, bares = [], [], []
     gc.collect()
+    gc.freeze()  # the apps' heap (templates, modules) out of every collection: less noise
     for i in range(pairs):
         if i % 2:
             t_wrapped, t_bare = timed(wrapped, block), timed(bare, block)
@@ -112,6 +113,7 @@ def segments(cases: list[str], count: int) -> None:
                 wrapped()
             for variant, run in (("bare", bare), ("wrapped", wrapped)):
                 gc.collect()
+                gc.freeze()  # no full collection walks the apps' heap in the middle of a block
                 os.getppid()
                 for _ in range(count):
                     run()

@@ -12,10 +12,12 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qs
 
 from capi_bridge.cookies import parse_cookie_header
+
+_T = TypeVar("_T")
 
 
 class Headers(Mapping[str, str]):
@@ -37,8 +39,25 @@ class Headers(Mapping[str, str]):
                 joined[name] = value
         self._joined = joined
 
+    @classmethod
+    def joined(cls, joined: dict[str, str]) -> Headers:
+        """Headers from lower-case names to values, each sent once (a WSGI ``environ``)."""
+        headers = cls.__new__(cls)
+        headers._items = tuple(joined.items())
+        headers._joined = joined
+        return headers
+
     def __getitem__(self, name: str) -> str:
         return self._joined[name.lower()]
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | _T) -> str | _T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        """One dict look-up (Mapping's own ``get`` goes through ``__getitem__`` and a
+        ``KeyError``): the bridge reads a few headers on every page."""
+        return self._joined.get(name.lower(), default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._joined)
@@ -53,6 +72,9 @@ class Headers(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"Headers({list(self._joined)!r})"
+
+
+_CONTENT_KEYS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
 
 
 def _wsgi_text(value: Any) -> str:
@@ -107,16 +129,13 @@ class RequestView:
     @classmethod
     def from_wsgi(cls, environ: Mapping[str, Any]) -> RequestView:
         """A view of a PEP 3333 ``environ`` (``REMOTE_ADDR`` is the socket peer)."""
-        items: list[tuple[str, str]] = []
+        joined: dict[str, str] = {}  # the server has joined repeated headers already
         for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                name = key[5:].replace("_", "-")
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                name = key.replace("_", "-")
-            else:
-                continue
-            if value:
-                items.append((name, str(value)))
+            if key[:5] == "HTTP_":
+                if value:
+                    joined[key[5:].replace("_", "-").lower()] = str(value)
+            elif key in _CONTENT_KEYS and value:
+                joined[_CONTENT_KEYS[key]] = str(value)
         scheme = str(environ.get("wsgi.url_scheme") or "http")
         host = str(environ.get("HTTP_HOST") or "")
         if not host:
@@ -131,7 +150,7 @@ class RequestView:
             host=host,
             path=path,
             query_string=str(environ.get("QUERY_STRING") or ""),
-            headers=items,
+            headers=Headers.joined(joined),
             client_addr=str(environ.get("REMOTE_ADDR") or "") or None,
         )
 
