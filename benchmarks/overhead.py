@@ -126,7 +126,7 @@ def segments(cases: list[str], count: int) -> None:
 def instructions(cases: list[str], count: int) -> dict[str, dict[str, float]]:
     """Instructions per request of every case, bare and wrapped, from one callgrind run."""
     if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed: apt-get install valgrind, or --no-instructions")
+        raise SystemExit("valgrind is missing: apt-get install valgrind, or --no-instructions")
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/callgrind.out"
         command = [
@@ -146,9 +146,9 @@ def instructions(cases: list[str], count: int) -> dict[str, dict[str, float]]:
         labels = json.loads(done.stdout.strip().splitlines()[-1])
         totals = {}
         for name in glob.glob(f"{out}.*"):
-            text = open(name).read()
-            part = int(re.search(r"^part: (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
-            totals[part] = int(re.search(r"^totals: (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+            with open(name) as dump:
+                text = dump.read()
+            totals[_field(text, "part")] = _field(text, "totals")
     per_request = {label: totals[2 * (i + 1)] / count for i, label in enumerate(labels)}
     results = {}
     for case in cases:
@@ -159,6 +159,14 @@ def instructions(cases: list[str], count: int) -> dict[str, dict[str, float]]:
             "ratio": round(wrapped / bare, 3),
         }
     return results
+
+
+def _field(dump: str, name: str) -> int:
+    """A number from a callgrind dump's header (``part: 3``, ``totals: 123``)."""
+    found = re.search(rf"^{name}: (\d+)", dump, re.M)
+    if found is None:
+        raise SystemExit(f"callgrind dump without {name}: is valgrind's callgrind too old?")
+    return int(found.group(1))
 
 
 def mark(case: str, ratio: float) -> str:

@@ -9,8 +9,8 @@ capi-bridge plain Graph-shaped mappings, which is what the browser endpoint does
 from __future__ import annotations
 
 import dataclasses
-import time
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 

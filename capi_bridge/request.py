@@ -39,14 +39,6 @@ class Headers(Mapping[str, str]):
                 joined[name] = value
         self._joined = joined
 
-    @classmethod
-    def joined(cls, joined: dict[str, str]) -> Headers:
-        """Headers from lower-case names to values, each sent once (a WSGI ``environ``)."""
-        headers = cls.__new__(cls)
-        headers._items = tuple(joined.items())
-        headers._joined = joined
-        return headers
-
     def __getitem__(self, name: str) -> str:
         return self._joined[name.lower()]
 
@@ -74,7 +66,69 @@ class Headers(Mapping[str, str]):
         return f"Headers({list(self._joined)!r})"
 
 
+class _WSGIHeaders(Headers):
+    """A WSGI ``environ``'s headers, read from it when asked: a page reads five or six of them,
+    and gathering all of them walks the whole environ (the server's keys and the framework's
+    too). The server has joined repeated headers already."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:  # no parent call: nothing to gather
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ.get(_environ_key(name))
+        if not value:
+            raise KeyError(name)
+        return str(value)
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | _T) -> str | _T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        value = self._environ.get(_environ_key(name))
+        return str(value) if value else default
+
+    def _all(self) -> dict[str, str]:
+        joined: dict[str, str] = {}
+        for key, value in self._environ.items():
+            if key[:5] == "HTTP_":
+                if value:
+                    joined[key[5:].replace("_", "-").lower()] = str(value)
+            elif key in _CONTENT_KEYS and value:
+                joined[_CONTENT_KEYS[key]] = str(value)
+        return joined
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def get_all(self, name: str) -> list[str]:
+        value = self.get(name)
+        return [] if value is None else [value]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._all())!r})"
+
+
 _CONTENT_KEYS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def _environ_key(name: str) -> str:
+    """The ``environ`` key of a header: ``HTTP_USER_AGENT`` for ``User-Agent``."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        lower = name.lower()
+        key = {v: k for k, v in _CONTENT_KEYS.items()}.get(lower)
+        if key is None:
+            key = "HTTP_" + lower.upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < 512:  # the bridge's own names; bounded whatever asks
+            _ENVIRON_KEYS[name] = key
+    return key
 
 
 def _wsgi_text(value: Any) -> str:
@@ -129,13 +183,6 @@ class RequestView:
     @classmethod
     def from_wsgi(cls, environ: Mapping[str, Any]) -> RequestView:
         """A view of a PEP 3333 ``environ`` (``REMOTE_ADDR`` is the socket peer)."""
-        joined: dict[str, str] = {}  # the server has joined repeated headers already
-        for key, value in environ.items():
-            if key[:5] == "HTTP_":
-                if value:
-                    joined[key[5:].replace("_", "-").lower()] = str(value)
-            elif key in _CONTENT_KEYS and value:
-                joined[_CONTENT_KEYS[key]] = str(value)
         scheme = str(environ.get("wsgi.url_scheme") or "http")
         host = str(environ.get("HTTP_HOST") or "")
         if not host:
@@ -150,7 +197,7 @@ class RequestView:
             host=host,
             path=path,
             query_string=str(environ.get("QUERY_STRING") or ""),
-            headers=Headers.joined(joined),
+            headers=_WSGIHeaders(environ),
             client_addr=str(environ.get("REMOTE_ADDR") or "") or None,
         )
 
