@@ -39,6 +39,24 @@ class Headers(Mapping[str, str]):
                 joined[name] = value
         self._joined = joined
 
+    @classmethod
+    def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """Headers from ASGI's (name, value) byte pairs, decoded and joined in one pass."""
+        items: list[tuple[str, str]] = []
+        joined: dict[str, str] = {}
+        for raw_name, raw_value in raw:
+            name = bytes(raw_name).decode("latin-1").lower()
+            value = bytes(raw_value).decode("latin-1")
+            items.append((name, value))
+            if name in joined:
+                joined[name] += ("; " if name == "cookie" else ", ") + value
+            else:
+                joined[name] = value
+        headers = cls.__new__(cls)
+        headers._items = tuple(items)
+        headers._joined = joined
+        return headers
+
     def __getitem__(self, name: str) -> str:
         return self._joined[name.lower()]
 
@@ -204,11 +222,7 @@ class RequestView:
     @classmethod
     def from_asgi(cls, scope: Mapping[str, Any]) -> RequestView:
         """A view of an ASGI HTTP ``scope`` (``scope["client"]`` is the socket peer)."""
-        items = [
-            (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
-            for name, value in scope.get("headers") or ()
-        ]
-        hdrs = Headers(items)
+        hdrs = Headers.from_raw(scope.get("headers") or ())
         scheme = str(scope.get("scheme") or "http")
         host = hdrs.get("host") or ""
         server = scope.get("server")
