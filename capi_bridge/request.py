@@ -152,6 +152,8 @@ def _environ_key(name: str) -> str:
 def _wsgi_text(value: Any) -> str:
     """PEP 3333 hands paths over as latin-1-decoded bytes; recover the UTF-8 text."""
     text = str(value or "")
+    if text.isascii():  # the usual path: the same text either way
+        return text
     try:
         return text.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:

@@ -77,12 +77,13 @@ class CapiBridgeMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
-        if core.is_route(environ.get("PATH_INFO", "")):
+        if environ.get("PATH_INFO", "") in core.route_paths:  # core.is_route(), without a call
             return self._serve_route(environ, start_response)
         if not is_navigation(environ.get("HTTP_SEC_FETCH_DEST")):
             return self.app(environ, start_response)
         # the Page is lazy: a response that turns out not to be a page never reads the request
-        page = environ[PAGE_ENVIRON_KEY] = core.open_page(lambda: RequestView.from_wsgi(environ))
+        page = Page(core, lambda: RequestView.from_wsgi(environ), navigation=True)
+        environ[PAGE_ENVIRON_KEY] = page
         inject = core.settings.auto_inject and environ.get("REQUEST_METHOD") == "GET"
         response = _Start(start_response, page, environ, inject)
         result = self.app(environ, response.start_response)
