@@ -20,6 +20,7 @@ import functools
 import hashlib
 import html
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -181,8 +182,13 @@ def render_snippet(
         "></script>",
     ]
     if frame.noscript:
-        parts.append(quote(page_view_id, safe="").join(frame.noscript))
+        eid = page_view_id if _UNRESERVED.fullmatch(page_view_id) else quote(page_view_id, safe="")
+        parts.append(eid.join(frame.noscript))
     return "".join(parts)
+
+
+#: What ``quote(value, safe="")`` leaves as it is (a minted id, a UUID): no need to call it.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 @dataclasses.dataclass(frozen=True)
