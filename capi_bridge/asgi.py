@@ -20,7 +20,6 @@ app untouched and the error is logged once.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -52,17 +51,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def _mark_coroutine_function(function: Callable[..., Any]) -> None:
-    """Make ``function`` (which returns an awaitable) pass ``inspect.iscoroutinefunction``
-    (Python 3.12+) and ``asyncio.iscoroutinefunction``, as ``asgiref.sync`` marks Django's
-    middlewares."""
-    mark = getattr(inspect, "markcoroutinefunction", None)
-    if mark is not None:
-        mark(function)
-    else:  # Python 3.10 and 3.11: asyncio's own marker
-        function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 class CapiBridgeMiddleware:
@@ -97,35 +85,38 @@ class CapiBridgeMiddleware:
         except ConfigError as exc:
             self.error = exc
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """Returns the app's own awaitable (no coroutine of ours in between: a JSON answer
-        costs no extra frame); marked a coroutine function below, so servers that tell ASGI 3
-        from ASGI 2 by ``iscoroutinefunction`` (uvicorn) see the ASGI 3 app it is."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A coroutine function, not a plain one returning the app's awaitable (one frame
+        # less): hypercorn tells ASGI from WSGI with inspect.iscoroutinefunction, which on
+        # Python 3.10 and 3.11 sees no marker a plain function could carry.
         core = self.core
         if core is None:
-            return self._disabled(scope, receive, send)
+            await self._disabled(scope, receive, send)
+            return
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                return self.app(scope, _closing(receive, core), send)
-            return self.app(scope, receive, send)
+                await self.app(scope, _closing(receive, core), send)
+            else:
+                await self.app(scope, receive, send)
+            return
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state[CORE_STATE_KEY] = core
         if scope["path"] in core.route_paths:  # core.is_route(), without a call
-            return self._serve_route(core, scope, receive, send)
+            await self._serve_route(core, scope, receive, send)
+            return
         dest = None  # Sec-Fetch-Dest; header names are lower-case in ASGI (Starlette relies
         for key, value in scope.get("headers") or ():  # on it too); a loop beats dict() here
             if key == b"sec-fetch-dest":
                 dest = bytes(value)
                 break
         if not is_navigation(dest):
-            return self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         inject = core.settings.auto_inject and scope["method"] == "GET"
-        return self.app(scope, receive, _Responder(send, core, scope, inject).send)
-
-    _mark_coroutine_function(__call__)
+        await self.app(scope, receive, _Responder(send, core, scope, inject).send)
 
     async def _disabled(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A bad setting: fail the start-up if the server runs the lifespan, else stay out of

@@ -41,6 +41,10 @@ _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 class Page:
     """One request's identity, user data, server events and (for a page) snippet and cookies."""
 
+    # The three attributes every page has live in slots; the instance dict is made only when
+    # the page is used (an identity resolved, a snippet rendered): a JSON answer has none.
+    __slots__ = ("__dict__", "_request", "core", "navigation")
+
     #: Whether the rendered snippet carries the visitor's raw advanced-matching data: the
     #: response must then be ``Cache-Control: private`` (the adapters see to it).
     private = False
