@@ -215,10 +215,10 @@ def _frame(
     if consent:
         images = [
             '<img height="1" width="1" style="display:none" alt="" src="https://www.facebook.com'
-            f'/tr?id={quote(pid, safe="")}&amp;ev=PageView&amp;eid='
+            f"/tr?id={quote(pid, safe='')}&amp;ev=PageView&amp;eid="
             for pid in settings.pixel_ids
         ]
-        after = "&amp;noscript=1\">"
+        after = '&amp;noscript=1">'
         noscript = (
             "<noscript>" + images[0],
             *(after + image for image in images[1:]),
