@@ -1,6 +1,7 @@
 """Per-request overhead of the middleware: the same app with and without capi-bridge.
 
-    python benchmarks/overhead.py [--requests 3000] [--rounds 7]
+    python benchmarks/overhead.py                    # wall clock, then instruction counts
+    python benchmarks/overhead.py --no-instructions  # wall clock only (no valgrind needed)
 
 In-process, no sockets: each request calls the WSGI callable (Flask, Django's WSGI handler) or
 the ASGI callable (Starlette, on one event loop) directly, with the headers of a returning
@@ -14,8 +15,17 @@ header holding ``_fbp``), and drains the whole body. Three responses per framewo
 * ``trivial``: a constant 20 KB HTML string, for reference (the worst case: nothing to hide
   our work behind).
 
-Bare and wrapped apps run interleaved, round after round, in the same process; the figure is
-the median over rounds of (wrapped time / bare time), and the added microseconds per request.
+Two measures, each a ratio against the bare app measured in the same process:
+
+* **wall clock**: short blocks of bare and wrapped requests, interleaved (bare first, then
+  wrapped first, and so on, so drift cancels); the figure is the median over the pairs of
+  (wrapped / bare), and the median added microseconds per request.
+* **instructions** (``valgrind --tool=callgrind``, stable on a busy machine): one valgrind run
+  of ``--segments`` runs every case's bare and wrapped blocks between two calls of
+  ``os.getppid()``, and callgrind dumps its counters at each call (``--dump-before=getppid``),
+  so each block's count is exact and start-up is left out. Instructions per request and the
+  ratio; what the ratio hides, an added µs, comes from the wall clock.
+
 The outbox is never touched on these paths (a page view is mirrored only when the browser's
 script confirms it), so no Graph server is needed. Prints a table and one JSON line.
 """
@@ -25,336 +35,186 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
+import glob
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
-from flask import Flask, jsonify, render_template
-from jinja2 import DictLoader
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
-from starlette.templating import Jinja2Templates
-
-from capi_bridge.flask import CapiBridge
-from capi_bridge.settings import Settings
-from capi_bridge.starlette import CapiBridgeMiddleware
+from _overhead_apps import FRAMEWORKS, KINDS, all_runners
 
 TARGETS = {"page": 1.10, "json": 1.03}
-PRODUCTS = [
-    {"id": f"sku-{i:04d}", "name": f"Product number {i} with a longer name", "price": 9.5 + i}
-    for i in range(100)
-]
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<link rel="stylesheet" href="/static/shop.css"></head>
-<body><header><nav><a href="/">Shop</a> <a href="/cart">Cart</a></nav></header>
-<main><h1>{{ title }}</h1><ul class="products">
-{% for p in products %}<li class="product" data-id="{{ p.id }}"><a href="/product/{{ p.id }}">
-{{ p.name }}</a> <span class="price">{{ "%.2f"|format(p.price) }} EUR</span>
-<button class="add" data-id="{{ p.id }}">Add to cart</button></li>
-{% endfor %}</ul></main><footer>Example shop</footer></body></html>
-"""
-#: The same page in Django's template language.
-DJANGO_TEMPLATE = TEMPLATE.replace('"%.2f"|format(p.price)', "p.price|floatformat:2")
-TRIVIAL = (
-    "<!doctype html><html><head><title>t</title></head><body>" + "x" * 20_400 + "</body></html>"
-)
-UA = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/156.0 Safari/537.36"
-)
-HEADERS = [
-    ("host", "shop.example"),
-    ("user-agent", UA),
-    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
-    ("accept-language", "en-US,en;q=0.9"),
-    ("sec-fetch-dest", "document"),
-    ("sec-fetch-mode", "navigate"),
-    ("cookie", "_fbp=fb.1.1700000000000.1234567890; session=abc123; theme=dark"),
-]
-SETTINGS = {
-    "pixel_id": "1234567890",
-    "access_token": "bench-token",
-    "secret_key": "benchmark-secret-key-0123456789abcdef",
-    "graph_url": "http://127.0.0.1:9",  # never contacted: these paths enqueue nothing
-}
+Run = Callable[[], int]
 
 
-# --- Flask ----------------------------------------------------------------------------------
-
-
-def flask_app(wrapped: bool, outbox: str) -> Callable[..., Any]:
-    app = Flask(__name__)
-    app.jinja_loader = DictLoader({"page.html": TEMPLATE})  # compiled once, cached by Jinja
-    if wrapped:
-        app.config.update({f"CAPI_BRIDGE_{k.upper()}": v for k, v in SETTINGS.items()})
-        app.config["CAPI_BRIDGE_OUTBOX_PATH"] = outbox
-        CapiBridge(app)
-
-    @app.get("/page")
-    def page() -> str:
-        return render_template("page.html", title="All products", products=PRODUCTS)
-
-    @app.get("/json")
-    def data() -> Any:
-        return jsonify(ok=True, items=3)
-
-    @app.get("/trivial")
-    def trivial() -> str:
-        return TRIVIAL
-
-    return app.wsgi_app
-
-
-def wsgi_runner(app: Callable[..., Any], path: str) -> Callable[[], int]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "shop.example",
-        "SERVER_PORT": "443",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "203.0.113.7",
-        "wsgi.url_scheme": "https",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    for name, value in HEADERS:
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
-
-    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
-        return None
-
-    def run() -> int:
-        result = app(dict(environ), start_response)
-        size = sum(len(chunk) for chunk in result)
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-        return size
-
-    return run
-
-
-# --- Starlette ------------------------------------------------------------------------------
-
-
-def starlette_app(wrapped: bool, outbox: str) -> Any:
-    templates = Jinja2Templates(directory=tempfile.mkdtemp())
-    template = templates.env.from_string(TEMPLATE)
-
-    async def page(request: Request) -> Response:
-        return HTMLResponse(template.render(title="All products", products=PRODUCTS))
-
-    async def data(request: Request) -> Response:
-        return JSONResponse({"ok": True, "items": 3})
-
-    async def trivial(request: Request) -> Response:
-        return HTMLResponse(TRIVIAL)
-
-    middleware = []
-    if wrapped:
-        settings = Settings(outbox_path=outbox, **SETTINGS)
-        middleware = [Middleware(CapiBridgeMiddleware, settings=settings)]
-    return Starlette(
-        routes=[Route("/page", page), Route("/json", data), Route("/trivial", trivial)],
-        middleware=middleware,
-    )
-
-
-def asgi_runner(app: Any, path: str, loop: asyncio.AbstractEventLoop) -> Callable[[], int]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in HEADERS],
-        "client": ("203.0.113.7", 50000),
-        "server": ("shop.example", 443),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def once() -> int:
-        size = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal size
-            if message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
-
-        await app(dict(scope), receive, send)
-        return size
-
-    def run() -> int:
-        return loop.run_until_complete(once())
-
-    return run
-
-
-# --- Django ---------------------------------------------------------------------------------
-
-
-def django_apps(outbox: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Django's WSGI handler without and with the middleware (settings once per process)."""
-    import django
-    from django.conf import settings
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.http import HttpResponse, JsonResponse
-    from django.template import engines
-    from django.test import override_settings
-    from django.urls import path
-
-    def page(request: Any) -> HttpResponse:
-        html = engines["django"].from_string(DJANGO_TEMPLATE)
-        return HttpResponse(html.render({"title": "All products", "products": PRODUCTS}))
-
-    def data(request: Any) -> JsonResponse:
-        return JsonResponse({"ok": True, "items": 3})
-
-    def trivial(request: Any) -> HttpResponse:
-        return HttpResponse(TRIVIAL)
-
-    global urlpatterns
-    urlpatterns = [path("page", page), path("json", data), path("trivial", trivial)]
-    settings.configure(
-        SECRET_KEY=SETTINGS["secret_key"],
-        ALLOWED_HOSTS=["shop.example"],
-        INSTALLED_APPS=["capi_bridge.django"],
-        MIDDLEWARE=["capi_bridge.django.CapiBridgeMiddleware"],
-        ROOT_URLCONF=__name__,
-        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates"}],
-        DATABASES={},
-        CAPI_BRIDGE={**{k.upper(): v for k, v in SETTINGS.items()}, "OUTBOX_PATH": outbox},
-    )
-    django.setup()
-    wrapped = WSGIHandler()
-    with override_settings(MIDDLEWARE=[]):
-        bare = WSGIHandler()
-    return bare, wrapped
-
-
-urlpatterns: list[Any] = []
-
-
-# --- measuring ------------------------------------------------------------------------------
-
-
-def timed(run: Callable[[], int], requests: int) -> float:
+def timed(run: Run, requests: int) -> float:
     """Seconds per request over ``requests`` calls."""
-    gc.collect()
     start = time.perf_counter()
     for _ in range(requests):
         run()
     return (time.perf_counter() - start) / requests
 
 
-def compare(
-    bare: Callable[[], int], wrapped: Callable[[], int], requests: int, rounds: int
-) -> dict[str, float]:
+def compare(bare: Run, wrapped: Run, block: int, pairs: int) -> dict[str, float]:
+    """Median over interleaved pairs of blocks: the ratio, the added µs and the bare µs."""
     wrapped_size, bare_size = wrapped(), bare()  # warm up both; sanity-check the rewrite
     assert wrapped_size >= bare_size
     for _ in range(3):
-        timed(bare, requests // 10)
-        timed(wrapped, requests // 10)
-    ratios, added = [], []
-    for _ in range(rounds):
-        t_bare = timed(bare, requests)
-        t_wrapped = timed(wrapped, requests)
+        timed(bare, block)
+        timed(wrapped, block)
+    ratios, added, bares = [], [], []
+    gc.collect()
+    gc.freeze()  # the apps' heap (templates, modules) out of every collection: less noise
+    for i in range(pairs):
+        if i % 2:
+            t_wrapped, t_bare = timed(wrapped, block), timed(bare, block)
+        else:
+            t_bare, t_wrapped = timed(bare, block), timed(wrapped, block)
         ratios.append(t_wrapped / t_bare)
         added.append((t_wrapped - t_bare) * 1e6)
+        bares.append(t_bare * 1e6)
     return {
         "ratio": round(statistics.median(ratios), 3),
         "added_us": round(statistics.median(added), 1),
-        "bare_us": round(t_bare * 1e6, 1),
+        "bare_us": round(statistics.median(bares), 1),
         "injected_bytes": wrapped_size - bare_size,
     }
 
 
-def one(case: str, count: int) -> None:
-    """``--one flask/page/wrapped --count N``: only N requests of one case, for instruction
-    counts on a noisy machine: ``valgrind --tool=callgrind`` this at two counts; the difference
-    over the extra requests is the cost per request, whatever the load of the machine."""
-    framework, kind, variant = case.split("/")
-    wrapped = variant == "wrapped"
+def wall_clock(cases: list[str], block: int, pairs: int) -> dict[str, dict[str, float]]:
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        outbox = f"{tmp}/outbox.sqlite3"
         loop = asyncio.new_event_loop()
-        if framework == "flask":
-            run = wsgi_runner(flask_app(wrapped, outbox), f"/{kind}")
-        elif framework == "starlette":
-            run = asgi_runner(starlette_app(wrapped, outbox), f"/{kind}", loop)
-        else:
-            bare, with_bridge = django_apps(outbox)
-            run = wsgi_runner(with_bridge if wrapped else bare, f"/{kind}")
-        for _ in range(20 + count):  # 20 to warm caches (templates, regexes) in both runs
-            run()
+        runners = all_runners(f"{tmp}/outbox.sqlite3", loop)
+        for case in cases:
+            bare, wrapped = runners[case]
+            results[case] = compare(bare, wrapped, block, pairs)
         loop.close()
+    return results
+
+
+def segments(cases: list[str], count: int) -> None:
+    """Under callgrind: every case's bare and wrapped blocks between two ``os.getppid()``
+    calls, which dump the counters (``--dump-before=getppid``). Prints the blocks' labels."""
+    labels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = asyncio.new_event_loop()
+        runners = all_runners(f"{tmp}/outbox.sqlite3", loop)
+        for case in cases:
+            bare, wrapped = runners[case]
+            for _ in range(20):  # warm caches (templates, regexes) in both
+                bare()
+                wrapped()
+            for variant, run in (("bare", bare), ("wrapped", wrapped)):
+                gc.collect()
+                gc.freeze()  # no full collection walks the apps' heap in the middle of a block
+                os.getppid()
+                for _ in range(count):
+                    run()
+                os.getppid()
+                labels.append(f"{case}/{variant}")
+        loop.close()
+    print(json.dumps(labels))
+
+
+def instructions(cases: list[str], count: int) -> dict[str, dict[str, float]]:
+    """Instructions per request of every case, bare and wrapped, from one callgrind run."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: apt-get install valgrind, or --no-instructions")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/callgrind.out"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-before=getppid",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--segments",
+            "--count",
+            str(count),
+            "--cases",
+            ",".join(cases),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        labels = json.loads(done.stdout.strip().splitlines()[-1])
+        totals = {}
+        for name in glob.glob(f"{out}.*"):
+            with open(name) as dump:
+                text = dump.read()
+            totals[_field(text, "part")] = _field(text, "totals")
+    per_request = {label: totals[2 * (i + 1)] / count for i, label in enumerate(labels)}
+    results = {}
+    for case in cases:
+        bare, wrapped = per_request[f"{case}/bare"], per_request[f"{case}/wrapped"]
+        results[case] = {
+            "bare_instructions": round(bare),
+            "added_instructions": round(wrapped - bare),
+            "ratio": round(wrapped / bare, 3),
+        }
+    return results
+
+
+def _field(dump: str, name: str) -> int:
+    """A number from a callgrind dump's header (``part: 3``, ``totals: 123``)."""
+    found = re.search(rf"^{name}: (\d+)", dump, re.M)
+    if found is None:
+        raise SystemExit(f"callgrind dump without {name}: is valgrind's callgrind too old?")
+    return int(found.group(1))
+
+
+def mark(case: str, ratio: float) -> str:
+    target = TARGETS.get(case.split("/")[1])
+    return "-" if target is None else ("ok" if ratio <= target else "MISS")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--one", help="framework/kind/bare|wrapped: only that case (callgrind)")
-    parser.add_argument("--count", type=int, default=100, help="requests for --one")
+    parser.add_argument("--block", type=int, default=200, help="requests per timed block")
+    parser.add_argument("--pairs", type=int, default=21, help="interleaved pairs per case")
+    parser.add_argument("--count", type=int, default=100, help="requests per callgrind block")
+    parser.add_argument("--cases", help="comma-separated framework/kind (default: all)")
+    parser.add_argument("--no-instructions", action="store_true", help="skip callgrind")
+    parser.add_argument("--no-wall-clock", action="store_true", help="callgrind only")
+    parser.add_argument("--segments", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        one(args.one, args.count)
+    cases = (
+        args.cases.split(",")
+        if args.cases
+        else [f"{fw}/{kind}" for kind in KINDS for fw in FRAMEWORKS]
+    )
+    if args.segments:
+        segments(cases, args.count)
         return
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        outbox = f"{tmp}/outbox.sqlite3"
-        bare_flask, wrapped_flask = flask_app(False, outbox), flask_app(True, outbox)
-        loop = asyncio.new_event_loop()
-        bare_star, wrapped_star = starlette_app(False, outbox), starlette_app(True, outbox)
-        bare_django, wrapped_django = django_apps(outbox)
-        for kind in ("page", "json", "trivial"):
-            results[f"flask/{kind}"] = compare(
-                wsgi_runner(bare_flask, f"/{kind}"),
-                wsgi_runner(wrapped_flask, f"/{kind}"),
-                args.requests,
-                args.rounds,
-            )
-            results[f"starlette/{kind}"] = compare(
-                asgi_runner(bare_star, f"/{kind}", loop),
-                asgi_runner(wrapped_star, f"/{kind}", loop),
-                args.requests,
-                args.rounds,
-            )
-            results[f"django/{kind}"] = compare(
-                wsgi_runner(bare_django, f"/{kind}"),
-                wsgi_runner(wrapped_django, f"/{kind}"),
-                args.requests,
-                args.rounds,
-            )
-        loop.close()
-    print(f"{'case':<20}{'bare µs':>10}{'added µs':>10}{'ratio':>8}{'target':>8}")
-    for case, row in results.items():
+    clock = {} if args.no_wall_clock else wall_clock(cases, args.block, args.pairs)
+    counted = {} if args.no_instructions else instructions(cases, args.count)
+    print(
+        f"{'case':<18}{'bare µs':>9}{'added µs':>10}{'wall':>7}{'':>6}"
+        f"{'bare instr':>12}{'added':>9}{'instr':>7}{'':>6}target"
+    )
+    for case in cases:
+        row = f"{case:<18}"
+        if case in clock:
+            c = clock[case]
+            row += f"{c['bare_us']:>9}{c['added_us']:>10}{c['ratio']:>7.3f}"
+            row += f"{mark(case, c['ratio']):>6}"
+        else:
+            row += " " * 32
+        if case in counted:
+            n = counted[case]
+            row += f"{n['bare_instructions']:>12}{n['added_instructions']:>9}{n['ratio']:>7.3f}"
+            row += f"{mark(case, n['ratio']):>6}"
+        else:
+            row += " " * 34
         target = TARGETS.get(case.split("/")[1])
-        mark = "" if target is None else ("ok" if row["ratio"] <= target else "MISS")
-        shown = f"{target:.2f}" if target else "-"
-        print(
-            f"{case:<20}{row['bare_us']:>10}{row['added_us']:>10}{row['ratio']:>8}{shown:>8} {mark}"
-        )
-    print(json.dumps({"overhead": results}))
+        print(row + (f"  {target:.2f}" if target else "  -"))
+    print(json.dumps({"wall_clock": clock, "instructions": counted}))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,13 @@ from capi_bridge.errors import ConfigError
 from capi_bridge.injection import is_navigation
 from capi_bridge.pages import CORE_STATE_KEY, PAGE_STATE_KEY, Page, PageBridge, page_in
 from capi_bridge.request import RequestView
-from capi_bridge.responses import PageResponse, body_limit, read_asgi_body
+from capi_bridge.responses import (
+    PageResponse,
+    body_limit,
+    html_type,
+    passes_through,
+    read_asgi_body,
+)
 
 if TYPE_CHECKING:
     from capi_bridge.bridge import Bridge
@@ -80,27 +86,37 @@ class CapiBridgeMiddleware:
             self.error = exc
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
+        # A coroutine function, not a plain one returning the app's awaitable (one frame
+        # less): hypercorn tells ASGI from WSGI with inspect.iscoroutinefunction, which on
+        # Python 3.10 and 3.11 sees no marker a plain function could carry.
         core = self.core
         if core is None:
             await self._disabled(scope, receive, send)
             return
-        if kind == "lifespan":
-            await self.app(scope, _closing(receive, core), send)
-            return
+        kind = scope["type"]
         if kind != "http":
-            await self.app(scope, receive, send)
+            if kind == "lifespan":
+                await self.app(scope, _closing(receive, core), send)
+            else:
+                await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
         state[CORE_STATE_KEY] = core
-        if core.is_route(scope["path"]):
+        if scope["path"] in core.route_paths:  # core.is_route(), without a call
             await self._serve_route(core, scope, receive, send)
             return
-        if not is_navigation(_header(scope, b"sec-fetch-dest")):
+        dest = None  # Sec-Fetch-Dest; header names are lower-case in ASGI (Starlette relies
+        for key, value in scope.get("headers") or ():  # on it too); a loop beats dict() here
+            if key == b"sec-fetch-dest":
+                dest = bytes(value)
+                break
+        if not is_navigation(dest):
             await self.app(scope, receive, send)
             return
-        inject = scope["method"] == "GET" and core.settings.auto_inject
-        await self.app(scope, receive, _Responder(send, core, scope, inject=inject).send)
+        inject = core.settings.auto_inject and scope["method"] == "GET"
+        await self.app(scope, receive, _Responder(send, core, scope, inject).send)
 
     async def _disabled(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A bad setting: fail the start-up if the server runs the lifespan, else stay out of
@@ -153,36 +169,55 @@ def _closing(receive: Receive, core: PageBridge) -> Receive:
 
 
 class _Responder:
-    """Moves one response's messages; the response core decides what happens to them."""
+    """Moves one response's messages; the response core decides what happens to them.
 
-    __slots__ = ("_body", "_inject", "_rewriting", "_scope", "_send", "_start")
+    :meth:`send` is a plain function returning the server's own awaitable for every message
+    that passes through: a response that is not a page (JSON, a file) costs no coroutine of
+    ours, and after its start line, one flag test per message."""
 
-    def __init__(self, send: Send, core: PageBridge, scope: Scope, *, inject: bool) -> None:
+    __slots__ = ("_body", "_core", "_inject", "_rewriting", "_scope", "_send", "_start", "_through")
+
+    def __init__(self, send: Send, core: PageBridge, scope: Scope, inject: bool) -> None:
         self._send = send
+        self._core = core
         self._scope = scope
         self._inject = inject
-        state = scope["state"]
-
-        def current() -> Page | None:
-            page = state.get(PAGE_STATE_KEY)
-            return page if isinstance(page, Page) else None
-
-        def make() -> Page:
-            return page_in(state, core, lambda: RequestView.from_asgi(scope), "document")
-
-        self._body = PageResponse(current, make, inject=inject)
-        self._start: Message | None = None  # held until the body decides
+        self._through = False  # decided at the start line: every message passes untouched
         self._rewriting = False
+        # _body (the response core) and _start (held until the body decides) are set by
+        # _on_start: only a response the core must decide pays for them
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        if self._through:
+            return self._send(message)
+        if message["type"] != "http.response.start":
+            return self._on_message(message)
+        raw = message.get("headers", ())
+        if not isinstance(raw, (list, tuple)):  # a generator: read it once, send the copy
+            raw = list(raw)
+            message = {**message, "headers": raw}
+        page = self._scope["state"].get(PAGE_STATE_KEY)
+        current = page if isinstance(page, Page) else None
+        status = message["status"]
+        html = False
+        if status == 200 and self._inject:  # only then can the content type matter
+            for key, value in raw:
+                if len(key) == 12 and key.lower() == b"content-type":
+                    html = html_type(value)
+                    break
+        if passes_through(current, self._inject, status, html):
+            self._through = True
+            return self._send(message)
+        return self._on_start(message, raw, current)
+
+    async def _on_message(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "http.response.start":
-            await self._on_start(message)
-        elif not self._rewriting:
+        if not self._rewriting:
             await self._send(message)
         elif kind == "http.response.body":
             await self._on_body(message)
         else:  # pathsend, trailers...: stop rewriting, release what is held, then forward
+            assert self._body is not None
             self._rewriting = False
             self._body.injector = None
             held = self._body.finish()
@@ -191,17 +226,17 @@ class _Responder:
                 await self._send({"type": "http.response.body", "body": held, "more_body": True})
             await self._send(message)
 
-    async def _on_start(self, message: Message) -> None:
-        raw = list(message.get("headers", ()))  # may be a generator: read it once
-        status = message["status"]
-        if not (self._inject and status == 200 and _is_html(raw)) and (
-            PAGE_STATE_KEY not in self._scope["state"]
-        ):
-            await self._send(message)  # a JSON or file response nobody asked the bridge about
-            return
+    async def _on_start(self, message: Message, raw: Any, current: Page | None) -> None:
+        state, core, scope = self._scope["state"], self._core, self._scope
+
+        def make() -> Page:
+            return page_in(state, core, lambda: RequestView.from_asgi(scope), "document")
+
+        body = self._body = PageResponse(lambda: current, make, inject=self._inject)
+        self._start: Message | None = None
         headers = [(bytes(k).lower().decode("latin-1"), bytes(v).decode("latin-1")) for k, v in raw]
-        extra = self._body.start(status, headers)
-        replaced = self._body.replaced
+        extra = body.start(message["status"], headers)
+        replaced = body.replaced
         if replaced:
             raw = [(k, v) for k, v in raw if bytes(k).lower().decode("latin-1") not in replaced]
         out = {
@@ -211,14 +246,16 @@ class _Responder:
                 *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra),
             ],
         }
-        self._rewriting = self._body.rewriting
-        if self._body.held:
+        self._rewriting = body.rewriting
+        self._through = not body.rewriting  # cookies added: the body passes untouched
+        if body.held:
             self._start = out
         else:
             await self._send(out)
 
     async def _on_body(self, message: Message) -> None:
         body = self._body
+        assert body is not None
         more = message.get("more_body", False)
         out = body.feed(message.get("body", b""))
         if not more:
@@ -226,12 +263,13 @@ class _Responder:
         if not body.decided:
             return  # still looking for </head>: hold the bytes, send nothing yet
         self._rewriting = False  # decided: every later message passes straight through
+        self._through = True
         await self._release()
         await self._send({**message, "body": out, "more_body": more})
 
     async def _release(self) -> None:
         start, self._start = self._start, None
-        if start is None:
+        if start is None or self._body is None:
             return
         body = self._body
         start["headers"] = [
@@ -239,18 +277,3 @@ class _Responder:
             for k, v in start["headers"]
         ]
         await self._send(start)
-
-
-def _is_html(headers: Any) -> bool:
-    """A quick look for an HTML content type, before any header is decoded or copied."""
-    for key, value in headers:
-        if key.lower() == b"content-type":
-            return bytes(value[:21]).lower().startswith((b"text/html", b"application/xhtml"))
-    return False
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None

@@ -137,6 +137,9 @@ def parse_cookie_header(header: str | None) -> dict[str, str]:
     return cookies
 
 
+_GOOD_NAMES: set[str] = set()
+
+
 def set_cookie(
     name: str,
     value: str,
@@ -153,8 +156,11 @@ def set_cookie(
     ``domain=None`` gives a host-only cookie (localhost, IP hosts). ``SameSite=Lax`` keeps the
     cookie on the top-level navigation that follows an ad click, which is when fbclid arrives.
     """
-    if not _COOKIE_NAME.fullmatch(name):
-        raise ValueError(f"invalid cookie name {name!r}")
+    if name not in _GOOD_NAMES:
+        if not _COOKIE_NAME.fullmatch(name):
+            raise ValueError(f"invalid cookie name {name!r}")
+        if len(_GOOD_NAMES) < 64:  # our own few names: checked once, not on every page
+            _GOOD_NAMES.add(name)
     if not _COOKIE_VALUE.fullmatch(value):
         raise ValueError(f"cookie {name} has characters a browser would not keep")
     parts = [f"{name}={value}", f"Max-Age={int(max_age)}", f"Path={path}"]

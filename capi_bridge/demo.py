@@ -4,14 +4,13 @@ A newcomer with no Meta account and no internet should see the redundant setup w
 second: the fake Graph API (:class:`~capi_bridge.testing.FakeGraph`, in this process) plays
 Meta's server and also serves ``fbevents-stub.js`` in place of Meta's pixel library; the shop is
 ``examples/flask_app.py``, ``examples/starlette_app.py`` or ``examples/django_shop/`` from the
-source tree, loaded as is and
-configured only through the ``CAPI_BRIDGE_*`` variables README documents, so what the demo runs
-is exactly what a developer would copy. Everything binds to 127.0.0.1.
+source tree, loaded as is and configured only through the ``CAPI_BRIDGE_*`` variables README
+documents, so what the demo runs is exactly what a developer would copy. Everything binds to
+127.0.0.1.
 
-The examples are not part of the installed package (a wheel has no ``examples/``): they are
-found next to the package, which an editable or source install provides; otherwise the command
-says so and how to fix it. Duplicating the shop inside the package would let the two copies
-drift apart.
+Finding, loading and serving the example shops is :mod:`capi_bridge.demo_shops`; this module is
+the command around them: the fake Graph API, the environment the shop reads, the console, the
+readiness checks and Ctrl-C.
 
 The outbox lives in a temporary directory removed at exit: the fake Graph API forgets its events
 when the demo stops, so a durable outbox would only resend them to the next demo.
@@ -20,94 +19,53 @@ when the demo stops, so a durable outbox would only resend them to the next demo
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import TextIO
 
-import capi_bridge
+from capi_bridge.demo_shops import (
+    CLOSE_TIMEOUT,
+    HOST,
+    DemoError,
+    Running,
+    check_dependencies,
+    examples_dir,
+    listen,
+    shop_file,
+    start_shop,
+)
 from capi_bridge.errors import ConfigError
 from capi_bridge.settings import ENV_PREFIX, Settings
 from capi_bridge.testing import FakeGraph
 
-logger = logging.getLogger("capi_bridge.demo")
-
-HOST = "127.0.0.1"
 DEMO_PIXEL = "1234567890"
 DEMO_TOKEN = "demo-token"  # the only token the demo's fake Graph API accepts
 FRAMEWORKS = ("flask", "starlette", "django")
 #: How long a server may take to answer its first request before the demo gives up.
 READY_TIMEOUT = 15.0
-#: Bound on the flush at shutdown; the fake Graph API is local, so this is generous.
-CLOSE_TIMEOUT = 5.0
-#: What each framework needs beyond capi-bridge itself (module names, for the error message).
-_NEEDS = {
-    "flask": ("flask",),
-    "starlette": ("starlette", "uvicorn", "jinja2"),
-    "django": ("django", "jinja2"),
-}
-#: Each shop's file in ``examples/`` (Django's is a project: its manage.py).
-_SHOPS = {
-    "flask": "flask_app.py",
-    "starlette": "starlette_app.py",
-    "django": "django_shop/manage.py",
-}
-
-
-class DemoError(Exception):
-    """A reason the demo cannot start, worded for the person who typed the command."""
-
-
-def examples_dir() -> Path:
-    """The repository's ``examples/``: beside the package in a source or editable install."""
-    return Path(capi_bridge.__file__).resolve().parents[1] / "examples"
-
-
-def _shop_file(framework: str) -> Path:
-    path = examples_dir() / _SHOPS[framework]
-    if not path.is_file():
-        raise DemoError(
-            f"the example shop {path} is missing: the demo runs the shop from the source tree, "
-            "which an install from a wheel does not include. Fix: clone the repository and "
-            "install it editable there (pip install -e '.[all]'), then run capi-bridge demo again."
-        )
-    return path
-
-
-def _check_dependencies(framework: str) -> None:
-    missing = [name for name in _NEEDS[framework] if importlib.util.find_spec(name) is None]
-    if missing:
-        raise DemoError(
-            f"the {framework} shop needs {', '.join(missing)}, which is not installed. "
-            "Fix: pip install -e '.[all]' (or capi-bridge[all])."
-        )
-
-
-def _listen(port: int) -> socket.socket:
-    """Bind the shop's socket first, so a busy port fails before anything else starts."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((HOST, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise DemoError(
-            f"cannot listen on {HOST}:{port}: {exc.strerror or exc}. "
-            "Fix: pass --port with a free port, or --port 0 for any free port."
-        ) from None
-    return sock
+#: Names other modules and the tests take from here (some are defined in demo_shops).
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DEMO_PIXEL",
+    "DEMO_TOKEN",
+    "FRAMEWORKS",
+    "HOST",
+    "READY_TIMEOUT",
+    "DemoError",
+    "demo_environment",
+    "environment",
+    "examples_dir",
+    "run",
+    "wait_until_answers",
+]
 
 
 def demo_environment(graph: FakeGraph, outbox_path: str) -> dict[str, str]:
@@ -140,114 +98,6 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _load_shop(path: Path) -> ModuleType:
-    """Import an example by file path, under a private name: no ``examples`` package needed,
-    and no clash with another installed package of that name. Registered in ``sys.modules``
-    before it runs, because Flask finds its root path there."""
-    name = f"capi_bridge_demo_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:  # pragma: no cover - only for a non-.py path
-        raise DemoError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# --- the shop servers ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Running:
-    """A started shop: how to tell it is alive and how to stop it (flushing its bridge)."""
-
-    alive: Callable[[], bool]
-    stop: Callable[[], bool]
-
-
-def _serve_flask(module: ModuleType, sock: socket.socket) -> _Running:
-    from werkzeug.serving import make_server
-
-    # Werkzeug logs every request at INFO; the inspector is where the demo shows traffic.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = module.app
-    server = make_server(HOST, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
-    sock.close()  # the server holds its own duplicate of the listening socket
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-shop", daemon=True
-    )  # a short poll interval: shutdown() waits for the next one
-    thread.start()
-
-    def stop() -> bool:
-        server.shutdown()
-        server.server_close()
-        flushed: bool = app.extensions["capi_bridge"].close(CLOSE_TIMEOUT)
-        return flushed
-
-    return _Running(thread.is_alive, stop)
-
-
-def _serve_django(manage: Path, sock: socket.socket) -> _Running:
-    """The Django shop on Django's own threaded WSGI server (runserver's), on our socket."""
-    sys.path.insert(0, str(manage.parent))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "shop.settings"
-    from django.core.exceptions import ImproperlyConfigured
-    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
-    from django.core.wsgi import get_wsgi_application
-
-    from capi_bridge.django import conf
-
-    try:
-        app = get_wsgi_application()  # loads the middleware, which checks the settings
-    except ImproperlyConfigured as exc:
-        raise DemoError(str(exc)) from None
-    logging.getLogger("django.server").setLevel(logging.WARNING)  # one line per request
-    server = ThreadedWSGIServer(sock.getsockname(), WSGIRequestHandler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock  # already bound and listening
-    server.server_name, server.server_port = HOST, sock.getsockname()[1]
-    server.setup_environ()
-    server.set_app(app)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-shop", daemon=True
-    )
-    thread.start()
-
-    def stop() -> bool:
-        server.shutdown()
-        server.server_close()
-        return conf.core().close(CLOSE_TIMEOUT)
-
-    return _Running(thread.is_alive, stop)
-
-
-def _serve_starlette(module: ModuleType, sock: socket.socket) -> _Running:
-    import uvicorn
-
-    config = uvicorn.Config(
-        module.app,
-        lifespan="on",  # the middleware opens the outbox at start-up and flushes it at shutdown
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=3,
-    )
-    server = uvicorn.Server(config)
-    # Off the main thread uvicorn installs no signal handlers: the demo owns Ctrl-C/SIGTERM.
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="demo-shop", daemon=True
-    )
-    thread.start()
-
-    def stop() -> bool:
-        server.should_exit = True
-        thread.join(CLOSE_TIMEOUT + 5)
-        sock.close()
-        return not thread.is_alive()
-
-    return _Running(thread.is_alive, stop)
 
 
 # --- readiness and signals ----------------------------------------------------------------------
@@ -332,9 +182,9 @@ def _run(
 
     if framework not in FRAMEWORKS:
         raise DemoError(f"unknown framework {framework!r}; use one of {', '.join(FRAMEWORKS)}")
-    shop_file = _shop_file(framework)
-    _check_dependencies(framework)
-    sock = _listen(port)
+    example = shop_file(framework)
+    check_dependencies(framework)
+    sock = listen(port)
     stack.callback(sock.close)
     shop_url = f"http://{HOST}:{sock.getsockname()[1]}"
 
@@ -346,7 +196,7 @@ def _run(
     settings = _settings()
     say(f"capi-bridge demo: the example {framework} shop against a local fake of Meta's Graph API")
     say("  (no Meta account needed; nothing leaves this machine)")
-    say(f"  example         {shop_file}")
+    say(f"  example         {example}")
     _mention_user_settings(env, say)
 
     if wait_until_answers(graph.pixel_script_url, stop) is None:
@@ -355,7 +205,7 @@ def _run(
     say(f"  pixel script    {graph.pixel_script_url}  (stand-in for Meta's fbevents.js)")
 
     try:
-        shop = _start_shop(framework, shop_file, sock)
+        shop = start_shop(framework, example, sock)
     except ConfigError as exc:
         raise DemoError(str(exc)) from None
     stack.callback(_stop_shop, shop, graph, say)
@@ -393,15 +243,7 @@ def _mention_user_settings(env: Mapping[str, str], say: Callable[[str], None]) -
         say(f"  also applied from your environment: {', '.join(kept)}")
 
 
-def _start_shop(framework: str, path: Path, sock: socket.socket) -> _Running:
-    if framework == "django":
-        return _serve_django(path, sock)
-    module = _load_shop(path)
-    serve = _serve_flask if framework == "flask" else _serve_starlette
-    return serve(module, sock)
-
-
-def _stop_shop(shop: _Running, graph: FakeGraph, say: Callable[[str], None]) -> None:
+def _stop_shop(shop: Running, graph: FakeGraph, say: Callable[[str], None]) -> None:
     flushed = shop.stop()
     received = len(graph.events)
     note = "" if flushed else " (some events were still waiting; they are dropped with the demo)"

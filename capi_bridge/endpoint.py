@@ -19,7 +19,8 @@ reason, never a 5xx.
 
 Events are not mirrored, but answered 202 and counted (see :mod:`capi_bridge.drops`), when they
 come from a crawler or a headless browser, go to a pixel the site does not configure
-(``trackSingle``), or are neither standard nor one of ``custom_events``.
+(``trackSingle``), or are neither standard nor one of ``custom_events``: the rule is
+:mod:`capi_bridge.endpoint_selection`.
 
 Consent is decided by the server (see :mod:`capi_bridge.consent`). Without it, events are still
 taken, but stored *held* under ``hold``, a random id the browser keeps for the tab session; they
@@ -61,7 +62,7 @@ from capi_bridge.browser_payload import (
 from capi_bridge.consent import ConsentPolicy
 from capi_bridge.cookies import cookie_domain
 from capi_bridge.drops import HOOK_FAILURES, PIXEL_CALLS, Drop, classify_agent
-from capi_bridge.events import STANDARD_EVENTS
+from capi_bridge.endpoint_selection import AUTOMATIC_EVENTS, EventSelector
 from capi_bridge.hosts import host_allowed, site_url
 from capi_bridge.identity import TrustedProxies, held_fbp, resolve_identity
 from capi_bridge.mirror import Batch, Choice, EndpointResult, answer_rejected
@@ -77,10 +78,8 @@ logger = logging.getLogger("capi_bridge.endpoint")
 #: Oldest token a consent message is taken with (a tab left open for days still records the
 #: visitor's choice; refreshing a token has its own, shorter window: ``token_refresh_window``).
 CHOICE_MAX_AGE = 30 * 86400.0
-#: Events the pixel sends by itself; a page may pass them to fbq, they are never mirrored.
-AUTOMATIC_EVENTS = frozenset({"SubscribedButtonClick", "Microdata"})
 #: Names other modules and the tests take from here.
-__all__ = ["HOLD_ID", "MAX_BODY_BYTES", "BrowserEndpoint", "RateLimiter"]
+__all__ = ["AUTOMATIC_EVENTS", "HOLD_ID", "MAX_BODY_BYTES", "BrowserEndpoint", "RateLimiter"]
 
 
 class BrowserEndpoint:
@@ -108,8 +107,7 @@ class BrowserEndpoint:
         self.proxies = proxies or TrustedProxies.from_settings(settings)
         self.admission = Admission(settings, limiter=rate_limiter, levels=levels, clock=clock)
         self.limiter = self.admission.limiter
-        self.event_names = STANDARD_EVENTS | frozenset(settings.custom_events)
-        self._pixels = frozenset(settings.pixel_ids)
+        self.selector = EventSelector(settings)
         assert settings.secret_key  # PageSigner refused to start without one
         self._secret = settings.secret_key
         self._clock = clock
@@ -203,20 +201,6 @@ class BrowserEndpoint:
                 return candidate
         return None
 
-    def _ignored(self, event: dict[str, Any], agent: tuple[str, str] | None) -> Drop | None:
-        """Why ``event`` is not mirrored (a drop to count), or None to keep it."""
-        name = event["event_name"]
-        if agent is not None:
-            return Drop(name, *agent)
-        pixel = event.get("pixel_id")
-        if pixel is not None and pixel not in self._pixels:
-            return Drop(name, "unknown_pixel", pixel)
-        if name in AUTOMATIC_EVENTS:
-            return Drop(name, "automatic")
-        if name not in self.event_names:
-            return Drop(name, "unknown_event")
-        return None
-
     def _held_identity(
         self, request: RequestView, hold: str | None
     ) -> tuple[int | None, str | None]:
@@ -300,50 +284,27 @@ class BrowserEndpoint:
                     "a PageView needs the id its page token binds (GET a fresh token first)",
                     f"events[{index}].event_id",
                 )
-        agent = classify_agent(request.headers.get("user-agent"))
-        kept: list[dict[str, Any]] = []
-        positions: list[int] = []
-        ignored: list[dict[str, str]] = []
-        for index, event in enumerate(events):
-            drop = self._ignored(event, agent)
-            if drop is None:
-                kept.append(event)
-                positions.append(index)
-            else:
-                dropped.append(drop)
-                ignored.append({"field": f"events[{index}]", "reason": drop.reason})
-        targets = {self._target(e.pop("pixel_id", None)) for e in kept}
-        if len(targets) > 1:
-            raise Rejected(
-                400,
-                "mixed_pixels",
-                "one post carries events for one pixel target: post trackSingle events apart",
-                "events",
-            )
-        target = next(iter(targets), None)
-        if kept:  # one row per event and pixel it goes to
-            rows = len(kept) * (len(self._pixels) if target is None else 1)
-            self.admission.rows(key, rows, held=hold is not None)
+        chosen = self.selector.select(events, classify_agent(request.headers.get("user-agent")))
+        dropped += chosen.dropped
+        if chosen.kept:  # one row per event and pixel it goes to
+            pixels = len(self.selector.pixels) if chosen.target is None else 1
+            self.admission.rows(key, len(chosen.kept) * pixels, held=hold is not None)
         started, fbp = self._held_identity(request, hold)
-        enriched = tuple(self._enrich(request, e, claims, started, fbp) for e in kept)
+        enriched = tuple(self._enrich(request, e, claims, started, fbp) for e in chosen.kept)
         answer: dict[str, Any] = {"accepted": len(enriched)}
-        if ignored:
-            answer["ignored"] = ignored
+        if chosen.ignored:
+            answer["ignored"] = chosen.ignored
         batch = None
         if enriched:
             batch = Batch(
                 enriched,
                 hold=hold,
-                pixel_id=target,
+                pixel_id=chosen.target,
                 origin=Origin("browser", pixel_loaded=loaded),
                 test_event_code=test_code,
-                positions=tuple(positions),
+                positions=tuple(chosen.positions),
             )
         return EndpointResult(Response.json(202, answer), batch=batch, dropped=tuple(dropped))
-
-    def _target(self, pixel: str | None) -> str | None:
-        """The pixel an event goes to (None: every configured one, as plain track does)."""
-        return None if pixel is None or self._pixels == {pixel} else pixel
 
     def _choice(self, request: RequestView, data: dict[str, Any]) -> EndpointResult:
         """Record the visitor's choice (cookies); on consent also set ``_fbp``/``_fbc`` (the

@@ -9,8 +9,8 @@ capi-bridge plain Graph-shaped mappings, which is what the browser endpoint does
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -117,8 +117,12 @@ UserValue = str | Sequence[str] | None
 
 
 def new_event_id() -> str:
-    """A fresh event id: a random UUID, the same shape the browser mints."""
-    return str(uuid.uuid4())
+    """A fresh event id: a random (version 4) UUID, the same shape the browser mints. Written
+    out from 16 random bytes, as ``uuid.uuid4()`` makes it but without building a ``UUID``
+    object: every page mints one."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]  # RFC 4122 variant bits 10xx
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:

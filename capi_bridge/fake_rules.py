@@ -1,8 +1,9 @@
 """What the fake Graph API enforces, as Meta does: the body shapes, the rules, the faults.
 
-Kept apart from the server in :mod:`capi_bridge.testing` so the rules read as one list. This is
-written independently of :mod:`capi_bridge.validation` on purpose: the fake must not share a bug
-with our own schema guard, or it would agree with it. Production code never imports this module.
+Kept apart from the fake's server and state (:mod:`capi_bridge.testing` is their public face)
+so the rules read as one list. This is written independently of :mod:`capi_bridge.validation`
+on purpose: the fake must not share a bug with our own schema guard, or it would agree with it.
+Production code never imports this module.
 """
 
 from __future__ import annotations

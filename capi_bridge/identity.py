@@ -85,6 +85,17 @@ def parse_ip(raw: str | None) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(maxsize=4096)  # ipaddress walks a list of networks for each answer
+def _private(ip: IPAddress) -> bool:
+    return ip.is_private
+
+
+@functools.lru_cache(maxsize=4096)
+def _global_text(ip: IPAddress) -> str | None:
+    """The address as text when it is public (what Meta accepts), else None."""
+    return str(ip) if ip.is_global else None
+
+
 def _split_outside_quotes(value: str, sep: str) -> list[str]:
     parts: list[str] = []
     current: list[str] = []
@@ -166,7 +177,7 @@ class TrustedProxies:
         """The client's address as the outermost trusted proxy saw it (``None`` if unknown)."""
         peer = parse_ip(request.client_addr)
         if not self._peer_trusted(request):
-            behind_proxy = peer is not None and peer.is_private and request.headers.get(self.header)
+            behind_proxy = peer is not None and _private(peer) and request.headers.get(self.header)
             if behind_proxy and not self.hops and not self.networks:
                 _warn_untrusted_proxy()
             return peer
@@ -228,7 +239,7 @@ def held_fbp(secret_key: str, hold: str, index: int, created_ms: int) -> str:
 
 
 def _fbclid_from(url: str | None) -> str | None:
-    if not url:
+    if not url or "fbclid" not in url:  # most pages: no query to parse
         return None
     try:
         values = parse_qs(urlsplit(url).query, keep_blank_values=True).get("fbclid")
@@ -295,8 +306,8 @@ def resolve_identity(
     proxies = proxies or TrustedProxies.from_settings(settings)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     ip = proxies.client_ip(request)
-    if ip is not None and not ip.is_global:
-        ip = None  # Meta rejects private/loopback addresses as invalid; better none than wrong
+    # Meta rejects private/loopback addresses as invalid; better none than wrong
+    address = None if ip is None else _global_text(ip)
     scheme = proxies.scheme(request)
     query = f"?{request.query_string}" if request.query_string else ""
     url = page_url or f"{scheme}://{request.host}{request.path}{query}"
@@ -335,7 +346,7 @@ def resolve_identity(
         keep(FBC_COOKIE, fbc)
 
     return Identity(
-        client_ip_address=str(ip) if ip is not None else None,
+        client_ip_address=address,
         client_user_agent=_cap(request.headers.get("user-agent"), 1024),
         event_source_url=url[:2048],
         referrer_url=referrer,

@@ -30,12 +30,16 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _OVERLAP = 256
 
 
-def is_navigation(sec_fetch_dest: str | None) -> bool:
+#: ``Sec-Fetch-Dest`` values of a navigation, as text (WSGI, Django) and bytes (ASGI).
+_NAVIGATIONS = frozenset({"document", "iframe", "", b"document", b"iframe", b""})
+
+
+def is_navigation(sec_fetch_dest: str | bytes | None) -> bool:
     """Can this request be a navigation (a page load or a form post)? Decided before the app
     runs, from ``Sec-Fetch-Dest``: fetch/XHR calls, images and scripts skip the middleware
     entirely, which keeps API endpoints at zero overhead. Browsers too old to send the header,
     and non-browser clients, count as navigations (the snippet is inert without JavaScript)."""
-    return sec_fetch_dest is None or sec_fetch_dest in ("document", "iframe", "")
+    return sec_fetch_dest is None or sec_fetch_dest in _NAVIGATIONS
 
 
 def should_inject(status: int, headers: Iterable[tuple[str, str]]) -> bool:

@@ -13,6 +13,7 @@ import functools
 import html
 import secrets
 from collections.abc import Callable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.browser_payload import HOLD_ID
@@ -40,12 +41,30 @@ _TRACKED = {flag: Origin("server", twin=flag) for flag in (True, False)}
 class Page:
     """One request's identity, user data, server events and (for a page) snippet and cookies."""
 
+    # The three attributes every page has live in slots; the instance dict is made only when
+    # the page is used (an identity resolved, a snippet rendered): a JSON answer has none.
+    __slots__ = ("__dict__", "_request", "core", "navigation")
+
     #: Whether the rendered snippet carries the visitor's raw advanced-matching data: the
-    #: response must then be ``Cache-Control: private`` (the adapters see to it). Class-level
-    #: defaults, set on the instance only when they change: a JSON response stays cheap.
+    #: response must then be ``Cache-Control: private`` (the adapters see to it).
     private = False
+    #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
+    nonce: str | None = None
+    #: Whether the snippet was rendered into the page (the template tag, or the middleware).
+    placed = False
+    # Class-level defaults, set on the instance only when they change, and containers replaced
+    # (never mutated) while they are these shared empty ones: a request that asks nothing of
+    # the bridge (a JSON answer to a navigation) costs an object with three attributes.
     _serves: bool | None = None
     _twins: list[Twin] | None = None
+    _identity: Identity | None = None
+    _consent: bool | None = None
+    _html: str | None = None
+    _page_cookies: tuple[str, ...] = ()
+    _hold: str | None = None
+    _user_data: Mapping[str, Any] = MappingProxyType({})
+    _tracked: tuple[Twin, ...] = ()
+    _dropped: Mapping[str, str] = MappingProxyType({})  # user_data keys dropped, and why
 
     def __init__(
         self,
@@ -57,17 +76,6 @@ class Page:
         self.core = core
         self._request = request
         self.navigation = navigation
-        #: The CSP nonce to put on our ``<script>`` tags; set it before the page renders.
-        self.nonce: str | None = None
-        self.placed = False
-        self._user_data: dict[str, Any] = {}
-        self._identity: Identity | None = None
-        self._consent: bool | None = None
-        self._html: str | None = None
-        self._page_cookies: tuple[str, ...] = ()
-        self._tracked: list[Twin] = []
-        self._hold: str | None = None
-        self._dropped: dict[str, str] = {}  # user_data keys dropped as invalid, and why
 
     @property
     def request(self) -> RequestView:
@@ -118,22 +126,30 @@ class Page:
         rest, and the inspector and diagnostics count the drop. ``strict`` settings make it
         raise instead (for the app's tests). An unknown key or a value of the wrong type is a
         programming error and always raises."""
-        for field, value in user_data.items():
-            if value is None:
-                continue
-            if isinstance(value, (list, tuple)):
-                raise TypeError(f"identify(): give {field} one value, not a {type(value).__name__}")
-            text = self._user_value(field, value, self._user_data.get("country"))
-            if text is not None:
-                self._user_data[field] = text
-            else:
-                self._user_data.pop(field, None)
+        data = dict(self._user_data)
+        try:
+            for field, value in user_data.items():
+                if value is None:
+                    continue
+                if isinstance(value, (list, tuple)):
+                    kind = type(value).__name__
+                    raise TypeError(f"identify(): give {field} one value, not a {kind}")
+                text = self._user_value(field, value, data.get("country"))
+                if text is not None:
+                    data[field] = text
+                else:
+                    data.pop(field, None)
+        finally:  # the fields before a programming error stay identified, as they always did
+            self._user_data = data
 
     def _user_value(self, field: str, value: Any, country: str | None) -> Any:
         """``value`` normalized for ``field``; None when it carries nothing or was dropped
         (noted in ``_dropped`` for the inspector and diagnostics)."""
         strict = self.core.settings.strict
-        return visitor_value(field, value, country=country, strict=strict, dropped=self._dropped)
+        dropped = self._dropped
+        if not isinstance(dropped, dict):  # the shared empty default: this page's own now
+            dropped = self._dropped = {}
+        return visitor_value(field, value, country=country, strict=strict, dropped=dropped)
 
     def track(
         self,
@@ -187,7 +203,7 @@ class Page:
                 raise
             return eid
         if twin:
-            self._tracked.append({"n": event_name, "i": eid, "d": _small(custom_data)})
+            self._tracked = (*self._tracked, {"n": event_name, "i": eid, "d": _small(custom_data)})
         if dropped:
             pixels = self.core.settings.pixel_ids
             notes = dropped_fields(pixels, event_name, eid, dropped, self.core._clock())
@@ -231,6 +247,20 @@ class Page:
 
     def snippet_bytes(self) -> bytes:
         return self.render().encode("utf-8")
+
+    @property
+    def quiet(self) -> bool:
+        """Whether a response that is not a page to rewrite needs nothing from this one: no
+        snippet rendered, no identity resolved (its cookies), no server event (its twin), no
+        scoped test link to honour. Then the adapters pass the response through untouched,
+        without looking at it further: a JSON answer to a navigation costs a few attribute
+        reads."""
+        return (
+            self._html is None
+            and self._identity is None
+            and not self._tracked
+            and not self.core.settings.scoped_test_events
+        )
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``Set-Cookie`` headers this response needs; call once, as the response starts.
@@ -296,7 +326,7 @@ class Page:
         """Carry this request's events to the next page, or delete the twin cookies this page
         received (fired, refused or foreign alike)."""
         if self._tracked:
-            waiting = ([] if self._html is not None else self._arriving()) + self._tracked
+            waiting = [*([] if self._html is not None else self._arriving()), *self._tracked]
             return [self.core.twins.carry(waiting, fbp=self.identity.fbp, secure=self._secure)]
         cookies = self.request.cookies
         if TWIN_COOKIE not in cookies and TWIN_COOKIE_HTTPS not in cookies:

@@ -135,7 +135,8 @@ class PageBridge:
             if settings.inspector and inspector is not None
             else None
         )
-        self._routes = frozenset(
+        #: The paths capi-bridge serves itself (endpoint, script, inspector): see is_route.
+        self.route_paths = frozenset(
             (settings.endpoint_path, settings.script_path)
             + (tuple(self.inspector.paths) if self.inspector is not None else ())
         )
@@ -166,7 +167,7 @@ class PageBridge:
 
     def is_route(self, path: str) -> bool:
         """Whether ``path`` is served by capi-bridge itself (endpoint, script, inspector)."""
-        return path in self._routes
+        return path in self.route_paths
 
     def handle(self, request: RequestView, body: bytes = b"") -> Response:
         """Answer a request to one of our routes; never raises (see ``BrowserEndpoint``): the

@@ -12,10 +12,12 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qs
 
 from capi_bridge.cookies import parse_cookie_header
+
+_T = TypeVar("_T")
 
 
 class Headers(Mapping[str, str]):
@@ -37,8 +39,35 @@ class Headers(Mapping[str, str]):
                 joined[name] = value
         self._joined = joined
 
+    @classmethod
+    def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """Headers from ASGI's (name, value) byte pairs, decoded and joined in one pass."""
+        items: list[tuple[str, str]] = []
+        joined: dict[str, str] = {}
+        for raw_name, raw_value in raw:
+            name = bytes(raw_name).decode("latin-1").lower()
+            value = bytes(raw_value).decode("latin-1")
+            items.append((name, value))
+            if name in joined:
+                joined[name] += ("; " if name == "cookie" else ", ") + value
+            else:
+                joined[name] = value
+        headers = cls.__new__(cls)
+        headers._items = tuple(items)
+        headers._joined = joined
+        return headers
+
     def __getitem__(self, name: str) -> str:
         return self._joined[name.lower()]
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | _T) -> str | _T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        """One dict look-up (Mapping's own ``get`` goes through ``__getitem__`` and a
+        ``KeyError``): the bridge reads a few headers on every page."""
+        return self._joined.get(name.lower(), default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._joined)
@@ -55,9 +84,76 @@ class Headers(Mapping[str, str]):
         return f"Headers({list(self._joined)!r})"
 
 
+class _WSGIHeaders(Headers):
+    """A WSGI ``environ``'s headers, read from it when asked: a page reads five or six of them,
+    and gathering all of them walks the whole environ (the server's keys and the framework's
+    too). The server has joined repeated headers already."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:  # no parent call: nothing to gather
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ.get(_environ_key(name))
+        if not value:
+            raise KeyError(name)
+        return str(value)
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | _T) -> str | _T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        value = self._environ.get(_environ_key(name))
+        return str(value) if value else default
+
+    def _all(self) -> dict[str, str]:
+        joined: dict[str, str] = {}
+        for key, value in self._environ.items():
+            if key[:5] == "HTTP_":
+                if value:
+                    joined[key[5:].replace("_", "-").lower()] = str(value)
+            elif key in _CONTENT_KEYS and value:
+                joined[_CONTENT_KEYS[key]] = str(value)
+        return joined
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def get_all(self, name: str) -> list[str]:
+        value = self.get(name)
+        return [] if value is None else [value]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._all())!r})"
+
+
+_CONTENT_KEYS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def _environ_key(name: str) -> str:
+    """The ``environ`` key of a header: ``HTTP_USER_AGENT`` for ``User-Agent``."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        lower = name.lower()
+        key = {v: k for k, v in _CONTENT_KEYS.items()}.get(lower)
+        if key is None:
+            key = "HTTP_" + lower.upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < 512:  # the bridge's own names; bounded whatever asks
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
 def _wsgi_text(value: Any) -> str:
     """PEP 3333 hands paths over as latin-1-decoded bytes; recover the UTF-8 text."""
     text = str(value or "")
+    if text.isascii():  # the usual path: the same text either way
+        return text
     try:
         return text.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:
@@ -107,16 +203,6 @@ class RequestView:
     @classmethod
     def from_wsgi(cls, environ: Mapping[str, Any]) -> RequestView:
         """A view of a PEP 3333 ``environ`` (``REMOTE_ADDR`` is the socket peer)."""
-        items: list[tuple[str, str]] = []
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                name = key[5:].replace("_", "-")
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                name = key.replace("_", "-")
-            else:
-                continue
-            if value:
-                items.append((name, str(value)))
         scheme = str(environ.get("wsgi.url_scheme") or "http")
         host = str(environ.get("HTTP_HOST") or "")
         if not host:
@@ -131,18 +217,14 @@ class RequestView:
             host=host,
             path=path,
             query_string=str(environ.get("QUERY_STRING") or ""),
-            headers=items,
+            headers=_WSGIHeaders(environ),
             client_addr=str(environ.get("REMOTE_ADDR") or "") or None,
         )
 
     @classmethod
     def from_asgi(cls, scope: Mapping[str, Any]) -> RequestView:
         """A view of an ASGI HTTP ``scope`` (``scope["client"]`` is the socket peer)."""
-        items = [
-            (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
-            for name, value in scope.get("headers") or ()
-        ]
-        hdrs = Headers(items)
+        hdrs = Headers.from_raw(scope.get("headers") or ())
         scheme = str(scope.get("scheme") or "http")
         host = hdrs.get("host") or ""
         server = scope.get("server")

@@ -33,6 +33,8 @@ from capi_bridge.pages import Page, PageBridge
 __all__ = [
     "PageResponse",
     "body_limit",
+    "html_type",
+    "passes_through",
     "private_cache_control",
     "read_asgi_body",
     "read_limited",
@@ -130,6 +132,26 @@ class PageResponse:
             return value
 
 
+def html_type(value: str | bytes) -> bool:
+    """A quick look at a ``Content-Type`` value (text, or ASGI's bytes): may this response be
+    an HTML page? Looser than :func:`~capi_bridge.injection.should_inject` (parameters and
+    case aside, the same test), so it only ever sends more responses to the full decision."""
+    if isinstance(value, str):
+        return value.lstrip()[:21].lower().startswith(_HTML_PREFIXES)
+    return bytes(value).lstrip()[:21].lower().startswith(_HTML_BYTES)
+
+
+def passes_through(page: Page | None, inject: bool, status: int, html: bool) -> bool:
+    """Whether a response is sent exactly as the app made it, decided from its start alone and
+    before any header is copied: it is not an HTML page we may rewrite (``inject``, status 200,
+    :func:`html_type`), and the request asked nothing of the bridge (no :class:`Page`, or a
+    :attr:`~capi_bridge.pages.Page.quiet` one). JSON, files and redirects nobody tracked on
+    then cost this one call: no buffering, no per-chunk work, no cookie or token."""
+    return (page is None or page.quiet) and not (inject and html and status == 200)
+
+
+_HTML_PREFIXES = ("text/html", "application/xhtml")
+_HTML_BYTES = (b"text/html", b"application/xhtml")
 _NOTHING: frozenset[str] = frozenset()
 _CACHE_CONTROL = frozenset({"cache-control"})
 _SHARED = frozenset({"public", "private", "s-maxage"})

@@ -20,9 +20,11 @@ import functools
 import hashlib
 import html
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
+from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -152,63 +154,103 @@ def render_snippet(
     image, which cannot be consent-gated, is left out.
     """
     nonce_attr = f' nonce="{_attr(nonce)}"' if nonce else ""
-    matching = dict(advanced_matching or {})
-    unknown = set(matching) - ADVANCED_MATCHING_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown advanced-matching keys {sorted(unknown)}; "
-            f"use {sorted(ADVANCED_MATCHING_KEYS)}"
+    fields: tuple[tuple[str, str], ...] = ()
+    if advanced_matching:
+        unknown = set(advanced_matching) - ADVANCED_MATCHING_KEYS
+        if unknown:
+            raise ValueError(
+                f"unknown advanced-matching keys {sorted(unknown)}; "
+                f"use {sorted(ADVANCED_MATCHING_KEYS)}"
+            )
+        fields = tuple(
+            sorted((k, str(v)) for k, v in advanced_matching.items() if v not in (None, ""))
         )
-    fields = tuple(sorted((k, str(v)) for k, v in matching.items() if v not in (None, "")))
-    config = {
-        "endpoint": settings.endpoint_path,
-        "token": token,
-        "pv": page_view_id,
-        "iat": int(issued_at),
-        "ttl": int(settings.token_max_age),
-        "hold": not consent,
-    }
-    if not settings.mirror_pixel_calls:
-        config["mirror"] = False  # boot.js leaves fbq alone
+    frame = _frame(settings, consent, fields)
+    # The config is {"endpoint","token","pv","iat","ttl","hold"[,"mirror"]}, as script_json
+    # writes it; only token, pv and iat change from page to page.
     parts = [
-        # this tag marks a page that already holds the snippet (see injection.MARKER)
-        f"<script data-capi-bridge{nonce_attr}>",
-        _prelude(settings, consent, fields),
-        f"window.capiBridgeConfig={script_json(config)};",
-        _boot(),
-        f'</script><script async src="{_script_src(settings)}"{nonce_attr}></script>',
+        "<script data-capi-bridge",  # marks a page that holds the snippet (injection.MARKER)
+        nonce_attr,
+        ">",
+        frame.head,
+        _script_text(token),
+        ',"pv":',
+        _script_text(page_view_id),
+        f',"iat":{int(issued_at)}',
+        frame.middle,
+        nonce_attr,
+        "></script>",
     ]
-    if consent:
-        eid = quote(page_view_id, safe="")
-        parts.append("<noscript>")
-        parts.extend(
-            '<img height="1" width="1" style="display:none" alt="" src="https://www.facebook.com'
-            f'/tr?id={quote(pid, safe="")}&amp;ev=PageView&amp;eid={eid}&amp;noscript=1">'
-            for pid in settings.pixel_ids
-        )
-        parts.append("</noscript>")
+    if frame.noscript:
+        eid = page_view_id if _UNRESERVED.fullmatch(page_view_id) else quote(page_view_id, safe="")
+        parts.append(eid.join(frame.noscript))
     return "".join(parts)
+
+
+#: What ``quote(value, safe="")`` leaves as it is (a minted id, a UUID): no need to call it.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """The parts of a site's snippet around what changes per page (token, PageView id, time):
+    built once per settings, consent state and advanced-matching data."""
+
+    head: str  # the prelude and the config up to the token
+    middle: str  # the config after the time, boot.js and the script tag up to its nonce
+    noscript: tuple[str, ...]  # the <noscript> images, to be joined by the quoted PageView id
+
+
+def _frame(
+    settings: _SnippetSettings, consent: bool, matching: tuple[tuple[str, str], ...]
+) -> _Frame:
+    key = (id(settings), consent, matching)
+    hit = _FRAMES.get(key)
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    if len(_FRAMES) > 256:  # advanced-matching data varies per visitor: stay bounded
+        _FRAMES.clear()
+    tail = "" if settings.mirror_pixel_calls else ',"mirror":false'  # boot.js leaves fbq alone
+    noscript: tuple[str, ...] = ()
+    if consent:
+        images = [
+            '<img height="1" width="1" style="display:none" alt="" src="https://www.facebook.com'
+            f"/tr?id={quote(pid, safe='')}&amp;ev=PageView&amp;eid="
+            for pid in settings.pixel_ids
+        ]
+        after = '&amp;noscript=1">'
+        noscript = (
+            "<noscript>" + images[0],
+            *(after + image for image in images[1:]),
+            after + "</noscript>",
+        )
+    frame = _Frame(
+        head=(
+            _build_prelude(settings, consent, matching)
+            + 'window.capiBridgeConfig={"endpoint":'
+            + _script_text(settings.endpoint_path)
+            + ',"token":'
+        ),
+        middle=(
+            f',"ttl":{int(settings.token_max_age)},"hold":{"false" if consent else "true"}'
+            f"{tail}}};{_boot()}"
+            f'</script><script async src="{_script_src(settings)}"'
+        ),
+        noscript=noscript,
+    )
+    _FRAMES[key] = (settings, frame)
+    return frame
+
+
+def _script_text(value: str) -> str:
+    """A string as :func:`script_json` writes it (a JSON string, inert in a script)."""
+    text: str = encode_basestring_ascii(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 #: Site-wide parts of the snippet, keyed by the settings object's identity (hashing a frozen
 #: Settings hashes every field, which costs more than the lookup saves).
-_PRELUDES: dict[tuple[int, bool, tuple[tuple[str, str], ...]], tuple[object, str]] = {}
-
-
-def _prelude(
-    settings: _SnippetSettings, consent: bool, matching: tuple[tuple[str, str], ...]
-) -> str:
-    """The part of the inline script that is the same on every page of a site (per consent
-    state and advanced-matching data): built once, not per page view."""
-    key = (id(settings), consent, matching)
-    hit = _PRELUDES.get(key)
-    if hit is not None and hit[0] is settings:
-        return hit[1]
-    if len(_PRELUDES) > 256:  # advanced-matching data varies per visitor: stay bounded
-        _PRELUDES.clear()
-    text = _build_prelude(settings, consent, matching)
-    _PRELUDES[key] = (settings, text)
-    return text
+_FRAMES: dict[tuple[int, bool, tuple[tuple[str, str], ...]], tuple[object, _Frame]] = {}
 
 
 def _build_prelude(

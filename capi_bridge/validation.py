@@ -108,8 +108,10 @@ def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None
     _check_time(data, problems, time.time() if now is None else now)
     _check_user_data(data, problems)
     custom = data.get("custom_data")
-    if custom is not None:
-        _check_custom_data(str(data.get("event_name")), custom, problems)
+    if custom is not None or data.get("event_name") == "Purchase":
+        # A Purchase with no custom_data at all lacks value and currency just as one with an
+        # empty custom_data does; checking only when present let the bare event through.
+        _check_custom_data(str(data.get("event_name")), {} if custom is None else custom, problems)
     _check_dpo(data, problems)
     segment = data.get("customer_segmentation")
     if segment is not None and segment not in _SEGMENTS:

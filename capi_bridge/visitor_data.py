@@ -3,7 +3,8 @@
 ``<input type=email>`` accepts ``jane@intranet``; Meta does not. Such a value is the visitor's,
 not a bug in the app, so raising (a 500 at checkout) is the wrong answer: the field is dropped,
 the event goes out with the rest, a warning names the field (never the value, which is personal
-data), and the drop is noted for the inspector and diagnostics. Programming errors still raise:
+data; once a minute per field and reason, saying how many it left out: :class:`DropWarnings`),
+and every drop is noted for the inspector and diagnostics. Programming errors still raise:
 a key Meta does not know (``email=`` for ``em=``) or a value of the wrong type. ``strict``
 settings (``CAPI_BRIDGE_STRICT``) make data problems raise too, for the app's own tests, with
 the same value-free reason.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from capi_bridge.bounded import Recent
@@ -44,12 +45,59 @@ REASONS = {
 }
 
 
+class DropWarnings:
+    """The warning about a dropped visitor value, at most once per field and reason every
+    ``interval`` seconds in this process; the next one says how many were left out. One
+    visitor's bad address is worth a line, the same mistake on every checkout is not worth a
+    line per request (the inspector and diagnostics still count every drop). The state is one
+    small entry per (field, reason): a handful, whatever the traffic."""
+
+    def __init__(
+        self, interval: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._seen: Recent[tuple[float, int]] = Recent(256)
+
+    def warn(self, field: str, reason: str) -> None:
+        now = self._clock()
+
+        def step(last: tuple[float, int] | None) -> tuple[tuple[float, int], int | None]:
+            if last is not None and now - last[0] < self.interval:
+                return (last[0], last[1] + 1), None  # said recently: count it, say nothing
+            return (now, 0), (0 if last is None else last[1])
+
+        left_out = self._seen.change(f"{field}\n{reason}", step)
+        if left_out is None:
+            return
+        since = f"; {left_out} more dropped since the last warning" if left_out else ""
+        logger.warning(
+            "capi-bridge: user_data.%s %s; dropped, the events go out without it "
+            "(CAPI_BRIDGE_STRICT=true raises instead; said once a minute per field%s)",
+            field,
+            reason,
+            since,
+        )
+
+
+#: This process's drop warnings (every app in it: the log is the process's).
+DROP_WARNINGS = DropWarnings()
+
+
 def visitor_value(
-    field: str, value: Any, *, country: str | None, strict: bool, dropped: dict[str, str]
+    field: str,
+    value: Any,
+    *,
+    country: str | None,
+    strict: bool,
+    dropped: dict[str, str],
+    warnings: DropWarnings | None = None,
 ) -> Any:
     """``value`` normalized for ``field`` (a list item by item); None when it carries nothing
-    or was dropped, in which case ``dropped[field]`` says why. Raises ``ValueError`` for an
-    unknown key, ``TypeError`` for a wrong type, and ``InvalidUserData`` when ``strict``."""
+    or was dropped, in which case ``dropped[field]`` says why (every time: the inspector and
+    diagnostics count each drop) and ``warnings`` (default: :data:`DROP_WARNINGS`) logs it,
+    once a minute per field and reason. Raises ``ValueError`` for an unknown key,
+    ``TypeError`` for a wrong type, and ``InvalidUserData`` when ``strict``."""
     if field not in HASHED_FIELDS and field not in PLAIN_FIELDS:
         raise ValueError(
             f"{field!r} is not a Meta customer-information key; "
@@ -57,7 +105,9 @@ def visitor_value(
         )
     if isinstance(value, (list, tuple)):
         kept = [
-            visitor_value(field, item, country=country, strict=strict, dropped=dropped)
+            visitor_value(
+                field, item, country=country, strict=strict, dropped=dropped, warnings=warnings
+            )
             for item in value
             if item is not None
         ]
@@ -75,12 +125,7 @@ def visitor_value(
         reason = REASONS.get(field, "cannot be normalized the way Meta requires")
         if strict:
             raise InvalidUserData(field, reason) from None
-        logger.warning(
-            "capi-bridge: user_data.%s %s; dropped, the events go out without it "
-            "(CAPI_BRIDGE_STRICT=true raises instead)",
-            field,
-            reason,
-        )
+        (DROP_WARNINGS if warnings is None else warnings).warn(field, reason)
         dropped[field] = reason
         return None
 

@@ -29,9 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from capi_bridge.assembly import build_core
 from capi_bridge.injection import is_navigation
-from capi_bridge.pages import PAGE_ENVIRON_KEY, PageBridge
+from capi_bridge.pages import PAGE_ENVIRON_KEY, Page, PageBridge
 from capi_bridge.request import RequestView
-from capi_bridge.responses import PageResponse, body_limit, read_wsgi_body
+from capi_bridge.responses import (
+    PageResponse,
+    body_limit,
+    html_type,
+    passes_through,
+    read_wsgi_body,
+)
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -71,19 +77,17 @@ class CapiBridgeMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
-        if core.is_route(environ.get("PATH_INFO", "")):
+        if environ.get("PATH_INFO", "") in core.route_paths:  # core.is_route(), without a call
             return self._serve_route(environ, start_response)
         if not is_navigation(environ.get("HTTP_SEC_FETCH_DEST")):
             return self.app(environ, start_response)
-        page = core.open_page(lambda: RequestView.from_wsgi(environ))
+        # the Page is lazy: a response that turns out not to be a page never reads the request
+        page = Page(core, lambda: RequestView.from_wsgi(environ), navigation=True)
         environ[PAGE_ENVIRON_KEY] = page
-        inject = environ.get("REQUEST_METHOD") == "GET" and core.settings.auto_inject
-        body = PageResponse(
-            lambda: page, lambda: page, inject=inject, nonce=lambda: wsgi_nonce(environ)
-        )
-        response = _Start(start_response, body)
+        inject = core.settings.auto_inject and environ.get("REQUEST_METHOD") == "GET"
+        response = _Start(start_response, page, environ, inject)
         result = self.app(environ, response.start_response)
-        if response.called and not response.body.rewriting:
+        if response.called and (response.body is None or not response.body.rewriting):
             return result  # the app's own iterable: file_wrapper and len() kept
         return _Body(result, response)  # rewriting, or an app that starts while iterating
 
@@ -107,18 +111,33 @@ def wsgi_nonce(environ: WSGIEnvironment) -> str | None:
 
 class _Start:
     """Intercepts ``start_response``: the core decides, this sends the start line (late when a
-    length must be corrected)."""
+    length must be corrected). A response that :func:`passes_through` goes to the server's
+    ``start_response`` at once, as the app sent it, and nothing of ours runs again."""
 
-    __slots__ = ("_headers", "_status", "_upstream", "_write", "body", "called", "started")
+    __slots__ = (
+        "_environ",
+        "_headers",
+        "_inject",
+        "_status",
+        "_upstream",
+        "_write",
+        "body",
+        "called",
+        "page",
+        "started",
+    )
 
-    def __init__(self, start_response: StartResponse, body: PageResponse) -> None:
+    def __init__(
+        self, start_response: StartResponse, page: Page, environ: WSGIEnvironment, inject: bool
+    ) -> None:
         self._upstream = start_response
-        self.body = body
-        self.called = False
-        self.started = False
-        self._status = ""
-        self._headers: list[tuple[str, str]] = []
-        self._write: Callable[[bytes], object] | None = None
+        self.page = page
+        self._environ = environ
+        self._inject = inject
+        #: The response core, made only for a response it must decide (None: passed through).
+        self.body: PageResponse | None = None
+        self.called = self.started = False
+        # _status, _headers and _write are set by _decide, the only way to begin()
 
     def start_response(
         self,
@@ -133,13 +152,33 @@ class _Start:
             code = int(status[:3])
         except ValueError:
             code = 0  # not ours to judge: passed through as the app sent it
-        extra = self.body.start(code, [(name.lower(), value) for name, value in headers])
-        replaced = self.body.replaced
+        html = False
+        if code == 200 and self._inject:  # only then can the content type matter
+            for name, value in headers:
+                if len(name) == 12 and name.lower() == "content-type":
+                    html = html_type(value)
+                    break
+        if passes_through(self.page, self._inject, code, html):
+            self.body = None
+            self.started = True
+            return self._upstream(status, headers)
+        return self._decide(code, status, headers)
+
+    def _decide(
+        self, code: int, status: str, headers: list[tuple[str, str]]
+    ) -> Callable[[bytes], object]:
+        """A page to rewrite, or a response carrying our cookies: the response core decides."""
+        page, environ = self.page, self._environ
+        body = self.body = PageResponse(
+            lambda: page, lambda: page, inject=self._inject, nonce=lambda: wsgi_nonce(environ)
+        )
+        extra = body.start(code, [(name.lower(), value) for name, value in headers])
+        replaced = body.replaced
         if replaced:
             headers = [(name, value) for name, value in headers if name.lower() not in replaced]
         self._status = status
         self._headers = [*headers, *extra]
-        if not self.body.held:
+        if not body.held:
             self.begin()
         return self.write
 
@@ -149,9 +188,10 @@ class _Start:
             return
         self.started = True
         headers = self._headers
-        if self.body.held:
+        body = self.body
+        if body is not None and body.held:
             headers = [
-                (name, self.body.length(value) if name.lower() == "content-length" else value)
+                (name, body.length(value) if name.lower() == "content-length" else value)
                 for name, value in headers
             ]
         self._write = self._upstream(self._status, headers)
@@ -159,7 +199,8 @@ class _Start:
     def write(self, data: bytes) -> None:
         """Legacy ``write()``: the body bypasses the iterable, so stop rewriting and forward."""
         if not self.started:
-            self.body.injector = None  # nothing buffered yet: write() comes before iteration
+            if self.body is not None:
+                self.body.injector = None  # nothing buffered yet: write() precedes iteration
             self.begin()
         assert self._write is not None
         self._write(data)
@@ -176,14 +217,17 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         start = self._start
-        body = start.body
         for chunk in self._result:
+            body = start.body  # read per chunk: the app may start the response while iterating
+            if body is None:
+                yield chunk  # passed through
+                continue
             out = body.feed(chunk)
             if start.called and not start.started and body.decided:
                 start.begin()
             if start.started:
                 yield out  # b"" while still buffering: PEP 3333's block rule
-        tail = body.finish()
+        tail = b"" if start.body is None else start.body.finish()
         if start.called:
             start.begin()
         if tail:

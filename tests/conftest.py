@@ -13,6 +13,7 @@ import pytest
 from helpers.stores import POSTGRES_URL
 from hypothesis import settings
 
+from capi_bridge import visitor_data
 from capi_bridge.testing import FakeGraph
 
 # The same examples on every run, and none replayed from an earlier run's database: a property
@@ -30,6 +31,13 @@ def _data_home_of_the_test(
     outbox, is the test's own: no test writes the developer's home, and no two tests share a
     default outbox (one's leftover events would reach the other's fake Graph API)."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
+@pytest.fixture(autouse=True)
+def _drop_warnings_of_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's once-a-minute memory of visitor-data warnings starts empty in each test:
+    one test's warning must not silence the same warning another test looks for."""
+    monkeypatch.setattr(visitor_data, "DROP_WARNINGS", visitor_data.DropWarnings())
 
 
 @pytest.fixture

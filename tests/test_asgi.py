@@ -181,3 +181,52 @@ def test_missing_middleware_is_explained(env: None) -> None:
         pytest.raises(RuntimeError, match="CapiBridgeMiddleware"),
     ):
         client.get("/")
+
+
+def test_servers_see_an_asgi_3_app() -> None:
+    """hypercorn tells ASGI from WSGI with inspect.iscoroutinefunction, uvicorn with asyncio's:
+    the middleware must be an ``async def`` for both (on every Python the package supports)."""
+    import asyncio
+    import inspect
+
+    middleware = CapiBridgeMiddleware(api)  # type: ignore[arg-type]
+    assert inspect.iscoroutinefunction(middleware.__call__)
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+
+
+def test_a_json_answer_to_a_navigation_passes_as_the_app_sent_it(env: None) -> None:
+    """Decided from the start message: the app's own message objects reach the server, with no
+    copy and no header of ours, and nothing is built for the request (no Page)."""
+    import asyncio
+
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")],
+    }
+    body = {"type": "http.response.body", "body": b"{}"}
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+        assert "capi_bridge.page" not in scope["state"]
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": "https",
+        "path": "/api",
+        "query_string": b"",
+        "headers": [(b"host", b"shop.test"), (b"sec-fetch-dest", b"document")],
+        "client": ("203.0.113.7", 1),
+        "server": ("shop.test", 443),
+    }
+    asyncio.run(CapiBridgeMiddleware(app)(scope, receive, send))
+    assert sent[0] is start and sent[1] is body

@@ -30,6 +30,9 @@ def test_new_event_id_is_a_random_uuid() -> None:
     a, b = new_event_id(), new_event_id()
     assert a != b
     assert str(uuid.UUID(a)) == a
+    for _ in range(200):  # written out by hand: always a version 4, RFC 4122 variant UUID
+        made = uuid.UUID(new_event_id())
+        assert (made.version, made.variant) == (4, uuid.RFC_4122)
 
 
 def test_to_graph_hashes_user_data_and_keeps_identifiers() -> None:

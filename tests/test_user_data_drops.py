@@ -19,6 +19,7 @@ from capi_bridge.errors import InvalidUserData
 from capi_bridge.pages import PageBridge
 from capi_bridge.request import RequestView
 from capi_bridge.testing import FakeGraph
+from capi_bridge.visitor_data import DropWarnings, visitor_value
 
 BAD_EMAIL = "jane@intranet"
 
@@ -66,6 +67,58 @@ def test_invalid_email_is_dropped_and_the_event_goes_out_with_the_rest(
     [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "user_data.em" in warning.getMessage()
     assert "intranet" not in warning.getMessage()  # never the value
+
+
+def test_the_warning_is_said_once_a_minute_per_field_with_the_count_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    warnings = DropWarnings(clock=lambda: now[0])
+
+    def drop(field: str, value: str) -> dict[str, str]:
+        dropped: dict[str, str] = {}
+        kept = visitor_value(
+            field, value, country=None, strict=False, dropped=dropped, warnings=warnings
+        )
+        assert kept is None
+        return dropped
+
+    def said() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        caplog.clear()
+        return messages
+
+    for _ in range(5):  # five checkouts with the same bad address: one line
+        assert drop("em", BAD_EMAIL) == {"em": "is not an e-mail address"}  # counted each time
+    [first] = said()
+    assert "user_data.em" in first and "more dropped" not in first
+    assert BAD_EMAIL not in first
+    drop("ph", "call me")  # another field has its own minute
+    [other_field] = said()
+    assert "user_data.ph" in other_field
+    now[0] += 59.9
+    drop("em", BAD_EMAIL)
+    assert said() == []
+    now[0] += 0.1  # a minute after the first line: the next one, with what was left out
+    drop("em", BAD_EMAIL)
+    [second] = said()
+    assert "user_data.em" in second and "; 5 more dropped since the last warning" in second
+    now[0] += 60
+    drop("em", BAD_EMAIL)
+    [third] = said()
+    assert "more dropped" not in third  # nothing was left out since the second
+
+
+def test_every_drop_still_reaches_the_diagnostics_while_the_log_is_quiet(
+    make_core: Any, fake_graph: FakeGraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = make_core()
+    for _ in range(3):
+        purchase(core)
+    assert core.bridge.flush(10)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    [dropped] = core.bridge.diagnostics(3600).by_name()["Purchase"].dropped
+    assert dropped["count"] == 3
 
 
 def test_a_bad_value_given_to_track_concerns_that_event_only(

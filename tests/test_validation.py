@@ -239,3 +239,14 @@ def test_not_a_mapping() -> None:
 def test_each_fault_is_reported_once() -> None:
     event = good(action_source="web", event_time=NOW - 9 * 86400, custom_data={"value": 1})
     assert len(problems_of(event)) == 3
+
+
+def test_a_purchase_without_custom_data_lacks_value_and_currency() -> None:
+    event = good()
+    del event["custom_data"]
+    found = problems_of(event)
+    assert any("currency is required for Purchase" in p for p in found), found
+    assert any("value is required for Purchase" in p for p in found), found
+    lead = good(event_name="Lead")
+    del lead["custom_data"]
+    assert problems_of(lead) == []

@@ -103,6 +103,35 @@ def test_responses_that_are_not_pages_are_untouched(
     assert "_fbp" not in set_cookies(response.headers)
 
 
+def test_a_json_answer_to_a_navigation_passes_as_the_app_sent_it(core: PageBridge) -> None:
+    """Decided at start_response: the server gets the app's own status, header list and
+    iterable, and the request's Page is left unused (nothing parsed, signed or set)."""
+    headers = [("Content-Type", "application/json"), ("Content-Length", "2")]
+    body = Tracked([b"{}"])
+    received: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return body
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api",
+        "HTTP_SEC_FETCH_DEST": "document",
+        "SERVER_NAME": "shop.test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+
+    def start_response(status: str, sent: list[Any], exc_info: Any = None) -> Any:
+        received.append((status, sent))
+
+    result = CapiBridgeMiddleware(app, core=core)(environ, start_response)
+    assert result is body
+    assert received == [("200 OK", headers)] and received[0][1] is headers
+    assert environ[PAGE_ENVIRON_KEY].quiet
+
+
 def test_fetch_requests_pass_straight_through(core: PageBridge) -> None:
     body = Tracked([PAGE])
     seen: list[dict[str, Any]] = []

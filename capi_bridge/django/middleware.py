@@ -15,6 +15,7 @@ CSP nonce comes from ``request.csp_nonce`` (django-csp) or Django's own CSP supp
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookies import Morsel
@@ -151,13 +152,24 @@ def csp_nonce(request: HttpRequest) -> str | None:
     try:
         nonce = getattr(request, "csp_nonce", None)
         if nonce is None:  # Django 6's own CSP middleware
-            nonce = importlib.import_module("django.middleware.csp").get_nonce(request)
+            get_nonce = _django_get_nonce()
+            if get_nonce is None:  # Django before 6: no built-in CSP
+                return None
+            nonce = get_nonce(request)
         text = "" if nonce is None else str(nonce)  # str(): django-csp's nonce is lazy
-    except ImportError:  # Django before 6: no built-in CSP
-        return None
     except Exception:  # django-csp after its header went out: the W003 order problem
         return None
     return text or None
+
+
+@functools.cache  # looked up once: a failed import per page costs an exception each time
+def _django_get_nonce() -> Callable[[HttpRequest], Any] | None:
+    try:
+        module = importlib.import_module("django.middleware.csp")
+    except ImportError:
+        return None
+    get_nonce: Callable[[HttpRequest], Any] = module.get_nonce
+    return get_nonce
 
 
 def get_bridge() -> Bridge:
