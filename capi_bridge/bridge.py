@@ -31,46 +31,31 @@ is left stays in the outbox for the next start.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
+from capi_bridge.accept import EventLike, RowMaker
+from capi_bridge.bridge_async import AsyncBridge
 from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
-from capi_bridge.delivery.dispatcher import Dispatcher, new_owner_id
+from capi_bridge.delivery.dispatcher import Dispatcher
+from capi_bridge.delivery.processes import current_pid, new_owner_id
 from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.delivery.report import Diagnostics, compute
 from capi_bridge.delivery.retry import RetryPolicy
 from capi_bridge.delivery.store import NewRow, OutboxUnavailable
-from capi_bridge.errors import InvalidEvent, InvalidUserData
-from capi_bridge.events import Event, graph_event, new_event_id
-from capi_bridge.observations import (
-    SERVER_ORIGIN,
-    Observation,
-    ObservationBuffer,
-    Origin,
-    Tag,
-    describe,
-    tag,
-)
+from capi_bridge.observations import Observation, ObservationBuffer, Origin, Tag
 from capi_bridge.outbox_location import announce
 from capi_bridge.settings import Settings
-from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
 
 logger = logging.getLogger("capi_bridge.bridge")
 
-EventLike = Event | Mapping[str, Any]
-
-# One encoder, built once: json.dumps() with options builds a new encoder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
 #: Longest hold key accepted (the browser sends 16-64 characters; apps may use their own keys).
 MAX_HOLD_KEY = 128
 #: The most ``submit`` waits for a busy store before keeping the rows in memory instead.
@@ -80,7 +65,7 @@ SUBMIT_WAIT = 0.1
 _INHERITED: list[object] = []
 
 
-class Bridge:
+class Bridge(AsyncBridge):
     """The delivery engine: durable outbox plus a background dispatcher per process."""
 
     def __init__(self, settings: Settings) -> None:
@@ -99,20 +84,13 @@ class Bridge:
             probe=settings.probe_interval,
         )
         self._pixels = settings.pixel_ids
-        self._dpo: dict[str, Any] = {}
-        if settings.data_processing_options:
-            self._dpo["data_processing_options"] = list(settings.data_processing_options)
-            if settings.data_processing_options_country is not None:
-                self._dpo["data_processing_options_country"] = (
-                    settings.data_processing_options_country
-                )
-                self._dpo["data_processing_options_state"] = settings.data_processing_options_state
+        #: Builds the rows of events: hashing (memoized), the schema guard, the wire JSON.
+        self.rows = RowMaker(settings)
         self._dispatcher: Dispatcher | None = None
         self._origin = new_owner_id()  # this process: leases and the rows flush() waits for
         self._buffer = ObservationBuffer()
         self._spilled = RowBuffer()
         self.clock_watch = ClockWatch(on_reading=self._note_clock)
-        self._previews = settings.inspector
         self._lock = threading.Lock()
         self._closed = False
         ref = weakref.ref(self)
@@ -146,7 +124,7 @@ class Bridge:
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
-        rows, event_id, tags = self._rows(event, pixel_id, test_event_code, now, origin)
+        rows, event_id, tags = self.rows.rows(event, pixel_id, test_event_code, now, origin)
         self._store(rows, now, hold, tags)
         return event_id
 
@@ -171,7 +149,7 @@ class Bridge:
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
-        rows, event_id, tags = self._rows(event, pixel_id, test_event_code, now, origin)
+        rows, event_id, tags = self.rows.rows(event, pixel_id, test_event_code, now, origin)
         self._submit(rows, now, hold, tags)
         return event_id
 
@@ -189,7 +167,7 @@ class Bridge:
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
-        rows, ids, tags = self._many_rows(events, pixel_id, test_event_code, now, origin)
+        rows, ids, tags = self.rows.many(events, pixel_id, test_event_code, now, origin)
         if rows:
             self._submit(rows, now, hold, tags)
         return ids
@@ -225,40 +203,10 @@ class Bridge:
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
-        rows, ids, tags = self._many_rows(events, pixel_id, test_event_code, now, origin)
+        rows, ids, tags = self.rows.many(events, pixel_id, test_event_code, now, origin)
         if rows:
             self._store(rows, now, hold, tags)
         return ids
-
-    def _many_rows(
-        self,
-        events: Iterable[EventLike],
-        pixel_id: str | None,
-        test_code: str | None,
-        now: float,
-        origin: Origin | None,
-    ) -> tuple[list[NewRow], list[str], list[Tag]]:
-        """Every event's rows, or :class:`InvalidEvent` with the problems of all invalid ones
-        (as lines prefixed with their position, and by position in ``events``)."""
-        rows: list[NewRow] = []
-        ids: list[str] = []
-        tags: list[Tag] = []
-        problems: dict[int, list[str]] = {}
-        for index, event in enumerate(events):
-            try:
-                event_rows, event_id, event_tags = self._rows(
-                    event, pixel_id, test_code, now, origin
-                )
-            except InvalidEvent as exc:
-                problems[index] = exc.problems
-                continue
-            rows.extend(event_rows)
-            ids.append(event_id)
-            tags.extend(event_tags)
-        if problems:
-            lines = [f"event {i}: {p}" for i, found in problems.items() for p in found]
-            raise InvalidEvent(lines, events=problems)
-        return rows, ids, tags
 
     def _store(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
@@ -305,57 +253,12 @@ class Bridge:
         logger.debug("forgot %d held events", count)
         return count
 
-    def _rows(
-        self,
-        event: EventLike,
-        pixel_id: str | None,
-        test_code: str | None,
-        now: float,
-        origin: Origin | None,
-    ) -> tuple[list[NewRow], str, list[Tag]]:
-        """The hashed wire JSON of ``event`` as one outbox row per target pixel, and the
-        observation each row carries (described from the hashed wire form: no raw data;
-        masked previews only while the inspector is on, the one reader that shows them)."""
-        if pixel_id is not None and not (isinstance(pixel_id, str) and pixel_id.isdigit()):
-            raise InvalidEvent([f"pixel_id {pixel_id!r} is not a pixel id (digits only)"])
-        if isinstance(event, Event):
-            data = event.to_dict()
-        elif isinstance(event, Mapping):
-            data = dict(event)
-        else:
-            raise InvalidEvent([f"an event is an Event or a mapping, not {type(event).__name__}"])
-        if not data.get("event_id"):
-            data["event_id"] = new_event_id()
-        if self._dpo and "data_processing_options" not in data:
-            data.update(self._dpo)
-        try:
-            wire = graph_event(data)
-        except (InvalidUserData, TypeError, ValueError) as exc:  # unhashable PII, bad shapes
-            raise InvalidEvent([str(exc)]) from None
-        problems = validate_event(wire, now=now)
-        if problems:
-            raise InvalidEvent(problems)
-        try:
-            payload = _ENCODER.encode(wire)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent([f"the event cannot be sent as JSON: {exc}"]) from None
-        name, event_id = wire["event_name"], wire["event_id"]
-        store = wire.get("action_source") == "physical_store"
-        window = MAX_AGE_PHYSICAL_STORE if store else MAX_AGE_SECONDS
-        expires = float(wire["event_time"] + window)
-        code = test_code if test_code is not None else (self.settings.test_event_code or "")
-        pixels = self._pixels if pixel_id is None else (pixel_id,)
-        described = describe(wire.get("user_data"), wire["event_time"], previews=self._previews)
-        seen = tag(origin or SERVER_ORIGIN, described)
-        rows = [(pid, name, event_id, code, expires, payload) for pid in pixels]
-        return rows, event_id, [seen] * len(pixels)
-
     # --- delivery -----------------------------------------------------------------------------
 
     def _running(self) -> Dispatcher | None:
         """This process's dispatcher, started if need be (None once closed)."""
         dispatcher = self._dispatcher
-        if dispatcher is None or dispatcher.pid != os.getpid():
+        if dispatcher is None or dispatcher.pid != current_pid():
             dispatcher = self._start()
         return dispatcher
 
@@ -476,55 +379,6 @@ class Bridge:
         pass) and this process's pixel twins; for readers that want the latest."""
         self.outbox.prepare()
         self._buffer.write_to(self.outbox.observe)  # waits for a write the dispatcher began
-
-    # --- asyncio ------------------------------------------------------------------------------
-
-    async def aenqueue(
-        self,
-        event: EventLike,
-        *,
-        pixel_id: str | None = None,
-        test_event_code: str | None = None,
-        hold: str | None = None,
-    ) -> str:
-        """:meth:`enqueue` in a worker thread: the event loop never waits on the SQLite lock."""
-        return await asyncio.to_thread(
-            self.enqueue, event, pixel_id=pixel_id, test_event_code=test_event_code, hold=hold
-        )
-
-    async def aenqueue_many(
-        self,
-        events: Iterable[EventLike],
-        *,
-        pixel_id: str | None = None,
-        test_event_code: str | None = None,
-        hold: str | None = None,
-    ) -> list[str]:
-        return await asyncio.to_thread(
-            self.enqueue_many,
-            list(events),
-            pixel_id=pixel_id,
-            test_event_code=test_event_code,
-            hold=hold,
-        )
-
-    async def arelease(self, hold_key: str) -> int:
-        return await asyncio.to_thread(self.release, hold_key)
-
-    async def aforget(self, hold_key: str) -> int:
-        return await asyncio.to_thread(self.forget, hold_key)
-
-    async def aflush(self, timeout: float = 10.0) -> bool:
-        return await asyncio.to_thread(self.flush, timeout)
-
-    async def aclose(self, timeout: float | None = None) -> bool:
-        return await asyncio.to_thread(self.close, timeout)
-
-    async def astats(self) -> OutboxStats:
-        return await asyncio.to_thread(self.stats)
-
-    async def adiagnostics(self, window: float = 86400.0) -> Diagnostics:
-        return await asyncio.to_thread(self.diagnostics, window)
 
     def __enter__(self) -> Bridge:
         return self

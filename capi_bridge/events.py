@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from capi_bridge.normalize import hash_user_data
@@ -275,14 +275,20 @@ class Event:
         return cls(**kwargs)
 
 
-def graph_event(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A Graph-shaped event with its ``user_data`` hashed; everything else kept as is."""
+def graph_event(
+    data: Mapping[str, Any],
+    hasher: Callable[[Mapping[str, Any]], dict[str, Any]] = hash_user_data,
+) -> dict[str, Any]:
+    """A Graph-shaped event with its ``user_data`` hashed; everything else kept as is.
+
+    ``hasher`` is :func:`~capi_bridge.normalize.hash_user_data` or a memo of it
+    (:class:`~capi_bridge.hash_memo.HashMemo`, what ``Bridge`` uses): the same result."""
     out = dict(data)
     user_data = out.get("user_data")
     if isinstance(user_data, UserData):
         user_data = user_data.to_dict()
     if isinstance(user_data, Mapping):
-        out["user_data"] = hash_user_data(user_data)
+        out["user_data"] = hasher(user_data)
     custom = out.get("custom_data")
     if isinstance(custom, CustomData):
         out["custom_data"] = custom.to_dict()

@@ -49,6 +49,9 @@ TOO_BROAD = (
 )
 
 _USER_DATA_KEYS = HASHED_FIELDS | PLAIN_FIELDS
+_HASHED_FIELDS = HASHED_FIELDS
+#: Keys that appear in some TOO_BROAD set: an event with any other key present is not too broad.
+_BROAD_KEYS = frozenset().union(*TOO_BROAD)
 _DELIVERY_CATEGORIES = frozenset({"in_store", "curbside", "home_delivery"})
 _CONTENT_TYPES = frozenset({"product", "product_group"})
 _SEGMENTS = frozenset(
@@ -95,8 +98,8 @@ def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None
     else:
         return [f"an event must be a mapping or an Event, not {type(given).__name__}"]
     problems: list[str] = []
-    unknown = data.keys() - SERVER_EVENT_KEYS
-    if unknown:
+    if not data.keys() <= SERVER_EVENT_KEYS:  # no set built when every key is known
+        unknown = data.keys() - SERVER_EVENT_KEYS
         problems.extend(
             f"unknown key {key!r}: Meta rejects unexpected keys (put custom values in custom_data)"
             for key in sorted(map(str, unknown))
@@ -168,26 +171,41 @@ def _check_time(data: Mapping[str, Any], problems: list[str], now: float) -> Non
 
 
 def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
+    """One pass over ``user_data``, no set built on the happy path (it runs on every event)."""
     user = data.get("user_data")
     if not isinstance(user, Mapping) or not user:
         problems.append("user_data is required and must hold at least one customer parameter")
         return
-    present = {key for key, value in user.items() if value not in (None, "", [])}
-    for key in sorted(map(str, user.keys() - _USER_DATA_KEYS)):
+    unknown: list[str] = []
+    unhashed: list[str] = []
+    present: list[str] = []
+    narrow = True  # every key present could be too broad to match (see TOO_BROAD)
+    for key, value in user.items():
+        if key in _HASHED_FIELDS:
+            if value is None or value == "" or value == []:
+                continue
+            if not _all_hashed(value):
+                unhashed.append(key)
+        elif key not in PLAIN_FIELDS:
+            unknown.append(str(key))
+            continue
+        elif value is None or value == "" or value == []:
+            continue
+        present.append(key)
+        if key not in _BROAD_KEYS:
+            narrow = False
+    for key in sorted(unknown):
         problems.append(f"user_data.{key} is not a customer information parameter Meta knows")
-    for key in present & HASHED_FIELDS:
-        value = user[key]
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str) and _SHA256.fullmatch(v) for v in values):
-            problems.append(
-                f"user_data.{key} is not SHA-256 hashed: hash it (capi_bridge.hash_user_data) "
-                "or pass raw values through Event/Bridge, which hash them"
-            )
+    for key in unhashed:
+        problems.append(
+            f"user_data.{key} is not SHA-256 hashed: hash it (capi_bridge.hash_user_data) "
+            "or pass raw values through Event/Bridge, which hash them"
+        )
     if data.get("action_source") == "website" and "client_user_agent" not in present:
         problems.append("user_data.client_user_agent is required for website events")
     for key in ("fbc", "fbp"):
         value = user.get(key)
-        if value is not None and not (isinstance(value, str) and _FB_COOKIE.fullmatch(value)):
+        if value is not None and not (isinstance(value, str) and _fb_cookie(value)):
             payload = "fbclid" if key == "fbc" else "random number"
             problems.append(
                 f"user_data.{key} {masked(str(value))} is malformed: "
@@ -199,12 +217,27 @@ def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
             f"user_data.client_ip_address {masked(str(ip))} is not a bare IPv4/IPv6 address "
             "(no port, no brackets)"
         )
-    matchable = present & _USER_DATA_KEYS
-    if matchable and any(matchable <= combo for combo in TOO_BROAD):
-        problems.append(
-            "user_data holds too little customer information to match "
-            f"({', '.join(sorted(matchable))}): add em, ph, external_id, fbp, fbc or the client IP"
-        )
+    if present and narrow:
+        matchable = frozenset(present)
+        if any(matchable <= combo for combo in TOO_BROAD):
+            problems.append(
+                "user_data holds too little customer information to match "
+                f"({', '.join(sorted(matchable))}): add em, ph, external_id, fbp, fbc or the "
+                "client IP"
+            )
+
+
+def _all_hashed(value: object) -> bool:
+    """A SHA-256 hex digest, or a list of them."""
+    if value.__class__ is str:
+        return len(value) == 64 and _SHA256.fullmatch(value) is not None  # type: ignore[arg-type,unused-ignore]
+    values = value if isinstance(value, list) else [value]
+    return all(isinstance(v, str) and _SHA256.fullmatch(v) for v in values)
+
+
+@functools.lru_cache(maxsize=4096)  # a visitor's cookies repeat on every event of the visit
+def _fb_cookie(value: str) -> bool:
+    return _FB_COOKIE.fullmatch(value) is not None
 
 
 def _valid_ip(value: object) -> bool:

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from capi_bridge.delivery import sqlite_store as sqlite_store_module
-from capi_bridge.delivery.dispatcher import new_owner_id
+from capi_bridge.delivery.processes import new_owner_id
 from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
 from capi_bridge.delivery.store import State
 

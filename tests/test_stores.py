@@ -265,3 +265,98 @@ def test_many_processes_install_the_postgres_schema_once(pg_schema: str) -> None
         assert store.enqueue(rows(1), NOW) == 1
     finally:
         store.close()
+
+
+def test_settling_by_id_ranges_under_concurrent_claims(open_target: Callable[[], Store]) -> None:
+    """Interleaved small claims leave each owner ids in short runs with gaps (other owners'
+    rows in between); settling them by ranges must touch exactly the caller's rows."""
+    handles = [open_target() for _ in range(3)]
+    handles[0].enqueue(rows(300), NOW)
+    handles[0].prepare()
+    taken: dict[int, list[int]] = {n: [] for n in range(3)}
+    round_ = 0
+    while True:  # round robin: owner n takes ids n*k..: runs of 4 interleaved with others'
+        n = round_ % 3
+        batch = handles[n].claim("111", "", owner=f"h:{n}:x", now=NOW, limit=4, lease=60, linger=0)
+        if not batch.rows:
+            break
+        taken[n] += [r.id for r in batch.rows]
+        round_ += 1
+    assert sorted(i for part in taken.values() for i in part) == sorted(set(range(1, 301)))
+    # Owner 2 settles a set spanning owner 0's and 1's ids (a late reply, a wrong list):
+    # nothing of theirs moves.
+    handles[2].delivered(list(range(1, 301)), "111", "h:2:x", now=NOW)
+    assert handles[0].stats(NOW).delivered == len(taken[2])
+    handles[0].failed(
+        taken[0],
+        "111",
+        "h:0:x",
+        kind="retry",
+        now=NOW,
+        delay=lambda n: 0.0,
+        error=None,
+        burn_attempt=True,
+    )
+    handles[1].dead_letter(taken[1], "h:1:x", reason="rejected", now=NOW, message="bad")
+    stats = handles[0].stats(NOW)
+    assert (stats.delivered, stats.dead, stats.retrying) == (len(taken[2]), len(taken[1]), 100)
+    again = handles[0].claim("111", "", owner="h:0:y", now=NOW + 1, limit=1000, lease=60, linger=0)
+    assert sorted(r.id for r in again.rows) == sorted(taken[0])
+    assert all(r.attempts == 1 for r in again.rows)
+
+
+def test_id_sets_select_exactly_the_ids() -> None:
+    from capi_bridge.delivery.sqlite_leases import id_sets
+
+    ids_ = [9, 1, 2, 3, 4, 7, 20, 21, 22, 23, 24, 25, 30, 2, *range(100, 1700)]
+    sets = list(id_sets(ids_))
+    assert ("id BETWEEN ? AND ?", [1, 4]) in sets
+    assert ("id BETWEEN ? AND ?", [100, 1699]) in sets
+    chosen: set[int] = set()
+    for where, params in sets:
+        if where.startswith("id BETWEEN"):
+            chosen |= set(range(params[0], params[1] + 1))
+        else:
+            assert where.count("?") == len(params) <= 500
+            chosen |= set(params)
+    assert chosen == set(ids_)
+    assert list(id_sets([])) == []
+
+
+def test_writers_of_one_process_queue_and_a_held_lock_reads_as_busy(tmp_path: Any) -> None:
+    """Threads of one process take turns on the store's own lock before SQLite's: every row
+    lands, and a writer that cannot get its turn within its wait fails as a locked file does."""
+    import sqlite3
+    import threading
+
+    from capi_bridge.delivery.sqlite_store import SQLiteStore, is_busy
+    from capi_bridge.delivery.sqlite_writers import WriteLock
+
+    store = SQLiteStore(str(tmp_path / "o.sqlite3"))
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda n: [store.enqueue(rows(1, prefix=f"t{n}-{i}-"), NOW) for i in range(50)],
+                range(4),
+            )
+        )
+    assert store.stats(NOW).pending == 200
+    lock = WriteLock(busy_timeout=5)
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock.held(None):
+            taken.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(5)
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        lock.acquire(0.01)
+    assert is_busy(raised.value)
+    done.set()
+    holder.join(5)
+    lock.acquire(0.01)  # free again
+    lock.release()
+    store.close()

@@ -11,23 +11,24 @@ Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settle
 pixel's circuit and keep the events. The loop never dies: an unexpected exception is logged and
 the loop goes on after a pause, with the events still in the outbox. It also writes what the
 request path could not (observations noted during a render, rows taken while the outbox was
-unavailable: :mod:`capi_bridge.delivery.buffer`).
+unavailable: :mod:`capi_bridge.delivery.buffer`). A thread, not a process: measured beside the
+app (``benchmarks/delivery.py --dispatcher process``), a process was slower for ``enqueue()`` per
+event and only sometimes faster for ``enqueue_many``, at the cost of a second process per worker.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from capi_bridge.clock import ClockWatch
 from capi_bridge.delivery.buffer import RowBuffer
 from capi_bridge.delivery.outcomes import Settler
+from capi_bridge.delivery.processes import new_owner_id, pid_alive, running
 from capi_bridge.delivery.retry import Action, RetryPolicy
 from capi_bridge.delivery.store import Claim, Claimed, Store
 from capi_bridge.graph import GraphClient, GraphError, GraphResult
@@ -53,50 +54,6 @@ EXPIRE_HELD_EVERY = 60.0
 UNAVAILABLE_LOG_EVERY = 60.0
 #: While the store refuses the rows buffered in memory, try again this often.
 SPILL_RETRY = 0.5
-
-
-#: Dispatchers running in this process. The interpreter-exit flush works from here, not from
-#: the Bridge: an app may drop its Bridge object while its events are still on the way.
-_running: set[Dispatcher] = set()
-_running_lock = threading.Lock()
-
-
-def _close_all_at_exit() -> None:
-    """Bounded flush of every dispatcher of this process (``close_timeout`` each)."""
-    with _running_lock:
-        running = [d for d in _running if d.pid == os.getpid()]
-    for dispatcher in running:
-        try:
-            dispatcher.close(dispatcher.settings.close_timeout)
-        except Exception:  # never turn an app's clean exit into a traceback
-            logger.exception("capi-bridge: closing the dispatcher at exit failed")
-
-
-def _forget_running_after_fork() -> None:
-    global _running_lock
-    _running.clear()  # the parent's threads do not exist in the child
-    _running_lock = threading.Lock()
-
-
-atexit.register(_close_all_at_exit)
-os.register_at_fork(after_in_child=_forget_running_after_fork)
-
-
-def new_owner_id() -> str:
-    """``host:pid:random``: unique per process (and per fork), for leases and ``origin``; a
-    local store also reads the pid to reclaim the leases of a process that died."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Is a local process with this pid still running (signal 0 checks without killing)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Dispatcher:
@@ -148,9 +105,13 @@ class Dispatcher:
     # --- control (any thread) -----------------------------------------------------------------
 
     def start(self) -> None:
-        with _running_lock:
-            _running.add(self)
+        running.add(self)
         self._thread.start()
+
+    @property
+    def close_timeout(self) -> float:
+        """What the interpreter-exit flush gives this dispatcher."""
+        return float(self.settings.close_timeout)
 
     @property
     def alive(self) -> bool:
@@ -251,8 +212,7 @@ class Dispatcher:
                     self._wake.wait(wait)
                 self._wake.clear()
         finally:
-            with _running_lock:
-                _running.discard(self)
+            running.discard(self)
             if stop_listening is not None:
                 stop_listening()
             if self._client is not None:

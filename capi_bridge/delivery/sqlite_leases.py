@@ -22,6 +22,7 @@ from capi_bridge.graph import GraphResult
 
 PENDING, DELIVERED, DEAD, FRESH = State.PENDING, State.DELIVERED, State.DEAD, State.FRESH
 _CHUNK = 500  # ids per "IN (...)" statement, well under SQLite's variable limit
+_MIN_RUN = 3  # consecutive ids worth a range of their own rather than places in an IN list
 _READY = (
     "SELECT id, due FROM outbox INDEXED BY outbox_ready WHERE state = 0 AND pixel_id = ?"
     " AND test_code = ? AND due <= ?3 AND (lease_until IS NULL OR lease_until <= ?3)"
@@ -33,6 +34,31 @@ def chunks(ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
     for start in range(0, len(ids), _CHUNK):
         part = ids[start : start + _CHUNK]
         yield ",".join("?" * len(part)), part
+
+
+def id_sets(ids: Sequence[int]) -> Iterator[tuple[str, list[int]]]:
+    """``(condition, params)`` pairs that together select exactly ``ids`` from ``outbox``.
+
+    A claim takes rows in (due, id) order, and rows stored one after another have consecutive
+    ids, so a batch is nearly always one run of consecutive ids or a few. Each run of at least
+    ``_MIN_RUN`` ids becomes one ``id BETWEEN ? AND ?`` (one seek and a scan of the rowid
+    tree, two parameters, whatever its length); the ids left over go in ``id IN (...)`` lists.
+    A run is consecutive integers all in ``ids``, so a range never selects a row not asked for;
+    the owner check the statements add keeps them to rows the caller still holds.
+    """
+    ordered = sorted(set(ids))
+    singles: list[int] = []
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        if end < len(ordered) and ordered[end] == ordered[end - 1] + 1:
+            continue
+        if end - start >= _MIN_RUN:
+            yield "id BETWEEN ? AND ?", [ordered[start], ordered[end - 1]]
+        else:
+            singles.extend(ordered[start:end])
+        start = end
+    for marks, part in chunks(singles):
+        yield f"id IN ({marks})", list(part)
 
 
 def dead_owner_check(host: str, is_alive: Callable[[int], bool]) -> Callable[[str], bool]:
@@ -156,10 +182,10 @@ class SQLiteLeases:
                     (now + lease, owner, pixel_id),
                 )
         found: dict[int, Claimed] = {}
-        for marks, part in chunks(ids):
+        for where, part in id_sets(ids):
             for row in self.query(
                 "SELECT id, event_name, event_id, expires, attempts, payload FROM outbox"
-                f" WHERE id IN ({marks})",
+                f" WHERE {where}",
                 part,
             ):
                 found[row[0]] = Claimed(*row)
@@ -222,12 +248,12 @@ class SQLiteLeases:
                     (when, pixel_id, len(ids), reply.events_received, reply.fbtrace_id),
                 ).lastrowid
             count = 0
-            for marks, part in chunks(ids):
+            for where, part in id_sets(ids):
                 count += conn.execute(
                     f"UPDATE outbox SET state = {DELIVERED:d}, payload = NULL,"
                     " attempts = attempts + 1, delivery = ?"
-                    f" WHERE state = 0 AND lease_owner = ? AND id IN ({marks})",
-                    (delivery, owner, *part),
+                    f" WHERE {where} AND state = 0 AND lease_owner = ?",
+                    (delivery, *part, owner),
                 ).rowcount
             conn.execute("UPDATE counters SET value = value + ? WHERE name = 'delivered'", (count,))
             lifted = conn.execute("DELETE FROM pauses WHERE pixel_id = ?", (pixel_id,)).rowcount
@@ -262,12 +288,11 @@ class SQLiteLeases:
                 " VALUES (?, ?, ?, ?, NULL)",
                 (pixel_id, until, kind, failures),
             )
-            for marks, part in chunks(ids):
+            for where, part in id_sets(ids):
                 conn.execute(
                     "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, due = ?,"
-                    f" attempts = attempts + ? WHERE state = 0 AND lease_owner = ?"
-                    f" AND id IN ({marks})",
-                    (until, 1 if burn_attempt else 0, owner, *part),
+                    f" attempts = attempts + ? WHERE {where} AND state = 0 AND lease_owner = ?",
+                    (until, 1 if burn_attempt else 0, *part, owner),
                 )
             if error is not None:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
@@ -291,19 +316,19 @@ class SQLiteLeases:
         mine = "" if owner is None else " AND lease_owner = ?"
         who: tuple[str, ...] = () if owner is None else (owner,)
         with self.write() as conn:
-            for marks, part in chunks(ids):
+            for where, part in id_sets(ids):
                 conn.execute(
                     "INSERT INTO dead_letters (pixel_id, event_name, event_id, test_code,"
                     " expires, created, failed_at, reason, message, code, subcode, fbtrace_id,"
                     " payload) SELECT pixel_id, event_name, event_id, test_code, expires,"
                     " created, ?, ?, ?, ?, ?, ?, payload FROM outbox"
-                    f" WHERE state = 0 AND payload IS NOT NULL{mine} AND id IN ({marks})",
-                    (now, reason, message, code, subcode, fbtrace_id, *who, *part),
+                    f" WHERE {where} AND state = 0 AND payload IS NOT NULL{mine}",
+                    (now, reason, message, code, subcode, fbtrace_id, *part, *who),
                 )
                 conn.execute(
-                    f"UPDATE outbox SET state = {DEAD:d}, payload = NULL WHERE state = 0{mine}"
-                    f" AND id IN ({marks})",
-                    (*who, *part),
+                    f"UPDATE outbox SET state = {DEAD:d}, payload = NULL WHERE {where}"
+                    f" AND state = 0{mine}",
+                    (*part, *who),
                 )
             if error is not None:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
@@ -315,8 +340,8 @@ def _set_lease(
     """Lease rows to ``owner`` until ``until``; with ``held_by``, only rows it still holds."""
     mine = "" if held_by is None else " AND lease_owner = ?"
     who: tuple[str, ...] = () if held_by is None else (held_by,)
-    for marks, part in chunks(ids):
+    for where, part in id_sets(ids):
         conn.execute(
-            f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN ({marks}){mine}",
+            f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE {where}{mine}",
             (owner, until, *part, *who),
         )

@@ -9,6 +9,7 @@ statements of :mod:`capi_bridge.delivery.sql_reads` run on both.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 from capi_bridge.delivery.sql_reads import OBSERVED_COLUMNS
@@ -120,6 +121,7 @@ LATE_INDEXES = (
 )
 
 
+@functools.cache  # four possible statements, built once each: this runs on every enqueue
 def insert_sql(*, held: bool, observed: bool) -> str:
     """``INSERT OR IGNORE`` of one new row: fresh (state 3) or held (4, then its hold key),
     with its observation's seven ``obs_*`` values when ``observed``. Parameters: pixel_id,

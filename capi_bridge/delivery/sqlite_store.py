@@ -47,10 +47,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from capi_bridge.delivery import sqlite_schema
-from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED, FILE_OBSERVED_SQL, SqlReads
+from capi_bridge.delivery.processes import current_pid
+from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
+from capi_bridge.delivery.sqlite_held import SQLiteHeld
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
 from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, SCHEMA_VERSION, insert_sql
+from capi_bridge.delivery.sqlite_writers import WriteLock
 from capi_bridge.delivery.store import NewRow, State
 from capi_bridge.observations import Observation, Tag
 
@@ -61,21 +64,6 @@ _SQLITE_BUSY = 5  # the primary result code; extended ones (BUSY_SNAPSHOT...) sh
 PENDING, DELIVERED, DEAD, FRESH, HELD = (int(s) for s in State)
 #: How long a writer waits for another one before an enqueue fails loudly.
 BUSY_TIMEOUT = 10.0
-_HELD_CHUNK = 5000
-
-
-def _lower_cursor(conn: sqlite3.Connection) -> None:
-    """After deleting rows that may include the highest id: keep the cursor at most max(id).
-
-    SQLite gives a new row ``max(id) + 1``; had the deleted highest row been at the cursor, the
-    next fresh row would get an id the cursor has passed and never be ingested. The cursor is
-    only lowered when it is above the new maximum, so every row is below the old cursor and
-    already past ingestion: nothing fresh is skipped or ingested twice.
-    """
-    conn.execute(
-        "UPDATE meta SET value = CAST(min(CAST(value AS INTEGER),"
-        " coalesce((SELECT max(id) FROM outbox), 0)) AS TEXT) WHERE key = 'ingested'"
-    )
 
 
 class _Connection(sqlite3.Connection):
@@ -107,7 +95,7 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
-class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
+class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
     """The SQLite outbox at ``path``; safe to share between threads and processes."""
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
@@ -121,6 +109,7 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
         self._pid = os.getpid()
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._writing = WriteLock(BUSY_TIMEOUT)
         if create:
             self._create()
         elif not os.path.exists(self.path):
@@ -144,7 +133,7 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use, never shared across fork)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._pid != os.getpid():
+        if conn is None or self._pid != current_pid():
             if self._pid != os.getpid():
                 self._after_fork()
             conn = self._open()
@@ -171,6 +160,7 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
         self._conns = weakref.WeakSet()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._writing = WriteLock(BUSY_TIMEOUT)
         self._pid = os.getpid()
 
     def _discard(self, exc: sqlite3.Error) -> None:
@@ -239,17 +229,21 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
 
     @contextlib.contextmanager
     def write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks."""
+        """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks.
+
+        Writers of this process queue on a :class:`WriteLock` first (see there), so only
+        other processes' writers are met as SQLITE_BUSY and waited for by polling."""
         conn = self.conn()
         try:
-            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), wait)
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT (disk full...) must not stay open
-                    conn.execute("ROLLBACK")
-                raise
+            with self._writing.held(wait):
+                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), wait)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # a failed COMMIT (disk full...) must not stay open
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             self._discard(exc)
             raise
@@ -309,14 +303,18 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
             values += extra
             if tags:
                 values += tags[0]
+            self._writing.acquire(wait)  # not a `with`: this is the hot path of enqueue
             try:
-                added = conn.execute(sql, values).rowcount
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc):
-                    raise
-                added = self._retry(lambda: conn.execute(sql, values), wait).rowcount
-            if added == 0:
-                self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)), wait)
+                try:
+                    added = conn.execute(sql, values).rowcount
+                except sqlite3.OperationalError as exc:
+                    if not is_busy(exc):
+                        raise
+                    added = self._retry(lambda: conn.execute(sql, values), wait).rowcount
+                if added == 0:
+                    self._retry(lambda: conn.execute(COUNT_DEDUP, (1,)), wait)
+            finally:
+                self._writing.release()
         else:
             batch: list[tuple[Any, ...]] = [(*r[:5], now, now, r[5], origin, *extra) for r in rows]
             if tags:
@@ -341,60 +339,6 @@ class SQLiteStore(SQLiteAdmin, SQLiteLeases, SqlReads):
             if older != [(now,)]:
                 found.append(Observation(now, row[0], row[1], row[2], *tag))
         self.observe(found)
-
-    # --- held rows ----------------------------------------------------------------------------
-
-    def release(self, hold_key: str, now: float, origin: str = "") -> int:
-        """Make the rows held under ``hold_key`` pending, due ``now``; returns how many.
-
-        They keep their payload (so their original event_time and event_id) and their id: an
-        id at or below the ingestion cursor is fine, because they go straight to the claimable
-        state instead of through ingestion. Expired ones are dead-lettered by the dispatcher
-        at claim time, like any event past Meta's window. Consent given, their observations
-        are filed now (dated now, so observations stay in time order), never before.
-        """
-        with self.write() as conn:
-            conn.execute(FILE_OBSERVED_SQL + f"state = {HELD} AND hold_key = ?", (now, hold_key))
-            return conn.execute(
-                f"UPDATE outbox SET state = {PENDING}, hold_key = NULL, due = ?, attempts = 0,"
-                f" lease_owner = NULL, lease_until = NULL, origin = ?, {CLEAR_OBSERVED}"
-                f" WHERE state = {HELD} AND hold_key = ?",
-                (now, origin, hold_key),
-            ).rowcount
-
-    def forget(self, hold_key: str) -> int:
-        """Delete the rows held under ``hold_key`` (consent refused); returns how many.
-
-        Deleted, not settled: their keys go too, so the same event may still be sent should
-        the visitor consent later. Their observations go with them, never filed.
-        """
-        return self._drop_held("hold_key = ?", hold_key, counter=None)
-
-    def expire_held(self, created_before: float) -> int:
-        """Delete held rows stored before ``created_before`` (waited too long for consent);
-        they are counted in ``held_expired``. Returns how many."""
-        return self._drop_held("created < ?", created_before, counter="held_expired")
-
-    def _drop_held(self, where: str, param: object, *, counter: str | None) -> int:
-        """Delete held rows matching ``where`` in short transactions, so enqueues never wait
-        long behind a big expiry."""
-        removed = 0
-        while True:
-            with self.write() as c:
-                n = c.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_held"
-                    f" WHERE state = {HELD} AND {where} LIMIT ?)",
-                    (param, _HELD_CHUNK),
-                ).rowcount
-                if n:
-                    _lower_cursor(c)
-                    if counter is not None:
-                        c.execute(
-                            "UPDATE counters SET value = value + ? WHERE name = ?", (n, counter)
-                        )
-            removed += n
-            if n < _HELD_CHUNK:
-                return removed
 
     # --- marks -------------------------------------------------------------------------------
 
