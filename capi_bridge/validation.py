@@ -24,7 +24,8 @@ from capi_bridge.events import (
     SERVER_EVENT_KEYS,
     Event,
 )
-from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS, masked
+from capi_bridge.normalize import HASHED_FIELDS, PLAIN_FIELDS
+from capi_bridge.normalize_text import masked
 
 #: Meta's window for website events; physical-store events may be 62 days old.
 MAX_AGE_SECONDS = 7 * 24 * 3600
