@@ -164,13 +164,25 @@ class Bridge(AsyncBridge):
     ) -> list[str]:
         """:meth:`enqueue_many` (all valid, or :class:`InvalidEvent` and none stored) for the
         request path, stored as :meth:`submit` stores: the mirror endpoint's posts."""
+        now, rows, ids, tags = self._rows_of(events, pixel_id, test_event_code, hold, origin)
+        if rows:
+            self._submit(rows, now, hold, tags)
+        return ids
+
+    def _rows_of(
+        self,
+        events: Iterable[EventLike],
+        pixel_id: str | None,
+        test_event_code: str | None,
+        hold: str | None,
+        origin: Origin | None,
+    ) -> tuple[float, list[NewRow], list[str], list[Tag]]:
+        """The checked rows of a batch, dated now: what both ways of storing one start with."""
         if hold is not None:
             _check_hold_key(hold, "hold")
         now = time.time()
         rows, ids, tags = self.rows.many(events, pixel_id, test_event_code, now, origin)
-        if rows:
-            self._submit(rows, now, hold, tags)
-        return ids
+        return now, rows, ids, tags
 
     def _submit(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
@@ -200,10 +212,7 @@ class Bridge(AsyncBridge):
         Every event is checked first; :class:`InvalidEvent` lists the problems of all invalid
         ones, each prefixed with its position (and ``events`` has them by position).
         """
-        if hold is not None:
-            _check_hold_key(hold, "hold")
-        now = time.time()
-        rows, ids, tags = self.rows.many(events, pixel_id, test_event_code, now, origin)
+        now, rows, ids, tags = self._rows_of(events, pixel_id, test_event_code, hold, origin)
         if rows:
             self._store(rows, now, hold, tags)
         return ids
