@@ -1,9 +1,9 @@
 """A flood from one client against a real server (issue 13): a Flask shop on Werkzeug's threaded
 server, on loopback, posting as fast as four connections allow. Bounded in count (a fixed number
-of posts of 20 events) and in time (a deadline); what it asserts is what the outbox holds
-afterwards, never how fast anything went: the outbox grows by at most the per-client caps
-(held for consent, then queued for delivery), whatever the client sends, and every refusal is
-a 429 with ``Retry-After``."""
+of posts of 20 events, each waited for up to the client's timeout); what it asserts is what the
+outbox holds afterwards, never how fast anything went: the outbox grows by at most the
+per-client caps (held for consent, then queued for delivery), whatever the client sends, and
+every refusal is a 429 with ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from capi_bridge.testing import FakeGraph
 
 POSTS = 80
 EVENTS = 20
-DEADLINE = 120.0
 FBP = "fb.1.1700000000000.1234567890"
 
 
@@ -70,10 +69,8 @@ def _flood(url: str, token: str, cookies: str) -> list[httpx.Response]:
         "Cookie": cookies,
     }
     hold = "tab-" + uuid.uuid4().hex
-    started = time.monotonic()
 
     def one(client: httpx.Client) -> httpx.Response:
-        assert time.monotonic() - started < DEADLINE, "the flood ran out of time"
         events = [
             {
                 "event_name": "Lead",
