@@ -8,6 +8,8 @@ that benchmark, in a fresh schema:
 
 * ``bridge``: ``Bridge.enqueue`` per event, each process's own dispatcher delivering, end to end
   (handed over until the server has acknowledged all of them), as ``delivery.py``;
+* ``store``: ``Bridge.enqueue`` per event with no dispatcher (nothing delivered): the request
+  path alone;
 * ``raw``: the upper bound of the insert side: the rows made beforehand, then the store's own
   one-row statement with plain psycopg (one connection, autocommit, ``synchronous_commit=off``),
   no dispatcher, nothing delivered;
@@ -27,8 +29,8 @@ import argparse
 import json
 import os
 import subprocess
-import threading
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -36,7 +38,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-import delivery  # noqa: E402
+import delivery
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -88,6 +90,8 @@ def child(mode: str, url: str, where_json: str, prefix: str, count: int) -> int:
 
     else:
         bridge = delivery.make_bridge(url, where)
+        if mode == "store":  # no dispatcher: what the request path alone costs
+            bridge._notify = lambda count: None  # type: ignore[method-assign]
 
         def one(i: int) -> None:
             bridge.enqueue(events[i])
@@ -98,9 +102,22 @@ def child(mode: str, url: str, where_json: str, prefix: str, count: int) -> int:
     spy = None
     if os.environ.get("PG_WHERE_SPY") and prefix.endswith("0-"):  # one process is enough
         spy = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(os.getpid()), "-f", "raw", "-r", "200"]
-            + ["-o", os.environ["PG_WHERE_SPY"], "--nonblocking", "--threads"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                "record",
+                "-p",
+                str(os.getpid()),
+                "-f",
+                "raw",
+                "-r",
+                "200",
+                "-o",
+                os.environ["PG_WHERE_SPY"],
+                "--nonblocking",
+                "--threads",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
     before = os.times()
@@ -124,7 +141,10 @@ def child(mode: str, url: str, where_json: str, prefix: str, count: int) -> int:
         except OSError:
             pass
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:12] if counts is not None else []
-    print(json.dumps({"cpu": cpu, "stored_s": stored, "statements": top, "threads": threads}), flush=True)
+    print(
+        json.dumps({"cpu": cpu, "stored_s": stored, "statements": top, "threads": threads}),
+        flush=True,
+    )
     sys.stdin.readline()
     if mode != "raw":
         bridge.close(10)
@@ -185,8 +205,16 @@ def run(mode: str, ack: str, pg_url: str, n: int, processes: int) -> dict[str, A
     try:
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--child", mode, ack, json.dumps(where), f"{mode}{p}-"]
-                + [str(share)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    ack,
+                    json.dumps(where),
+                    f"{mode}{p}-",
+                    str(share),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -264,8 +292,12 @@ def main() -> int:
         for _ in range(args.runs):
             for mode in args.modes.split(","):
                 result = run(mode, ack, args.postgres_url, args.events, args.processes)
-                print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
-                                  for k, v in result.items()}), flush=True)
+                print(
+                    json.dumps(
+                        {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+                    ),
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait()
