@@ -79,9 +79,9 @@ class _Ack(socketserver.StreamRequestHandler):
             if line.startswith(b"GET /_count"):
                 reply = json.dumps({"events": _Ack.count}).encode()
             elif line.startswith(b"GET /_wait/"):  # /_wait/<target>/<seconds>: a long poll
-                target, seconds = line.split()[1].split(b"/")[2:4]
+                target, seconds = (float(x) for x in line.split()[1].split(b"/")[2:4])
                 with _Ack.counted:
-                    _Ack.counted.wait_for(lambda: _Ack.count >= int(target), float(seconds))
+                    _Ack.counted.wait_for(lambda: _Ack.count >= target, seconds)  # noqa: B023
                     reply = json.dumps({"events": _Ack.count}).encode()
             elif line.startswith((b"GET /_down", b"GET /_up")):
                 _Ack.down = line.startswith(b"GET /_down")
