@@ -21,6 +21,10 @@ threads together: request path and dispatcher), of their PostgreSQL backends (re
 (``pg_stat_database`` deltas: other users of the database add to them, so run it on a quiet one
 for those). Wall clock is shared with whatever else runs on the machine: compare modes within
 one run.
+
+``PG_WHERE_COUNT=1`` also prints the statements the first process sent, by their first words
+(counted at ``Connection.execute`` and again at the ``Cursor.execute`` it calls: halve them);
+``PG_WHERE_SPY=FILE`` records that process with py-spy (``--gil``, raw collapsed stacks).
 """
 
 from __future__ import annotations
