@@ -91,6 +91,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._unsent = 0  # events stored since the current pass began
         self._idle = True  # the loop knows of nothing pending: the next event wakes it
+        self._full = False  # a full batch was stored since the current pass began
         self._forcing = 0
         self._client: GraphClient | None = None
         self._next_checkpoint = 0.0
@@ -126,8 +127,8 @@ class Dispatcher:
         with self._lock:
             before = self._unsent
             self._unsent = before + count
-            wake = self._idle or before < self.settings.batch_size <= self._unsent
-            self._idle = False
+            full = before < self.settings.batch_size <= self._unsent
+            wake, self._idle, self._full = self._idle or full, False, self._full or full
         if wake:
             self._wake.set()
 
@@ -258,8 +259,7 @@ class Dispatcher:
     def _cycle(self) -> float:
         """One pass over every group; returns how long to sleep before the next pass."""
         with self._lock:
-            self._unsent = 0
-            self._idle = True
+            self._unsent, self._idle, self._full = 0, True, False
         self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         now = self.clock()
         next_at = now + IDLE_POLL
@@ -286,8 +286,12 @@ class Dispatcher:
             else:
                 next_at = now  # this group has more full batches: come straight back
         if next_at < now + IDLE_POLL:
+            # Lingering or backing off: the timed wake serves the events stored during this
+            # pass too, so their wake is dropped (kept, it made a pass per event or two).
             with self._lock:
-                self._idle = False  # lingering or backing off: a timed wake is due anyway
+                self._idle = False
+                if not (self._full or self._forcing or self._stop.is_set()):
+                    self._wake.clear()
         self._housekeeping()
         return max(0.0, next_at - self.clock())
 
