@@ -214,13 +214,7 @@ def run_bridge(
     bridge = make_bridge(url, where)
     base = acknowledged(url)
     started = time.perf_counter()
-    if many:
-        for start in range(0, len(batch), 1000):
-            bridge.enqueue_many(batch[start : start + 1000])
-    else:
-        enqueue = bridge.enqueue
-        for event in batch:
-            enqueue(event)
+    _hand_over(bridge, batch, many)
     if not bridge.flush(600):
         raise RuntimeError(f"flush timed out: {bridge.stats()}")
     wait_acknowledged(url, base + len(batch))
@@ -229,11 +223,8 @@ def run_bridge(
     return done - started
 
 
-def _run_apart(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
-    bridge = make_bridge(url, where)
-    bridge._notify = lambda count: None  # this process never starts a dispatcher
-    base = acknowledged(url)
-    started = time.perf_counter()
+def _hand_over(bridge: Any, batch: list[dict[str, Any]], many: bool) -> None:
+    """The measured part: every event handed to the bridge, in chunks of 1000 or one by one."""
     if many:
         for start in range(0, len(batch), 1000):
             bridge.enqueue_many(batch[start : start + 1000])
@@ -241,6 +232,14 @@ def _run_apart(url: str, where: dict[str, str], batch: list[dict[str, Any]], man
         enqueue = bridge.enqueue
         for event in batch:
             enqueue(event)
+
+
+def _run_apart(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
+    bridge = make_bridge(url, where)
+    bridge._notify = lambda count: None  # this process never starts a dispatcher
+    base = acknowledged(url)
+    started = time.perf_counter()
+    _hand_over(bridge, batch, many)
     wait_acknowledged(url, base + len(batch))
     return time.perf_counter() - started
 
