@@ -39,20 +39,22 @@ def make_bridge(delivery_settings: Any, store_target: dict[str, Any]) -> Iterato
 
 
 def dispatcher_of(
-    bridge: Bridge, during_pass: Callable[[Dispatcher], None], after: str = "claim"
+    bridge: Bridge, during_pass: Callable[[Dispatcher], None], after: str | None = None
 ) -> Dispatcher:
     """A dispatcher on the bridge's store whose passes call ``during_pass`` right after the
     store's ``after`` method (as a request thread storing an event at that moment), at a
-    fixed clock."""
+    fixed clock. By default the method that finds the young partial batch: SQLite's fast
+    path (``take``), PostgreSQL's ``claim``."""
     dispatcher = Dispatcher(bridge.settings, bridge.outbox, bridge.policy, clock=lambda: NOW)
-    method = getattr(bridge.outbox, after)
+    name = after or ("take" if bridge.outbox.local else "claim")
+    method = getattr(bridge.outbox, name)
 
     def then_event(*args: Any, **kwargs: Any) -> Any:
         result = method(*args, **kwargs)
         during_pass(dispatcher)
         return result
 
-    setattr(bridge.outbox, after, then_event)
+    setattr(bridge.outbox, name, then_event)
     return dispatcher
 
 

@@ -321,8 +321,11 @@ def test_a_version_2_outbox_is_upgraded_in_place(outbox_path: str, make_bridge: 
     conn.close()
     bridge = make_bridge()
     bridge._closed = True
-    assert bridge.outbox.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+    assert bridge.outbox.query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(6,)]
     assert bridge.stats().delivered == 4 and bridge.stats().pending == 1  # rows kept
+    # version 6: rows up to the old ingestion cursor count as observed; no claims yet
+    assert bridge.outbox.query("SELECT value FROM meta WHERE key = 'observed'") == [("1",)]
+    assert bridge.outbox.query("SELECT count(*) FROM claims") == [(0,)]
     assert bridge.enqueue(make_event(1)) == "ev-1"  # its key still deduplicates...
     bridge.enqueue(make_event(2))
     assert bridge.stats().deduplicated == 2

@@ -306,7 +306,7 @@ def test_settling_by_id_ranges_under_concurrent_claims(open_target: Callable[[],
 
 
 def test_id_sets_select_exactly_the_ids() -> None:
-    from capi_bridge.delivery.sqlite_leases import id_sets
+    from capi_bridge.delivery.id_ranges import id_sets
 
     ids_ = [9, 1, 2, 3, 4, 7, 20, 21, 22, 23, 24, 25, 30, 2, *range(100, 1700)]
     sets = list(id_sets(ids_))

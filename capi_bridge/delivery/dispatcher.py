@@ -265,7 +265,7 @@ class Dispatcher:
         next_at = now + IDLE_POLL
         if len(self.buffered) and not self._spill():
             next_at = min(next_at, now + SPILL_RETRY)
-        self.store.prepare()  # files the observations enqueued rows carry...
+        next_at = min(next_at, self._take_fresh(now))  # files enqueued rows' observations...
         self.observed.write_to(self.store.observe)  # ...then the later ones noted in memory
         for pixel_id, test_code in self.store.groups():
             if self._stop.is_set():
@@ -277,7 +277,7 @@ class Dispatcher:
                         if when is not None:
                             next_at = min(next_at, when)
                     break
-                retry_at = self._deliver(pixel_id, test_code, claim)
+                retry_at = self._deliver(pixel_id, test_code, claim.rows)
                 if retry_at is not None:
                     next_at = min(next_at, retry_at)
                     break
@@ -294,6 +294,45 @@ class Dispatcher:
                     self._wake.clear()
         self._housekeeping()
         return max(0.0, next_at - self.clock())
+
+    def _take_fresh(self, now: float) -> float:
+        """The fast path (:meth:`Store.take`): send the rows stored since the last pass as
+        they are, up to FAIR_SHARE full takes; returns when to come back.
+
+        A take is a full batch per pixel (rows of several pixels interleave in store order),
+        each group sent in requests of at most ``batch_size`` events."""
+        next_at = now + IDLE_POLL
+        lease, size = self.settings.lease_seconds, self.settings.batch_size
+        limit = size * len(self.settings.pixel_ids)
+        for _ in range(FAIR_SHARE):
+            if self._stop.is_set():
+                return next_at
+            taken = self.store.take(
+                owner=self.owner,
+                now=self.clock(),
+                limit=limit,
+                lease=lease,
+                linger=0.0 if self._forcing else self.settings.linger,
+            )
+            if taken.claim is None:
+                return next_at if taken.wake_at is None else min(next_at, taken.wake_at)
+            deadline = self.clock() + lease
+            for (pixel_id, test_code), rows in taken.groups.items():
+                for start in range(0, len(rows), size):
+                    if self.clock() > deadline - lease / 2:  # many groups, slow answers
+                        deadline = self.clock() + lease
+                        self.store.renew((), self.owner, deadline, claim=taken.claim)
+                    part = rows[start : start + size]
+                    retry_at = self._deliver(pixel_id, test_code, part, claim=taken.claim)
+                    if retry_at is not None:  # that pixel is paused: the rest of its rows
+                        rest = [r.id for r in rows[start + size :]]  # wait for its probe
+                        if rest:  # as pending rows (an expired lease), the others go on
+                            self.store.adopt(taken.claim, rest, self.owner, self.clock())
+                        next_at = min(next_at, retry_at)
+                        break
+            if taken.size < limit:
+                return next_at
+        return now  # more full batches: come straight back
 
     def _spill(self) -> bool:
         """Store the rows the request path had to keep in memory; False while it cannot."""
@@ -333,16 +372,36 @@ class Dispatcher:
             self._client = GraphClient.from_settings(self.settings, clock_watch=self.clock_watch)
         return self._client
 
-    def _deliver(self, pixel_id: str, test_code: str, claim: Claim) -> float | None:
-        """Send one claimed batch, bisecting on rejection; returns a retry time on failure."""
+    def _deliver(
+        self, pixel_id: str, test_code: str, rows: list[Claimed], claim: int | None = None
+    ) -> float | None:
+        """Send one batch, bisecting on rejection; returns a retry time on failure.
+
+        Rows of a fast-path ``claim`` (:meth:`Store.take`) are sent as they are and settled
+        as delivered; any other outcome first moves them into ordinary leases
+        (:meth:`Store.adopt`), where the Settler deals with it as with any claimed batch."""
         now = self.clock()
-        rows = claim.rows
+        lease_until = now + self.settings.lease_seconds
         expired = [r for r in rows if r.expires <= now + EXPIRY_MARGIN]
         if expired:
-            self.settler.expire(pixel_id, expired, now)
             rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
-        lease_until = now + self.settings.lease_seconds
-        stack: list[list[Claimed]] = [rows] if rows else []
+            if claim is not None:
+                self.store.adopt(claim, [r.id for r in expired], self.owner, lease_until)
+            self.settler.expire(pixel_id, expired, now)
+        if claim is not None and rows:
+            reply = self._send(pixel_id, test_code, rows)
+            if isinstance(reply, GraphResult):
+                self.settler.delivered(pixel_id, rows, reply, claim)
+                return None
+            lease_until = self.clock() + self.settings.lease_seconds
+            self.store.adopt(claim, [r.id for r in rows], self.owner, lease_until)
+            decision = self.settler.settle(pixel_id, rows, [], reply)
+            if decision.action is not Action.BISECT:
+                return decision.retry_at
+            half = len(rows) // 2
+            stack = [rows[half:], rows[:half]]
+        else:
+            stack = [rows] if rows else []
         while stack:
             chunk = stack.pop()
             if self.clock() > lease_until - self.settings.lease_seconds / 2:

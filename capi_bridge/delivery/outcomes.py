@@ -71,7 +71,7 @@ class Settler:
         """Settle ``chunk`` (and, when the pixel pauses, ``rest``: the ids still waiting in
         this claim) according to ``reply``."""
         if isinstance(reply, GraphResult):
-            self._delivered(pixel_id, chunk, reply)
+            self.delivered(pixel_id, chunk, reply)
             return Decision(None)
         action = self.policy.action(reply, len(chunk))
         if action is Action.DEAD_LETTER:
@@ -95,9 +95,16 @@ class Settler:
             rows[0].event_id,
         )
 
-    def _delivered(self, pixel_id: str, chunk: Sequence[Claimed], result: GraphResult) -> None:
+    def delivered(
+        self,
+        pixel_id: str,
+        chunk: Sequence[Claimed],
+        result: GraphResult,
+        claim: int | None = None,
+    ) -> None:
+        """Meta took ``chunk`` (rows of a fast-path ``claim``, or leased rows)."""
         ids = [r.id for r in chunk]
-        if self.store.delivered(ids, pixel_id, self.owner, result, self.clock()):
+        if self.store.delivered(ids, pixel_id, self.owner, result, self.clock(), claim=claim):
             logger.info("pixel %s: delivery resumed, Meta accepts events again", pixel_id)
         if result.events_received != len(chunk):
             logger.warning(

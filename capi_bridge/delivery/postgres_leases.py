@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from capi_bridge.delivery.store import Claim, Claimed, State
+from capi_bridge.delivery.store import NOTHING_TAKEN, Claim, Claimed, State, Taken
 from capi_bridge.graph import GraphResult
 
 PENDING, DELIVERED, DEAD = State.PENDING, State.DELIVERED, State.DEAD
@@ -101,8 +101,22 @@ class PostgresLeases:
         rows.sort(key=lambda r: (r[6], r[0]))
         return Claim([Claimed(*r[:6]) for r in rows], probe=bool(paused and rows))
 
-    def renew(self, ids: Sequence[int], owner: str, until: float) -> None:
-        """Extend the lease of the rows ``owner`` still holds."""
+    def take(
+        self, *, owner: str, now: float, limit: int, lease: float, linger: float
+    ) -> Taken:
+        """Nothing to take: rows are claimable, and observed, once committed (see
+        :meth:`claim`). The fast path exists for SQLite's fresh rows only."""
+        return NOTHING_TAKEN
+
+    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> None:
+        """Never called: :meth:`take` makes no claims here."""
+        raise NotImplementedError("the PostgreSQL store makes no fast-path claims")
+
+    def renew(
+        self, ids: Sequence[int], owner: str, until: float, claim: int | None = None
+    ) -> None:
+        """Extend the lease of the rows ``owner`` still holds (``claim`` is always None
+        here: :meth:`take` makes none)."""
         with self.write() as tx:
             tx.execute(
                 "UPDATE outbox SET lease_until = ? WHERE id = ANY(?) AND lease_owner = ?",
@@ -120,8 +134,10 @@ class PostgresLeases:
         owner: str,
         reply: GraphResult | None = None,
         now: float | None = None,
+        claim: int | None = None,
     ) -> bool:
-        """Mark the rows ``owner`` still holds delivered; True if it lifted a pause."""
+        """Mark the rows ``owner`` still holds delivered; True if it lifted a pause
+        (``claim`` is always None here: :meth:`take` makes none)."""
         when = time.time() if now is None else now
         with self.write() as tx:
             delivery = None

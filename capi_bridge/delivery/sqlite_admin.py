@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.clock import ClockSkew
+from capi_bridge.delivery.id_ranges import chunks
 from capi_bridge.delivery.records import LastError, OutboxStats, Pause
 from capi_bridge.delivery.sql_reads import purge_cutoff
-from capi_bridge.delivery.sqlite_leases import chunks
+from capi_bridge.delivery.sqlite_fresh import FRESH_FLOOR
 from capi_bridge.delivery.store import State
 
 PENDING, DELIVERED, DEAD, FRESH, HELD = (int(s) for s in State)
@@ -102,11 +103,13 @@ class SQLiteAdmin:
             f" min(created) FROM outbox INDEXED BY outbox_ready WHERE state = {PENDING}",
             (now,),
         )[0]
-        fresh, oldest_fresh = self.query(
-            f"SELECT count(*), min(created) FROM outbox WHERE id > ? AND state = {FRESH}",
+        fresh, sending, oldest_fresh = self.query(
+            f"SELECT count(*), coalesce(sum(id <= ?), 0), min(created) FROM outbox"
+            f" WHERE id > {FRESH_FLOOR} AND state = {FRESH}",
             (self.ingested(),),
         )[0]
         total += fresh
+        in_flight += sending  # fresh rows of a claim (sqlite_fresh): being sent
         oldest = min((t for t in (oldest, oldest_fresh) if t is not None), default=None)
         held = self.query(
             f"SELECT count(*) FROM outbox INDEXED BY outbox_held WHERE state = {HELD}"

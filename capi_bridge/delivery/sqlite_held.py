@@ -21,7 +21,8 @@ _HELD_CHUNK = 5000
 
 
 def _lower_cursor(conn: sqlite3.Connection) -> None:
-    """After deleting rows that may include the highest id: keep the cursor at most max(id).
+    """After deleting rows that may include the highest id: keep the cursors (ingestion and
+    observations, see :mod:`capi_bridge.delivery.sqlite_fresh`) at most max(id).
 
     SQLite gives a new row ``max(id) + 1``; had the deleted highest row been at the cursor, the
     next fresh row would get an id the cursor has passed and never be ingested. The cursor is
@@ -30,7 +31,8 @@ def _lower_cursor(conn: sqlite3.Connection) -> None:
     """
     conn.execute(
         "UPDATE meta SET value = CAST(min(CAST(value AS INTEGER),"
-        " coalesce((SELECT max(id) FROM outbox), 0)) AS TEXT) WHERE key = 'ingested'"
+        " coalesce((SELECT max(id) FROM outbox), 0)) AS TEXT)"
+        " WHERE key IN ('ingested', 'observed')"
     )
 
 

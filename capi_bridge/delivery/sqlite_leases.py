@@ -13,52 +13,20 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED, FILE_OBSERVED_SQL
+from capi_bridge.delivery.id_ranges import chunks, id_sets
+from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED
+from capi_bridge.delivery.sqlite_fresh import close_if_settled, file_new_observations, owned_range
 from capi_bridge.delivery.store import Claim, Claimed, State
 from capi_bridge.graph import GraphResult
 
 PENDING, DELIVERED, DEAD, FRESH = State.PENDING, State.DELIVERED, State.DEAD, State.FRESH
-_CHUNK = 500  # ids per "IN (...)" statement, well under SQLite's variable limit
-_MIN_RUN = 3  # consecutive ids worth a range of their own rather than places in an IN list
 _READY = (
     "SELECT id, due FROM outbox INDEXED BY outbox_ready WHERE state = 0 AND pixel_id = ?"
     " AND test_code = ? AND due <= ?3 AND (lease_until IS NULL OR lease_until <= ?3)"
 )
-
-
-def chunks(ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
-    """``(placeholders, ids)`` slices for ``WHERE id IN (...)`` statements."""
-    for start in range(0, len(ids), _CHUNK):
-        part = ids[start : start + _CHUNK]
-        yield ",".join("?" * len(part)), part
-
-
-def id_sets(ids: Sequence[int]) -> Iterator[tuple[str, list[int]]]:
-    """``(condition, params)`` pairs that together select exactly ``ids`` from ``outbox``.
-
-    A claim takes rows in (due, id) order, and rows stored one after another have consecutive
-    ids, so a batch is nearly always one run of consecutive ids or a few. Each run of at least
-    ``_MIN_RUN`` ids becomes one ``id BETWEEN ? AND ?`` (one seek and a scan of the rowid
-    tree, two parameters, whatever its length); the ids left over go in ``id IN (...)`` lists.
-    A run is consecutive integers all in ``ids``, so a range never selects a row not asked for;
-    the owner check the statements add keeps them to rows the caller still holds.
-    """
-    ordered = sorted(set(ids))
-    singles: list[int] = []
-    start = 0
-    for end in range(1, len(ordered) + 1):
-        if end < len(ordered) and ordered[end] == ordered[end - 1] + 1:
-            continue
-        if end - start >= _MIN_RUN:
-            yield "id BETWEEN ? AND ?", [ordered[start], ordered[end - 1]]
-        else:
-            singles.extend(ordered[start:end])
-        start = end
-    for marks, part in chunks(singles):
-        yield f"id IN ({marks})", list(part)
 
 
 def dead_owner_check(host: str, is_alive: Callable[[int], bool]) -> Callable[[str], bool]:
@@ -92,24 +60,28 @@ class SQLiteLeases:
         def ingested(self) -> int:
             raise NotImplementedError
 
+        def reclaim_claims(self, dead_owner: Callable[[str], bool]) -> int:
+            raise NotImplementedError
+
     def prepare(self, limit: int = 5000) -> int:
         """Make fresh rows claimable: move them into the indexes, in id order; returns how
         many.
 
-        Enqueue appends fresh rows outside any index but the idempotency key; this bulk
-        ``UPDATE`` on a rowid range does the index work off the request path, ``limit`` rows per
-        short transaction. The cursor only grows, and ids above it are all fresh or newer. The
-        observations the rows carry are filed into ``observations`` in the same transaction.
+        The dispatcher sends fresh rows without moving them (:meth:`SQLiteFresh.take`); this
+        is for readers that want every observation filed now (diagnostics) and for the
+        classic path: a bulk ``UPDATE`` on a rowid range, ``limit`` rows per short
+        transaction. The cursor only grows, and ids above it are all fresh or newer. The
+        observations the rows carry are filed in the same transaction (those not filed yet).
         """
         moved = 0
         fresh = f"id > ? AND id <= ? AND state = {FRESH:d}"
         while self.mark() > self.ingested():
             with self.write() as conn:
+                file_new_observations(conn)
                 cursor = conn.execute("SELECT value FROM meta WHERE key = 'ingested'")
                 low = int(cursor.fetchone()[0])
                 top = int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
                 high = min(top, low + limit)
-                conn.execute(FILE_OBSERVED_SQL + fresh + " ORDER BY id", (None, low, high))
                 moved += conn.execute(
                     f"UPDATE outbox SET state = {PENDING:d}, {CLEAR_OBSERVED} WHERE {fresh}",
                     (low, high),
@@ -191,9 +163,17 @@ class SQLiteLeases:
                 found[row[0]] = Claimed(*row)
         return Claim([found[i] for i in ids if i in found], probe=bool(paused))
 
-    def renew(self, ids: Sequence[int], owner: str, until: float) -> None:
-        """Extend a lease (a long bisection must not let another process steal the rows)."""
+    def renew(
+        self, ids: Sequence[int], owner: str, until: float, claim: int | None = None
+    ) -> None:
+        """Extend a lease (a long bisection must not let another process steal the rows);
+        rows of a fast-path ``claim`` by extending the claim."""
         with self.write() as conn:
+            if claim is not None:
+                conn.execute(
+                    "UPDATE claims SET until = ? WHERE id = ? AND owner = ?", (until, claim, owner)
+                )
+                return
             _set_lease(conn, ids, owner, until, owner)
 
     def reclaim(self, host: str, is_alive: Callable[[int], bool]) -> int:
@@ -212,6 +192,7 @@ class SQLiteLeases:
         dead_owner = dead_owner_check(host, is_alive)
         dead = [row_id for row_id, owner in rows if dead_owner(str(owner))]
         stale = [(pixel_id,) for pixel_id, prober in probers if dead_owner(prober)]
+        freed = self.reclaim_claims(dead_owner)
         if dead or stale:
             with self.write() as c:
                 for marks, part in chunks(dead):
@@ -223,7 +204,7 @@ class SQLiteLeases:
                 c.executemany(
                     "UPDATE pauses SET until = 0, prober = NULL WHERE pixel_id = ?", stale
                 )
-        return len(dead)
+        return freed + len(dead)
 
     # --- settling -------------------------------------------------------------------------
 
@@ -234,12 +215,20 @@ class SQLiteLeases:
         owner: str,
         reply: GraphResult | None = None,
         now: float | None = None,
+        claim: int | None = None,
     ) -> bool:
         """Mark the rows ``owner`` still holds delivered (keys kept for dedup); returns True if
         a pause was lifted. Meta's ``reply`` (events_received, fbtrace_id) is kept in
-        ``deliveries`` and each row points at it, for the inspector."""
+        ``deliveries`` and each row points at it, for the inspector. Rows of a fast-path
+        ``claim`` are fresh rows of a claim ``owner`` still holds (see :mod:`.sqlite_fresh`)."""
         when = time.time() if now is None else now
+        mine, who = f"state = {PENDING:d} AND lease_owner = ?", [owner]
+        if claim is not None:
+            mine, who = f"state = {FRESH:d}", []
         with self.write() as conn:
+            bounds = None if claim is None else owned_range(conn, claim, owner)
+            if claim is not None and bounds is None:  # expired: the rows are not ours now
+                return False
             delivery = None
             if reply is not None:
                 delivery = conn.execute(
@@ -251,11 +240,13 @@ class SQLiteLeases:
             for where, part in id_sets(ids):
                 count += conn.execute(
                     f"UPDATE outbox SET state = {DELIVERED:d}, payload = NULL,"
-                    " attempts = attempts + 1, delivery = ?"
-                    f" WHERE {where} AND state = 0 AND lease_owner = ?",
-                    (delivery, *part, owner),
+                    f" attempts = attempts + 1, delivery = ?, {CLEAR_OBSERVED}"
+                    f" WHERE {where} AND {mine}",
+                    (delivery, *part, *who),
                 ).rowcount
             conn.execute("UPDATE counters SET value = value + ? WHERE name = 'delivered'", (count,))
+            if claim is not None and bounds is not None:
+                close_if_settled(conn, claim, *bounds)
             lifted = conn.execute("DELETE FROM pauses WHERE pixel_id = ?", (pixel_id,)).rowcount
         return bool(lifted > 0)
 

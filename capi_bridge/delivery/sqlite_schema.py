@@ -18,8 +18,10 @@ from capi_bridge.delivery.sql_reads import OBSERVED_COLUMNS
 #: 3: ``observations`` and ``deliveries`` (inspector, diagnostics), ``outbox.delivery``, and
 #: the ``obs_*`` columns an event's observation rides in until ingestion files it; 4: ``origin``
 #: (the process that stored or released a row: ``flush()`` waits for its own rows only); 5:
-#: ``dropped`` (counts of browser events the mirror did not store, :mod:`capi_bridge.drops`).
-SCHEMA_VERSION = 5
+#: ``dropped`` (counts of browser events the mirror did not store, :mod:`capi_bridge.drops`);
+#: 6: ``claims`` (fresh rows a dispatcher sends without moving them first, see
+#: :mod:`capi_bridge.delivery.sqlite_fresh`) and the ``observed`` cursor.
+SCHEMA_VERSION = 6
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -73,11 +75,19 @@ CREATE TABLE IF NOT EXISTS pauses (
     failures INTEGER NOT NULL,
     prober   TEXT                          -- owner sending the probe batch (half-open)
 );
+CREATE TABLE IF NOT EXISTS claims (       -- version 6: fresh rows leased as one range
+    id    INTEGER PRIMARY KEY,
+    owner TEXT    NOT NULL,                -- the dispatcher sending them
+    low   INTEGER NOT NULL,                -- first and last outbox id of the range
+    high  INTEGER NOT NULL,
+    until REAL    NOT NULL                 -- then its fresh rows become pending for anyone
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('deduplicated', 0);
 INSERT OR IGNORE INTO counters VALUES ('held_expired', 0);
 INSERT OR IGNORE INTO meta VALUES ('ingested', '0');
+INSERT OR IGNORE INTO meta SELECT 'observed', value FROM meta WHERE key = 'ingested';
 """
 OBSERVATION_TABLES = """
 CREATE TABLE IF NOT EXISTS observations (

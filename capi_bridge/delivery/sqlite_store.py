@@ -11,9 +11,10 @@ Design, in the order it matters for speed and safety:
 * **One small write per event.** ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id)
   key is both the store and the idempotency check: a reloaded thank-you page inserts nothing.
   Delivered rows keep their key (payload dropped) for Meta's 48-hour dedup window. A new row is
-  *fresh* and in no index but that key: it is appended in rowid order, and the dispatcher moves
-  fresh rows into the claimable indexes in bulk (``prepare``), which takes one page write out
-  of every enqueue (~10 µs of ~40 here).
+  *fresh* and in no index but that key: it is appended in rowid order, which takes one page
+  write out of every enqueue (~10 µs of ~40 here), and the dispatcher sends fresh rows as
+  they are, leased as one id range (:mod:`capi_bridge.delivery.sqlite_fresh`): only rows
+  whose send fails move into the claimable indexes.
 * **WAL + ``synchronous=NORMAL``**, set explicitly on every connection: a commit survives a crash
   of the process (the WAL is in the OS page cache), while a power loss or kernel panic may roll
   back the last commits. ``FULL`` (``outbox_synchronous``) fsyncs every commit (~150 µs here).
@@ -50,6 +51,7 @@ from capi_bridge.delivery import sqlite_schema
 from capi_bridge.delivery.processes import current_pid
 from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
+from capi_bridge.delivery.sqlite_fresh import FRESH_FLOOR, SQLiteFresh
 from capi_bridge.delivery.sqlite_held import SQLiteHeld
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
 from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, SCHEMA_VERSION, insert_sql
@@ -95,7 +97,7 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
-class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
+class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
     """The SQLite outbox at ``path``; safe to share between threads and processes."""
 
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
@@ -350,12 +352,12 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
         return int(self.query("SELECT value FROM meta WHERE key = 'ingested'")[0][0])
 
     def fresh_rows(self, bound: int) -> int:
-        """Rows past the ingestion cursor, up to ``bound`` (see ``SqlReads.waiting``)."""
+        """Unsettled fresh rows, up to ``bound`` (see ``SqlReads.waiting``)."""
         return int(
             self.query(
-                f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id > ? AND state = {FRESH}"
-                " LIMIT ?) AS w",
-                (self.ingested(), bound),
+                f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR}"
+                f" AND state = {FRESH} LIMIT ?) AS w",
+                (bound,),
             )[0][0]
         )
 
@@ -363,9 +365,9 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteLeases, SqlReads):
         """Is a row of ``origin`` with ``id <= up_to`` still neither delivered nor dead?"""
         return bool(
             self.query(
-                f"SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = {FRESH}"
+                f"SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR} AND id <= ? AND state = {FRESH}"
                 " AND origin = ? LIMIT 1",
-                (self.ingested(), up_to, origin),
+                (up_to, origin),
             )
             or self.query(
                 "SELECT 1 FROM outbox INDEXED BY outbox_mine WHERE origin = ?"

@@ -75,6 +75,23 @@ class Claim(NamedTuple):
     probe: bool = False  # the pixel was paused: this batch probes whether Meta recovered
 
 
+class Taken(NamedTuple):
+    """Result of :meth:`Store.take`: the oldest fresh rows leased to one owner as one claim,
+    by (pixel_id, test_code) group, or none (and when to look again)."""
+
+    claim: int | None
+    groups: dict[tuple[str, str], list[Claimed]]
+    wake_at: float | None = None  # a young partial batch lingers until then
+
+    @property
+    def size(self) -> int:
+        """How many rows were taken."""
+        return sum(len(rows) for rows in self.groups.values())
+
+
+NOTHING_TAKEN = Taken(None, {})
+
+
 class OutboxUnavailable(CapiBridgeError):
     """The outbox could not store an event (disk full, read-only, locked too long, database
     down).
@@ -146,6 +163,23 @@ class Store(Protocol):
         many rows it moved (0 for a store where rows are claimable once committed)."""
         ...
 
+    def take(
+        self, *, owner: str, now: float, limit: int, lease: float, linger: float
+    ) -> Taken:
+        """Lease up to ``limit`` of the oldest rows stored since the last take to ``owner``,
+        as one claim, and file the observations new rows carry; a store whose rows are
+        claimable once committed takes nothing (its dispatcher goes by :meth:`claim`).
+
+        The fast path of a healthy stream: the rows are sent as they were stored, and only
+        what fails is moved to the leases :meth:`claim` deals in (:meth:`adopt`). A partial
+        batch younger than ``linger`` is left for later (``wake_at``)."""
+        ...
+
+    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> None:
+        """Turn rows of ``owner``'s ``claim`` into rows leased to it until ``until``, as
+        :meth:`claim` leases them (for retries, bisection, dead letters)."""
+        ...
+
     def groups(self) -> list[tuple[str, str]]:
         """The (pixel_id, test_code) pairs with rows to send."""
         ...
@@ -162,7 +196,11 @@ class Store(Protocol):
         linger: float,
     ) -> Claim: ...
 
-    def renew(self, ids: Sequence[int], owner: str, until: float) -> None: ...
+    def renew(
+        self, ids: Sequence[int], owner: str, until: float, claim: int | None = None
+    ) -> None:
+        """Extend a lease (rows of ``claim``: the claim's) to ``until``."""
+        ...
 
     def reclaim(self, host: str, is_alive: Callable[[int], bool]) -> int:
         """Free rows leased by dead processes of this host (local stores only)."""
@@ -175,8 +213,10 @@ class Store(Protocol):
         owner: str,
         reply: GraphResult | None = None,
         now: float | None = None,
+        claim: int | None = None,
     ) -> bool:
-        """Mark rows delivered; True when it lifted the pixel's pause."""
+        """Mark rows delivered (rows of ``owner``'s ``claim`` when given); True when it
+        lifted the pixel's pause."""
         ...
 
     def failed(

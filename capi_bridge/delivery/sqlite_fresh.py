@@ -1,0 +1,186 @@
+"""The SQLite store's fast path: fresh rows sent as they were stored, leased as one range.
+
+An enqueued row is *fresh*: appended in id order, in no index but its idempotency key. The
+classic path (:meth:`SQLiteLeases.prepare` then :meth:`SQLiteLeases.claim`) rewrites every row
+twice before it is sent, once to move it into the claimable indexes and once to lease it, then a
+third time to settle it, each under the write lock the request path's inserts wait for.
+``take`` leases the oldest fresh rows instead as one *claim*: a row in ``claims`` naming the
+owner, the id range and a deadline. The outbox rows are not touched until they are settled, so
+the dispatcher's work per event is one rewrite (``delivered``) and its time under the write lock
+about a third of the classic path's (``benchmarks/delivery.py``, issue 14).
+
+Only a send that fails leaves the fast path: :meth:`adopt` moves those rows into the classic
+leases, where backoff, bisection and dead letters work as they always have. A claim whose owner
+died (a local pid that no longer runs, at start-up) or whose deadline passed is *expired*: its
+fresh rows become pending, claimable by anyone, in the same transaction that deletes it. Rows of
+a paused pixel never take the fast path: the half-open probe is the classic claim's.
+
+Invariants (see also the ingestion cursor in :mod:`capi_bridge.delivery.sqlite_store`):
+
+* a fresh row at or below the ``ingested`` cursor lies in exactly one live claim's range;
+* a fresh row at or below the ``observed`` cursor has had its observation filed, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from capi_bridge.delivery.id_ranges import id_sets
+from capi_bridge.delivery.sql_reads import CLEAR_OBSERVED, FILE_OBSERVED_SQL
+from capi_bridge.delivery.store import NOTHING_TAKEN, Claimed, State, Taken
+
+PENDING, FRESH = int(State.PENDING), int(State.FRESH)
+
+#: The lowest id a fresh row can have minus one: the ingestion cursor, or below the oldest
+#: live claim. Readers that look for unsettled fresh rows start above it.
+FRESH_FLOOR = (
+    "min((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested'),"
+    " coalesce((SELECT min(low) - 1 FROM claims), 9223372036854775807))"
+)
+_TAKEN_ROWS = (
+    "SELECT id, pixel_id, test_code, event_name, event_id, expires, attempts, payload"
+    f" FROM outbox WHERE id BETWEEN ? AND ? AND state = {FRESH}"
+)
+
+
+def file_new_observations(conn: sqlite3.Connection) -> None:
+    """File the observations of fresh rows stored since the last call, without touching the
+    rows: the ``observed`` cursor says which are filed."""
+    low = int(conn.execute("SELECT value FROM meta WHERE key = 'observed'").fetchone()[0])
+    top = conn.execute("SELECT max(id) FROM outbox").fetchone()[0]
+    if top is not None and top > low:
+        new = f"id > ? AND id <= ? AND state = {FRESH}"
+        conn.execute(FILE_OBSERVED_SQL + new, (None, low, top))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'observed'", (str(top),))
+
+
+def expire_claims(conn: sqlite3.Connection, where: str, params: Sequence[Any] = ()) -> int:
+    """Make the fresh rows of the claims matching ``where`` pending for anyone, and delete
+    those claims; returns how many rows."""
+    moved = 0
+    for claim, low, high in conn.execute(f"SELECT id, low, high FROM claims WHERE {where}", params):
+        moved += conn.execute(
+            f"UPDATE outbox SET state = {PENDING}, {CLEAR_OBSERVED}"
+            f" WHERE id BETWEEN ? AND ? AND state = {FRESH}",
+            (low, high),
+        ).rowcount
+        conn.execute("DELETE FROM claims WHERE id = ?", (claim,))
+    return moved
+
+
+def owned_range(conn: sqlite3.Connection, claim: int, owner: str) -> tuple[int, int] | None:
+    """(low, high) of ``claim`` if ``owner`` still holds it (it was not expired)."""
+    row = conn.execute(
+        "SELECT low, high FROM claims WHERE id = ? AND owner = ?", (claim, owner)
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def close_if_settled(conn: sqlite3.Connection, claim: int, low: int, high: int) -> None:
+    """Delete ``claim`` once none of its rows is fresh any more."""
+    left = conn.execute(
+        f"SELECT 1 FROM outbox WHERE id BETWEEN ? AND ? AND state = {FRESH} LIMIT 1", (low, high)
+    ).fetchone()
+    if left is None:
+        conn.execute("DELETE FROM claims WHERE id = ?", (claim,))
+
+
+class SQLiteFresh:
+    """Mixed into :class:`~capi_bridge.delivery.sqlite_store.SQLiteStore`."""
+
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
+
+        def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+            raise NotImplementedError
+
+        def write(
+            self, wait: float | None = None
+        ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+            raise NotImplementedError
+
+    def take(self, *, owner: str, now: float, limit: int, lease: float, linger: float) -> Taken:
+        """See :meth:`~capi_bridge.delivery.store.Store.take`.
+
+        Reads first, without the write lock: nothing new and no expired claim costs two
+        small reads. The write transaction expires claims past their deadline, files new
+        observations, moves fresh rows of paused pixels to the classic path, records the
+        claim and moves the cursor; the payloads are read after it commits.
+        """
+        ((cursor, observed, top, stale),) = self.query(
+            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested'),"
+            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'observed'),"
+            " coalesce((SELECT max(id) FROM outbox), 0),"
+            " EXISTS (SELECT 1 FROM claims WHERE until <= ?)",
+            (now,),
+        )
+        if top <= cursor and top <= observed and not stale:
+            return NOTHING_TAKEN
+        wake_at = None
+        if linger > 0 and top > cursor:
+            count, oldest = self.query(
+                f"SELECT count(*), min(created) FROM (SELECT created FROM outbox WHERE id > ?"
+                f" AND state = {FRESH} ORDER BY id LIMIT ?)",
+                (cursor, limit),
+            )[0]
+            if count and count < limit and oldest > now - linger:
+                wake_at = oldest + linger
+        with self.write() as conn:
+            if stale:
+                expire_claims(conn, "until <= ?", (now,))
+            file_new_observations(conn)
+            if wake_at is not None:
+                return Taken(None, {}, wake_at)
+            low = int(conn.execute("SELECT value FROM meta WHERE key = 'ingested'").fetchone()[0])
+            last = conn.execute(
+                f"SELECT max(id) FROM (SELECT id FROM outbox WHERE id > ? AND state = {FRESH}"
+                " ORDER BY id LIMIT ?)",
+                (low, limit),
+            ).fetchone()[0]
+            if last is None:
+                return NOTHING_TAKEN
+            conn.execute(  # a paused pixel's rows wait for its probe, on the classic path
+                f"UPDATE outbox SET state = {PENDING}, {CLEAR_OBSERVED} WHERE id > ? AND id <= ?"
+                f" AND state = {FRESH} AND pixel_id IN (SELECT pixel_id FROM pauses)",
+                (low, last),
+            )
+            claim = conn.execute(
+                "INSERT INTO claims (owner, low, high, until) VALUES (?, ?, ?, ?)",
+                (owner, low + 1, last, now + lease),
+            ).lastrowid
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'ingested'", (str(last),))
+        assert claim is not None
+        groups: dict[tuple[str, str], list[Claimed]] = {}
+        for row_id, pixel_id, test_code, *rest in self.query(_TAKEN_ROWS, (low + 1, last)):
+            groups.setdefault((pixel_id, test_code), []).append(Claimed(row_id, *rest))
+        if not groups:  # all of them were a paused pixel's
+            with self.write() as conn:
+                close_if_settled(conn, claim, low + 1, last)
+            return NOTHING_TAKEN
+        return Taken(claim, groups)
+
+    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> None:
+        """See :meth:`~capi_bridge.delivery.store.Store.adopt`."""
+        with self.write() as conn:
+            bounds = owned_range(conn, claim, owner)
+            if bounds is None:  # expired: its rows are anyone's pending rows now
+                return
+            for where, part in id_sets(ids):
+                conn.execute(
+                    f"UPDATE outbox SET state = {PENDING}, lease_owner = ?, lease_until = ?,"
+                    f" {CLEAR_OBSERVED} WHERE {where} AND state = {FRESH}",
+                    (owner, until, *part),
+                )
+            close_if_settled(conn, claim, *bounds)
+
+    def reclaim_claims(self, dead_owner: Callable[[str], bool]) -> int:
+        """Expire the claims of owners ``dead_owner`` names; returns how many rows it freed."""
+        owners = {owner for (owner,) in self.query("SELECT DISTINCT owner FROM claims")}
+        dead = sorted(owner for owner in owners if dead_owner(owner))
+        if not dead:
+            return 0
+        with self.write() as conn:
+            marks = ",".join("?" * len(dead))
+            return expire_claims(conn, f"owner IN ({marks})", dead)
