@@ -12,6 +12,7 @@ where every proxy and access log records it; nothing here ever logs or formats i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -165,6 +166,15 @@ def _log_result(pixel_id: str, count: int, result: GraphResult | GraphError) -> 
 _C = TypeVar("_C", bound="_ClientBase")
 
 
+@functools.cache
+def _verification() -> Any:
+    """httpx's default TLS verification (certifi's CA bundle, or ``SSL_CERT_FILE``/``_DIR``),
+    built once per process and shared by every client: building it parses the whole bundle,
+    ~20 ms that each new client paid on its first event (every ``Bridge`` a test suite or a
+    benchmark makes). An ``ssl.SSLContext`` is safe to share between clients and threads."""
+    return httpx.create_ssl_context()
+
+
 class _ClientBase:
     """Construction, ``repr`` and ``from_settings`` common to both clients."""
 
@@ -196,6 +206,7 @@ class _ClientBase:
             headers=build_headers(access_token),
             timeout=httpx.Timeout(self._timeout),
             follow_redirects=False,
+            verify=_verification(),
         )
 
     def _open(self, **options: Any) -> None:

@@ -5,6 +5,9 @@ stored rows (PostgreSQL's LISTEN/NOTIFY), lingers briefly so a partial batch can
 events near real time, so ``linger`` is a fraction of a second), claims a batch under a lease,
 sends it with one Graph request and settles it. Every outcome is written to the store before the
 next claim, so any process, on any host sharing the store, can pick up where another one died.
+New rows first go by the store's fast path (:meth:`Store.take`: SQLite sends its fresh rows as
+one leased id range, without rewriting them first); retries, probes and rows another dispatcher
+left behind go by :meth:`Store.claim`, one (pixel, test code) group at a time.
 
 Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settler` (following
 :mod:`capi_bridge.delivery.retry`): delivered, back off, bisect then dead-letter, or open the
@@ -27,36 +30,27 @@ from collections.abc import Callable
 
 from capi_bridge.clock import ClockWatch
 from capi_bridge.delivery.buffer import RowBuffer
+from capi_bridge.delivery.chores import ERROR_PAUSE, SPILL_RETRY, Chores
 from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.processes import new_owner_id, pid_alive, running
 from capi_bridge.delivery.retry import Action, RetryPolicy
 from capi_bridge.delivery.store import Claim, Claimed, Store
 from capi_bridge.graph import GraphClient, GraphError, GraphResult
-from capi_bridge.observations import RETENTION, ObservationBuffer
+from capi_bridge.observations import ObservationBuffer
 from capi_bridge.settings import Settings
 
 logger = logging.getLogger("capi_bridge.delivery")
 
 #: With nothing to do, look for rows of other (maybe dead) processes this often.
 IDLE_POLL = 1.0
-#: After an unexpected error, wait this long before the next cycle.
-ERROR_PAUSE = 1.0
 #: Send at most this many full batches of one group before serving the next group.
 FAIR_SHARE = 8
 #: Events this close to Meta's age limit are dead-lettered before sending instead of risking a
 #: rejected batch (the request takes time, and Meta's clock is not ours).
 EXPIRY_MARGIN = 60.0
-CHECKPOINT_EVERY = 0.5
-FORGET_EVERY = 600.0
-#: How often held events past ``held_ttl`` are dropped (a minute late is no harm).
-EXPIRE_HELD_EVERY = 60.0
-#: At most one WARNING per this many seconds while the store is unavailable.
-UNAVAILABLE_LOG_EVERY = 60.0
-#: While the store refuses the rows buffered in memory, try again this often.
-SPILL_RETRY = 0.5
 
 
-class Dispatcher:
+class Dispatcher(Chores):
     """The delivery loop of one process; :class:`~capi_bridge.bridge.Bridge` owns it."""
 
     def __init__(
@@ -220,20 +214,6 @@ class Dispatcher:
                 self._client.close()
             self.store.close()
 
-    def _unavailable(self, exc: BaseException) -> None:
-        """The store failed: one WARNING per UNAVAILABLE_LOG_EVERY, not a traceback a second
-        (the events are safe where they are; the loop tries again)."""
-        now = time.monotonic()
-        if now >= self._next_unavailable_log:
-            self._next_unavailable_log = now + UNAVAILABLE_LOG_EVERY
-            logger.warning(
-                "capi-bridge dispatcher: the outbox at %s is unavailable (%s); retrying every "
-                "%.0f s, events kept where they are",
-                self.store.location,
-                exc,
-                ERROR_PAUSE,
-            )
-
     def _listen(self) -> Callable[[], None] | None:
         """Be woken when another process stores rows (a store that can signal it)."""
         try:
@@ -334,28 +314,6 @@ class Dispatcher:
                 return next_at
         return now  # more full batches: come straight back
 
-    def _spill(self) -> bool:
-        """Store the rows the request path had to keep in memory; False while it cannot."""
-        if time.monotonic() < self._next_spill:
-            return False
-        while (item := self.buffered.first()) is not None:
-            try:
-                self.store.enqueue(
-                    item.rows,
-                    item.now,
-                    hold=item.hold,
-                    tags=item.tags,
-                    origin=self.owner,
-                    wait=SPILL_RETRY,  # a lock still held: deliver meanwhile, retry soon
-                )
-            except self.store.errors as exc:
-                self._next_spill = time.monotonic() + SPILL_RETRY
-                logger.debug("outbox still unavailable for buffered events: %s", exc)
-                return False
-            self.buffered.stored(item)
-        logger.info("capi-bridge: the outbox is back; events kept in memory are stored")
-        return True
-
     def _claim(self, pixel_id: str, test_code: str) -> Claim:
         return self.store.claim(
             pixel_id,
@@ -431,33 +389,3 @@ class Dispatcher:
         except Exception as exc:  # a bug, or a transport error the client did not wrap
             logger.exception("capi-bridge dispatcher: sending to pixel %s failed", pixel_id)
             return GraphError(f"unexpected {type(exc).__name__} while sending")
-
-    def _expire_held(self) -> None:
-        """Drop held events that waited longer than ``held_ttl`` for consent: never sent."""
-        now = time.monotonic()
-        if now < self._next_expire_held:
-            return
-        self._next_expire_held = now + EXPIRE_HELD_EVERY
-        ttl = float(self.settings.held_ttl)
-        dropped = self.store.expire_held(self.clock() - ttl)
-        if dropped:
-            logger.info(
-                "dropped %d held events that waited more than %.0f s for consent (held_ttl)",
-                dropped,
-                ttl,
-            )
-
-    def _housekeeping(self) -> None:
-        """Checkpoint the WAL and forget keys past the dedup window: never on the enqueue path."""
-        now = time.monotonic()
-        if now >= self._next_checkpoint:
-            self._next_checkpoint = now + CHECKPOINT_EVERY
-            self.store.checkpoint()
-        if now >= self._next_forget:
-            self._next_forget = now + FORGET_EVERY
-            removed = self.store.forget_settled(self.clock() - self.settings.dedup_window)
-            if removed:
-                logger.debug("forgot %d delivered keys past the dedup window", removed)
-            pruned = self.store.prune(self.clock() - RETENTION)
-            if pruned:
-                logger.debug("pruned %d observations older than %.0f s", pruned, RETENTION)
