@@ -195,3 +195,23 @@ def test_fresh_rows_are_never_hidden_by_a_reused_id(outbox_path: str) -> None:
     outbox.enqueue(rows(1, prefix="next"), NOW)
     assert outbox.mark() > cursor  # so a new row can never get an id below the cursor
     assert [r.event_id for r in claim(outbox).rows] == ["next0"]
+
+
+def test_a_batch_larger_than_one_statement_is_stored_whole(
+    outbox_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of a batch are inserted several per statement, as many as SQLite's parameter
+    limit allows; a batch over it takes several statements in the same transaction."""
+    from capi_bridge.delivery import sqlite_schema
+
+    monkeypatch.setattr(sqlite_schema, "MAX_VARIABLES", 40)  # 2 rows of 16 per statement
+    outbox = Outbox(outbox_path)
+    tag = (2, None, 1, 5, "abcdef0123456789", None, "em=1a2b")
+    assert outbox.enqueue(rows(3, prefix="x"), NOW) == 3
+    assert outbox.enqueue(rows(7), NOW, tags=[tag] * 7) == 7
+    assert outbox.enqueue(rows(5, prefix="x"), NOW) == 2  # x0-x2 were there
+    assert outbox.counters()["deduplicated"] == 3
+    stored = outbox.query("SELECT event_id, obs_preview FROM outbox WHERE event_id LIKE 'e%'")
+    assert sorted(stored) == [(f"e{i}", "em=1a2b") for i in range(7)]
+    with pytest.raises(ValueError, match="one tag per row"):
+        outbox.enqueue(rows(2, prefix="y"), NOW, tags=[tag])

@@ -54,7 +54,13 @@ from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
 from capi_bridge.delivery.sqlite_fresh import FRESH_FLOOR, SQLiteFresh
 from capi_bridge.delivery.sqlite_held import SQLiteHeld
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
-from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, SCHEMA_VERSION, insert_sql
+from capi_bridge.delivery.sqlite_schema import (
+    COUNT_DEDUP,
+    SCHEMA_VERSION,
+    insert_many_sql,
+    insert_sql,
+    rows_per_insert,
+)
 from capi_bridge.delivery.sqlite_writers import WriteLock
 from capi_bridge.delivery.store import NewRow, State
 from capi_bridge.observations import Observation, Tag
@@ -318,11 +324,23 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
             finally:
                 self._writing.release()
         else:
-            batch: list[tuple[Any, ...]] = [(*r[:5], now, now, r[5], origin, *extra) for r in rows]
-            if tags:
-                batch = [(*values, *tag) for values, tag in zip(batch, tags, strict=True)]
+            if tags and len(tags) != len(rows):
+                raise ValueError(f"{len(tags)} tags for {len(rows)} rows: one tag per row")
+            flat: list[Any] = []
+            for index, r in enumerate(rows):
+                flat += (*r[:5], now, now, r[5], origin, *extra)
+                if tags:
+                    flat += tags[index]
+            width = len(flat) // len(rows)
+            step = rows_per_insert(width)
             with self.write(wait) as c:
-                added = c.executemany(sql, batch).rowcount
+                added = 0
+                for start in range(0, len(rows), step):
+                    count = min(step, len(rows) - start)
+                    added += c.execute(
+                        insert_many_sql(held=hold is not None, observed=bool(tags), count=count),
+                        flat[start * width : (start + count) * width],
+                    ).rowcount
                 if added < len(rows):
                     c.execute(COUNT_DEDUP, (len(rows) - added,))
         if added < len(rows) and tags and hold is None:
