@@ -64,7 +64,6 @@ MAX_EVENTS = 1000
 USER_AGENT = f"capi-bridge/{__version__}"
 
 
-
 def _jsonable(obj: object) -> Any:
     """Callers may pass any Mapping (e.g. a frozen view); the C encoder only knows dict."""
     if isinstance(obj, Mapping):
@@ -126,10 +125,29 @@ def build_body_encoded(
     The outbox stores each event's compact JSON; splicing it into the body saves a parse and
     a re-encode per event on the delivery path. The texts must be JSON objects (not checked).
     """
-    _checked_count(len(events_json))
+    return build_body_joined(
+        ",".join(events_json),
+        len(events_json),
+        partner_agent=partner_agent,
+        test_event_code=test_event_code,
+        proof=proof,
+    )
+
+
+def build_body_joined(
+    joined: str,
+    count: int,
+    *,
+    partner_agent: str | None,
+    test_event_code: str | None = None,
+    proof: str | None = None,
+) -> bytes:
+    """Like :func:`build_body_encoded` for ``count`` JSON object texts already joined by
+    commas (the outbox hands a batch over joined, in one read)."""
+    _checked_count(count)
     rest = _top_level(partner_agent, test_event_code, proof)
     tail = "," + _ENCODER.encode(rest)[1:] if rest else "}"
-    return ('{"data":[' + ",".join(events_json) + "]" + tail).encode()
+    return ('{"data":[' + joined + "]" + tail).encode()
 
 
 def build_headers(access_token: str) -> dict[str, str]:
@@ -283,14 +301,23 @@ class GraphClient(_ClientBase):
         test_event_code: str | None = None,
     ) -> GraphResult:
         """:meth:`send` for events given as JSON object texts (one per event), spliced as is."""
+        return self.send_joined(
+            pixel_id, ",".join(events_json), len(events_json), test_event_code=test_event_code
+        )
+
+    def send_joined(
+        self, pixel_id: str, joined: str, count: int, *, test_event_code: str | None = None
+    ) -> GraphResult:
+        """:meth:`send` for ``count`` JSON object texts already joined by commas."""
         url = events_url(self._graph_url, self._api_version, pixel_id)
-        body = build_body_encoded(
-            events_json,
+        body = build_body_joined(
+            joined,
+            count,
             partner_agent=self._partner_agent,
             test_event_code=test_event_code,
             proof=self._proof,
         )
-        return self._post(pixel_id, len(events_json), url, body)
+        return self._post(pixel_id, count, url, body)
 
     def _post(self, pixel_id: str, count: int, url: str, body: bytes) -> GraphResult:
         try:

@@ -60,7 +60,9 @@ def test_taken_rows_are_one_claim_and_stay_untouched_until_settled(outbox_path: 
     changes = outbox.conn().total_changes
     taken = take(outbox)
     assert taken.claim is not None and taken.size == 5
-    assert [r.event_id for r in taken.groups[("111", "")]] == [f"e{i}" for i in range(5)]
+    group = taken.groups[("111", "")]
+    assert group.ids == [1, 2, 3, 4, 5] and group.soonest == EXPIRES
+    assert json.loads(f"[{group.payloads}]") == [json.loads(rows(1)[0][5])] * 5  # one read
     assert states(outbox) == [State.FRESH] * 5  # not rewritten: one claim row instead
     # the claim, the cursor, the observation cursor and 5 observations: no outbox row
     assert outbox.conn().total_changes - changes == 1 + 1 + 1 + 5
@@ -68,7 +70,7 @@ def test_taken_rows_are_one_claim_and_stay_untouched_until_settled(outbox_path: 
     stats = outbox.stats(NOW)
     assert (stats.pending, stats.in_flight) == (0, 5)  # still counted: being sent
     assert outbox.pending("me", 5)  # flush() keeps waiting for them
-    ids = [r.id for r in taken.groups[("111", "")]]
+    ids = group.ids
     assert outbox.delivered(ids[:2], "111", A, reply(2), NOW, claim=taken.claim) is False
     assert outbox.query("SELECT count(*) FROM claims") == [(1,)]  # three rows still out
     outbox.delivered(ids[2:], "111", A, reply(3), NOW, claim=taken.claim)
@@ -84,7 +86,7 @@ def test_two_owners_never_take_the_same_rows(outbox_path: str) -> None:
     store(outbox, 7)
     first = take(outbox, A, limit=4)
     second = take(other, B, limit=4)
-    got = [{r.id for r in t.groups[("111", "")]} for t in (first, second)]
+    got = [set(t.groups[("111", "")].ids) for t in (first, second)]
     assert got == [{1, 2, 3, 4}, {5, 6, 7}]
     assert take(outbox, A).claim is None
 
@@ -107,9 +109,14 @@ def test_observations_are_filed_once_whichever_way_rows_go(outbox_path: str) -> 
     taken = take(outbox)
     assert taken.size == 2 and observations(outbox) == 6
     assert outbox.prepare() == 0 and observations(outbox) == 6
-    ids = [r.id for r in taken.groups[("111", "")]]
-    outbox.adopt(taken.claim or 0, ids, A, NOW + 60)  # its send failed: ordinary leases now
-    assert observations(outbox) == 6
+    ids = taken.groups[("111", "")].ids
+    adopted = outbox.adopt(taken.claim or 0, ids, A, NOW + 60)  # its send failed: leases now
+    assert [r.event_id for r in adopted] == ["g0", "g1"] and observations(outbox) == 6
+    assert outbox.query("SELECT count(*) FROM claims") == [(0,)]
+    assert (
+        outbox.query("SELECT lease_owner, lease_until FROM outbox WHERE id > 4")
+        == [(A, NOW + 60)] * 2
+    )
     assert outbox.query("SELECT count(*) FROM outbox WHERE obs_channel IS NOT NULL") == [(0,)]
 
 
@@ -121,9 +128,10 @@ def test_an_expired_claim_gives_its_rows_to_anyone_and_a_late_reply_changes_noth
     stale = take(outbox, A, lease=30.0)
     store(outbox, 1, prefix="g")
     later = take(outbox, B, now=NOW + 31)  # A's deadline passed: its rows are pending now
-    assert [r.event_id for r in later.groups[("111", "")]] == ["g0"]
+    assert later.groups[("111", "")].ids == [4]
     assert states(outbox) == [State.PENDING] * 3 + [State.FRESH]
-    ids = [r.id for r in stale.groups[("111", "")]]
+    ids = stale.groups[("111", "")].ids
+    assert outbox.adopt(stale.claim or 0, ids, A, NOW + 90) == []  # nothing of it is A's
     assert outbox.delivered(ids, "111", A, reply(3), NOW + 32, claim=stale.claim) is False
     assert outbox.counters()["delivered"] == 0  # A's late answer settled nothing
     found = outbox.claim("111", "", owner=B, now=NOW + 32, limit=10, lease=60.0, linger=0.0)
@@ -167,9 +175,8 @@ def test_a_paused_pixels_rows_wait_for_its_probe_on_the_classic_path(outbox_path
     first = outbox.claim("111", "", owner=A, now=NOW, limit=1, lease=60.0, linger=0.0)
     assert not first.rows  # fresh rows are the fast path's
     taken = take(outbox, limit=1)
-    row = taken.groups[("111", "")][0]
-    outbox.adopt(taken.claim or 0, [row.id], A, NOW + 60)  # its send failed: pause the pixel
-    outbox.failed(
+    (row,) = outbox.adopt(taken.claim or 0, taken.groups[("111", "")].ids, A, NOW + 60)
+    outbox.failed(  # its send failed: pause the pixel
         [row.id], "111", A, kind="retry", now=NOW, delay=lambda n: 10.0, error=None,
         burn_attempt=True,
     )  # fmt: skip
@@ -191,7 +198,7 @@ def test_cursors_follow_held_rows_dropped_from_the_top(outbox_path: str) -> None
     assert outbox.forget("visitor") == 2
     store(outbox, 1, prefix="g")  # id 2 again
     taken = take(outbox)
-    assert [r.event_id for r in taken.groups[("111", "")]] == ["g0"]
+    assert taken.groups[("111", "")].ids == [2] and '"x"' in taken.groups[("111", "")].payloads
     assert observations(outbox) == 2
 
 

@@ -34,7 +34,7 @@ from capi_bridge.delivery.chores import ERROR_PAUSE, SPILL_RETRY, Chores
 from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.processes import new_owner_id, pid_alive, running
 from capi_bridge.delivery.retry import Action, RetryPolicy
-from capi_bridge.delivery.store import Claim, Claimed, Store
+from capi_bridge.delivery.store import Claim, Claimed, Store, TakenGroup
 from capi_bridge.graph import GraphClient, GraphError, GraphResult
 from capi_bridge.observations import ObservationBuffer
 from capi_bridge.settings import Settings
@@ -297,19 +297,13 @@ class Dispatcher(Chores):
             if taken.claim is None:
                 return next_at if taken.wake_at is None else min(next_at, taken.wake_at)
             deadline = self.clock() + lease
-            for (pixel_id, test_code), rows in taken.groups.items():
-                for start in range(0, len(rows), size):
-                    if self.clock() > deadline - lease / 2:  # many groups, slow answers
-                        deadline = self.clock() + lease
-                        self.store.renew((), self.owner, deadline, claim=taken.claim)
-                    part = rows[start : start + size]
-                    retry_at = self._deliver(pixel_id, test_code, part, claim=taken.claim)
-                    if retry_at is not None:  # that pixel is paused: the rest of its rows
-                        rest = [r.id for r in rows[start + size :]]  # wait for its probe
-                        if rest:  # as pending rows (an expired lease), the others go on
-                            self.store.adopt(taken.claim, rest, self.owner, self.clock())
-                        next_at = min(next_at, retry_at)
-                        break
+            for (pixel_id, test_code), group in taken.groups.items():
+                if self.clock() > deadline - lease / 2:  # many groups, slow answers
+                    deadline = self.clock() + lease
+                    self.store.renew((), self.owner, deadline, claim=taken.claim)
+                retry_at = self._deliver_taken(pixel_id, test_code, taken.claim, group)
+                if retry_at is not None:  # that pixel is paused: the others go on
+                    next_at = min(next_at, retry_at)
             if taken.size < limit:
                 return next_at
         return now  # more full batches: come straight back
@@ -330,45 +324,66 @@ class Dispatcher(Chores):
             self._client = GraphClient.from_settings(self.settings, clock_watch=self.clock_watch)
         return self._client
 
-    def _deliver(
-        self, pixel_id: str, test_code: str, rows: list[Claimed], claim: int | None = None
+    def _deliver_taken(
+        self, pixel_id: str, test_code: str, claim: int, group: TakenGroup
     ) -> float | None:
-        """Send one batch, bisecting on rejection; returns a retry time on failure.
+        """Send one group of a fast-path claim as it was read (:meth:`Store.take`); returns a
+        retry time on failure.
 
-        Rows of a fast-path ``claim`` (:meth:`Store.take`) are sent as they are and settled
-        as delivered; any other outcome first moves them into ordinary leases
-        (:meth:`Store.adopt`), where the Settler deals with it as with any claimed batch."""
+        A healthy batch is one request and one settling statement, without reading its rows
+        one by one. Anything else (a send that failed, an event near Meta's age limit, a
+        group larger than one request) first moves the rows into ordinary leases
+        (:meth:`Store.adopt`), where :meth:`_deliver` deals with them as with any claimed
+        batch, the reply already in hand included."""
+        size = self.settings.batch_size
+        soon = group.soonest <= self.clock() + EXPIRY_MARGIN
+        reply: GraphResult | GraphError | None = None
+        if not soon and len(group.ids) <= size:
+            reply = self._send(pixel_id, test_code, group.payloads, len(group.ids))
+            if isinstance(reply, GraphResult):
+                self.settler.delivered(pixel_id, group.ids, reply, claim)
+                return None
+        until = self.clock() + self.settings.lease_seconds
+        rows = self.store.adopt(claim, group.ids, self.owner, until)
+        retry_at = None
+        for start in range(0, len(rows), size):
+            retry_at = self._deliver(pixel_id, test_code, rows[start : start + size], reply)
+            if retry_at is not None:  # paused: the rest waits for the probe, as pending
+                rest = [r.id for r in rows[start + size :]]
+                if rest:  # rows (an expired lease)
+                    self.store.renew(rest, self.owner, self.clock())
+                break
+        return retry_at
+
+    def _deliver(
+        self,
+        pixel_id: str,
+        test_code: str,
+        rows: list[Claimed],
+        reply: GraphResult | GraphError | None = None,
+    ) -> float | None:
+        """Send one claimed batch, bisecting on rejection; returns a retry time on failure.
+        ``reply`` is Meta's answer to the whole batch when it was sent already."""
         now = self.clock()
-        lease_until = now + self.settings.lease_seconds
         expired = [r for r in rows if r.expires <= now + EXPIRY_MARGIN]
         if expired:
-            rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
-            if claim is not None:
-                self.store.adopt(claim, [r.id for r in expired], self.owner, lease_until)
             self.settler.expire(pixel_id, expired, now)
-        if claim is not None and rows:
-            reply = self._send(pixel_id, test_code, rows)
-            if isinstance(reply, GraphResult):
-                self.settler.delivered(pixel_id, rows, reply, claim)
-                return None
-            lease_until = self.clock() + self.settings.lease_seconds
-            self.store.adopt(claim, [r.id for r in rows], self.owner, lease_until)
-            decision = self.settler.settle(pixel_id, rows, [], reply)
-            if decision.action is not Action.BISECT:
-                return decision.retry_at
-            half = len(rows) // 2
-            stack = [rows[half:], rows[:half]]
-        else:
-            stack = [rows] if rows else []
+            rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
+            reply = None  # an answer to rows that are no longer all here
+        lease_until = now + self.settings.lease_seconds
+        stack: list[list[Claimed]] = [rows] if rows else []
         while stack:
             chunk = stack.pop()
             if self.clock() > lease_until - self.settings.lease_seconds / 2:
                 lease_until = self.clock() + self.settings.lease_seconds
                 held = [r.id for part in (chunk, *stack) for r in part]
                 self.store.renew(held, self.owner, lease_until)
-            reply = self._send(pixel_id, test_code, chunk)
+            if reply is None:
+                payloads = ",".join(r.payload for r in chunk)
+                reply = self._send(pixel_id, test_code, payloads, len(chunk))
             rest = [r.id for part in stack for r in part]
             decision = self.settler.settle(pixel_id, chunk, rest, reply)
+            reply = None
             if decision.action is Action.BISECT:
                 half = len(chunk) // 2
                 stack += [chunk[half:], chunk[:half]]
@@ -377,12 +392,13 @@ class Dispatcher(Chores):
         return None
 
     def _send(
-        self, pixel_id: str, test_code: str, chunk: list[Claimed]
+        self, pixel_id: str, test_code: str, payloads: str, count: int
     ) -> GraphResult | GraphError:
-        """One Graph request; every failure comes back as a :class:`GraphError`."""
+        """One Graph request of ``count`` events (their JSON texts joined by commas); every
+        failure comes back as a :class:`GraphError`."""
         try:
-            return self._graph().send_encoded(
-                pixel_id, [r.payload for r in chunk], test_event_code=test_code or None
+            return self._graph().send_joined(
+                pixel_id, payloads, count, test_event_code=test_code or None
             )
         except GraphError as error:
             return error

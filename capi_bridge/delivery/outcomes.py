@@ -71,7 +71,7 @@ class Settler:
         """Settle ``chunk`` (and, when the pixel pauses, ``rest``: the ids still waiting in
         this claim) according to ``reply``."""
         if isinstance(reply, GraphResult):
-            self.delivered(pixel_id, chunk, reply)
+            self.delivered(pixel_id, [r.id for r in chunk], reply)
             return Decision(None)
         action = self.policy.action(reply, len(chunk))
         if action is Action.DEAD_LETTER:
@@ -98,19 +98,18 @@ class Settler:
     def delivered(
         self,
         pixel_id: str,
-        chunk: Sequence[Claimed],
+        ids: Sequence[int],
         result: GraphResult,
         claim: int | None = None,
     ) -> None:
-        """Meta took ``chunk`` (rows of a fast-path ``claim``, or leased rows)."""
-        ids = [r.id for r in chunk]
+        """Meta took the rows ``ids`` (of a fast-path ``claim``, or leased rows)."""
         if self.store.delivered(ids, pixel_id, self.owner, result, self.clock(), claim=claim):
             logger.info("pixel %s: delivery resumed, Meta accepts events again", pixel_id)
-        if result.events_received != len(chunk):
+        if result.events_received != len(ids):
             logger.warning(
                 "pixel %s: sent %d events, Meta reports %d received (fbtrace_id %s)",
                 pixel_id,
-                len(chunk),
+                len(ids),
                 result.events_received,
                 result.fbtrace_id,
             )

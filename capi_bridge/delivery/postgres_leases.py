@@ -108,7 +108,7 @@ class PostgresLeases:
         :meth:`claim`). The fast path exists for SQLite's fresh rows only."""
         return NOTHING_TAKEN
 
-    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> None:
+    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> list[Claimed]:
         """Never called: :meth:`take` makes no claims here."""
         raise NotImplementedError("the PostgreSQL store makes no fast-path claims")
 

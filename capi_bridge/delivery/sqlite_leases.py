@@ -153,19 +153,25 @@ class SQLiteLeases:
                     "UPDATE pauses SET until = ?, prober = ? WHERE pixel_id = ?",
                     (now + lease, owner, pixel_id),
                 )
-        found: dict[int, Claimed] = {}
-        for where, part in id_sets(ids):
-            for row in self.query(
-                "SELECT id, event_name, event_id, expires, attempts, payload FROM outbox"
-                f" WHERE {where}",
-                part,
-            ):
-                found[row[0]] = Claimed(*row)
+        found = {row.id: row for row in self.leased(ids, owner)}
         return Claim([found[i] for i in ids if i in found], probe=bool(paused))
 
-    def renew(
-        self, ids: Sequence[int], owner: str, until: float, claim: int | None = None
-    ) -> None:
+    def leased(self, ids: Sequence[int], owner: str) -> list[Claimed]:
+        """The rows among ``ids`` leased to ``owner``, in id order, payloads included: read
+        after the lease is committed, outside the write lock."""
+        found: list[Claimed] = []
+        for where, part in id_sets(ids):
+            found += (
+                Claimed(*row)
+                for row in self.query(
+                    "SELECT id, event_name, event_id, expires, attempts, payload FROM outbox"
+                    f" WHERE {where} AND state = {PENDING:d} AND lease_owner = ?",
+                    (*part, owner),
+                )
+            )
+        return sorted(found)
+
+    def renew(self, ids: Sequence[int], owner: str, until: float, claim: int | None = None) -> None:
         """Extend a lease (a long bisection must not let another process steal the rows);
         rows of a fast-path ``claim`` by extending the claim."""
         with self.write() as conn:

@@ -75,18 +75,29 @@ class Claim(NamedTuple):
     probe: bool = False  # the pixel was paused: this batch probes whether Meta recovered
 
 
+class TakenGroup(NamedTuple):
+    """The rows of one (pixel_id, test_code) group in a :class:`Taken` claim, read in one go:
+    their ids, the soonest expiry among them, and their payloads joined by commas (the
+    ``data`` of one request as it stands: no row is read one by one, see
+    :meth:`Store.take`)."""
+
+    ids: list[int]
+    soonest: float
+    payloads: str
+
+
 class Taken(NamedTuple):
     """Result of :meth:`Store.take`: the oldest fresh rows leased to one owner as one claim,
     by (pixel_id, test_code) group, or none (and when to look again)."""
 
     claim: int | None
-    groups: dict[tuple[str, str], list[Claimed]]
+    groups: dict[tuple[str, str], TakenGroup]
     wake_at: float | None = None  # a young partial batch lingers until then
 
     @property
     def size(self) -> int:
         """How many rows were taken."""
-        return sum(len(rows) for rows in self.groups.values())
+        return sum(len(group.ids) for group in self.groups.values())
 
 
 NOTHING_TAKEN = Taken(None, {})
@@ -163,9 +174,7 @@ class Store(Protocol):
         many rows it moved (0 for a store where rows are claimable once committed)."""
         ...
 
-    def take(
-        self, *, owner: str, now: float, limit: int, lease: float, linger: float
-    ) -> Taken:
+    def take(self, *, owner: str, now: float, limit: int, lease: float, linger: float) -> Taken:
         """Lease up to ``limit`` of the oldest rows stored since the last take to ``owner``,
         as one claim, and file the observations new rows carry; a store whose rows are
         claimable once committed takes nothing (its dispatcher goes by :meth:`claim`).
@@ -175,9 +184,10 @@ class Store(Protocol):
         batch younger than ``linger`` is left for later (``wake_at``)."""
         ...
 
-    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> None:
+    def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> list[Claimed]:
         """Turn rows of ``owner``'s ``claim`` into rows leased to it until ``until``, as
-        :meth:`claim` leases them (for retries, bisection, dead letters)."""
+        :meth:`claim` leases them (for retries, bisection, dead letters); returns them, in id
+        order (none if the claim expired meanwhile)."""
         ...
 
     def groups(self) -> list[tuple[str, str]]:
@@ -196,9 +206,7 @@ class Store(Protocol):
         linger: float,
     ) -> Claim: ...
 
-    def renew(
-        self, ids: Sequence[int], owner: str, until: float, claim: int | None = None
-    ) -> None:
+    def renew(self, ids: Sequence[int], owner: str, until: float, claim: int | None = None) -> None:
         """Extend a lease (rows of ``claim``: the claim's) to ``until``."""
         ...
 
