@@ -218,9 +218,14 @@ def _first(value: Any) -> str:
 
 def tag(origin: Origin, described: Described) -> Tag:
     """The observation an enqueued event carries in its outbox rows (one per pixel)."""
+    return tag_prefix(origin) + described
+
+
+def tag_prefix(origin: Origin) -> tuple[int, int | None, int | None]:
+    """A :data:`Tag`'s values that come from ``origin`` (the same for all its events)."""
     loaded = None if origin.pixel_loaded is None else int(origin.pixel_loaded)
     twin = None if origin.twin is None else int(origin.twin)
-    return (origin.code, loaded, twin, *described)
+    return (origin.code, loaded, twin)
 
 
 def observations(
