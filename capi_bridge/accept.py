@@ -82,7 +82,9 @@ class RowMaker:
 
     def wire(self, event: EventLike, now: float) -> dict[str, Any]:
         """The hashed, validated wire dict of ``event`` (InvalidEvent with every problem)."""
-        if isinstance(event, Event):
+        if event.__class__ is dict:  # the usual case, without the Mapping ABC's check
+            data = dict(event)
+        elif isinstance(event, Event):
             data = event.to_dict()
         elif isinstance(event, Mapping):
             data = dict(event)

@@ -294,7 +294,7 @@ def hash_in_place(
     user_data = out.get("user_data")
     if isinstance(user_data, UserData):
         user_data = user_data.to_dict()
-    if isinstance(user_data, Mapping):
+    if user_data.__class__ is dict or isinstance(user_data, Mapping):  # dict: no ABC check
         out["user_data"] = hasher(user_data)
     custom = out.get("custom_data")
     if isinstance(custom, CustomData):

@@ -156,9 +156,10 @@ def describe(
         return Described(0, None, None, "")
     if not previews:
         keys = 0
+        bit_of = _BITS.get
         for field, value in user_data.items():
             if value:
-                keys |= _BITS.get(field, 0)
+                keys |= bit_of(field, 0)
         fbp, fbc = user_data.get("fbp"), user_data.get("fbc")
         return Described(
             keys,

@@ -207,7 +207,10 @@ def _check_user_data(data: Mapping[str, Any], problems: list[str], hashes: bool)
         if kind is None:
             unknown.append(str(key))
             continue
-        if value is None or value == "" or value == []:
+        if value.__class__ is str:  # the usual case: one test for emptiness, not three
+            if not value:
+                continue
+        elif value is None or value == "" or value == []:
             continue
         if kind == _HASHED:
             if hashes and not _all_hashed(value):
@@ -369,7 +372,9 @@ def _check_contents(contents: object, problems: list[str]) -> None:
         if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
             problems.append(f"custom_data.contents[{index}].quantity must be an integer")
         price = item.get("item_price")
-        if price is not None and not (_is_number(price) and _is_finite(price)):
+        if price is None or (price.__class__ is float and math.isfinite(price)):
+            continue
+        if not (_is_number(price) and _is_finite(price)):
             problems.append(f"custom_data.contents[{index}].item_price must be a finite number")
 
 
