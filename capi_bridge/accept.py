@@ -35,14 +35,17 @@ def _c_encoder() -> Callable[[Any], str]:
     a new C encoder object each time (``iterencode``), with these same arguments. Built once
     here instead, when the C encoder is there and gives ``_ENCODER``'s bytes on a sample (the
     arguments are CPython's own, so a version that changed them falls back, not breaks)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _ENCODER.encode
     e = _ENCODER
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or e.check_circular:  # (an indent shows in the sample below)
+        return e.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if e.ensure_ascii else json.encoder.encode_basestring
+    )
     try:
         chunks = make(
-            None, e.default, json.encoder.encode_basestring_ascii, e.indent, e.key_separator,
-            e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan,
+            None, e.default, strings, None, e.key_separator, e.item_separator, e.sort_keys,
+            e.skipkeys, e.allow_nan,
         )  # fmt: skip
         sample = {"a": [1, 2.5, -0.0, 10**20, "é\u2028\"", None, True], "b": {"c": {}}, 3: []}
         if "".join(chunks(sample, 0)) != e.encode(sample):
