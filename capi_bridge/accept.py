@@ -4,7 +4,8 @@ One event becomes one row per target pixel, built once and final: the hashed wir
 dispatcher splices into a request as is, its idempotency key, its expiry, and the observation
 it carries for the inspector. The steps run in this order, each once per event: hash the
 customer information (through a bounded memo, :mod:`capi_bridge.hash_memo`), check the result
-against Meta's rules (:func:`~capi_bridge.validation.validate_event`), encode it, describe it.
+against Meta's rules (:func:`~capi_bridge.validation.validate_wire`, told the hashes are its
+own), encode it, describe it. The event is copied once; the JSON's C encoder is built once.
 Kept apart from :mod:`capi_bridge.bridge` (storing, delivery, lifecycle) because this is the
 part of an enqueue that costs CPU: ``benchmarks/enqueue_breakdown.py`` times it step by step.
 """
