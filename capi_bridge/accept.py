@@ -4,7 +4,8 @@ One event becomes one row per target pixel, built once and final: the hashed wir
 dispatcher splices into a request as is, its idempotency key, its expiry, and the observation
 it carries for the inspector. The steps run in this order, each once per event: hash the
 customer information (through a bounded memo, :mod:`capi_bridge.hash_memo`), check the result
-against Meta's rules (:func:`~capi_bridge.validation.validate_event`), encode it, describe it.
+against Meta's rules (:func:`~capi_bridge.validation.validate_wire`, told the hashes are its
+own), encode it, describe it. The event is copied once; the JSON's C encoder is built once.
 Kept apart from :mod:`capi_bridge.bridge` (storing, delivery, lifecycle) because this is the
 part of an enqueue that costs CPU: ``benchmarks/enqueue_breakdown.py`` times it step by step.
 """
@@ -12,21 +13,57 @@ part of an enqueue that costs CPU: ``benchmarks/enqueue_breakdown.py`` times it 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import json.encoder
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from capi_bridge.delivery.store import NewRow
 from capi_bridge.errors import InvalidEvent, InvalidUserData
-from capi_bridge.events import Event, graph_event, new_event_id
+from capi_bridge.events import Event, hash_in_place, new_event_id
 from capi_bridge.hash_memo import HashMemo
-from capi_bridge.observations import SERVER_ORIGIN, Origin, Tag, describe, tag
+from capi_bridge.observations import SERVER_ORIGIN, Origin, Tag, describe, tag, tag_prefix
 from capi_bridge.settings import Settings
-from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_event
+from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_wire
 
 EventLike = Event | Mapping[str, Any]
 
 # One encoder, built once: json.dumps() with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
+
+
+def _c_encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, minus what it redoes on every call: ``JSONEncoder.encode`` builds
+    a new C encoder object each time (``iterencode``), with these same arguments. Built once
+    here instead, when the C encoder is there and gives ``_ENCODER``'s bytes on a sample (the
+    arguments are CPython's own, so a version that changed them falls back, not breaks)."""
+    e = _ENCODER
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or e.check_circular:  # (an indent shows in the sample below)
+        return e.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if e.ensure_ascii else json.encoder.encode_basestring
+    )
+    try:
+        chunks = make(
+            None, e.default, strings, None, e.key_separator, e.item_separator, e.sort_keys,
+            e.skipkeys, e.allow_nan,
+        )  # fmt: skip
+        sample = {"a": [1, 2.5, -0.0, 10**20, "é\u2028\"", None, True], "b": {"c": {}}, 3: []}
+        if "".join(chunks(sample, 0)) != e.encode(sample):
+            return e.encode
+    except (TypeError, ValueError):
+        return e.encode
+
+    def encode(wire: Any) -> str:
+        return "".join(chunks(wire, 0))
+
+    return encode
+
+
+#: The wire JSON of an event: ``_ENCODER.encode``'s bytes, errors and C encoder.
+encode_json = _c_encoder()
+#: The observation tag's first three values for an event enqueued with no ``origin``.
+_SERVER_PREFIX = tag_prefix(SERVER_ORIGIN)
 
 
 class RowMaker:
@@ -49,7 +86,9 @@ class RowMaker:
 
     def wire(self, event: EventLike, now: float) -> dict[str, Any]:
         """The hashed, validated wire dict of ``event`` (InvalidEvent with every problem)."""
-        if isinstance(event, Event):
+        if event.__class__ is dict:  # the usual case, without the Mapping ABC's check
+            data = dict(event)
+        elif isinstance(event, Event):
             data = event.to_dict()
         elif isinstance(event, Mapping):
             data = dict(event)
@@ -60,10 +99,10 @@ class RowMaker:
         if self._dpo and "data_processing_options" not in data:
             data.update(self._dpo)
         try:
-            wire = graph_event(data, self._hasher)
+            wire = hash_in_place(data, self._hasher)  # data is our copy: no second one
         except (InvalidUserData, TypeError, ValueError) as exc:  # unhashable PII, bad shapes
             raise InvalidEvent([str(exc)]) from None
-        problems = validate_event(wire, now=now)
+        problems = validate_wire(wire, now, hashed_here=True)  # our hasher made user_data
         if problems:
             raise InvalidEvent(problems)
         return wire
@@ -83,16 +122,15 @@ class RowMaker:
             raise InvalidEvent([f"pixel_id {pixel_id!r} is not a pixel id (digits only)"])
         wire = self.wire(event, now)
         try:
-            payload = _ENCODER.encode(wire)
+            payload = encode_json(wire)
         except (TypeError, ValueError) as exc:
             raise InvalidEvent([f"the event cannot be sent as JSON: {exc}"]) from None
         name, event_id, when = wire["event_name"], wire["event_id"], wire["event_time"]
         store = wire.get("action_source") == "physical_store"
         expires = float(when + (MAX_AGE_PHYSICAL_STORE if store else MAX_AGE_SECONDS))
         code = self.test_code if test_code is None else test_code
-        seen = tag(
-            origin or SERVER_ORIGIN, describe(wire.get("user_data"), when, previews=self.previews)
-        )
+        described = describe(wire.get("user_data"), when, previews=self.previews)
+        seen = _SERVER_PREFIX + described if origin is None else tag(origin, described)
         if pixel_id is None and len(self.pixels) == 1:
             return [(self.pixels[0], name, event_id, code, expires, payload)], event_id, [seen]
         pixels = self.pixels if pixel_id is None else (pixel_id,)

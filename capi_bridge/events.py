@@ -283,11 +283,18 @@ def graph_event(
 
     ``hasher`` is :func:`~capi_bridge.normalize.hash_user_data` or a memo of it
     (:class:`~capi_bridge.hash_memo.HashMemo`, what ``Bridge`` uses): the same result."""
-    out = dict(data)
+    return hash_in_place(dict(data), hasher)
+
+
+def hash_in_place(
+    out: dict[str, Any], hasher: Callable[[Mapping[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """:func:`graph_event`'s work done on ``out`` itself, a dict the caller owns (its own
+    copy of the app's event): ``Bridge``'s enqueue path copies an event once, not twice."""
     user_data = out.get("user_data")
     if isinstance(user_data, UserData):
         user_data = user_data.to_dict()
-    if isinstance(user_data, Mapping):
+    if user_data.__class__ is dict or isinstance(user_data, Mapping):  # dict: no ABC check
         out["user_data"] = hasher(user_data)
     custom = out.get("custom_data")
     if isinstance(custom, CustomData):

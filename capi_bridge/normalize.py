@@ -85,7 +85,10 @@ def is_hashed(value: str) -> bool:
 
 def sha256_hex(text: str) -> str:
     """The lowercase hex SHA-256 of ``text`` encoded as UTF-8, as Meta documents."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _sha256(text.encode("utf-8")).hexdigest()
+
+
+_sha256 = hashlib.sha256
 
 
 def normalize(field: str, value: str, *, country: str | None = None) -> str:
@@ -108,7 +111,19 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str:
     text = value.strip(_JS_SPACE_CHARS)
     if _SHA256.fullmatch(text):
         return text.lower()
-    if not text or (field != "external_id" and not _HAS_CONTENT.search(text)):
+    return _by_rule(field, rule, text, country)
+
+
+def _by_rule(
+    field: str, rule: Callable[[str, str | None], str], text: str, country: str | None
+) -> str:
+    """``rule``'s normal form of ``text`` (trimmed, not a hash): :func:`normalize`'s last
+    step, apart so :func:`_hash_one` (which has trimmed and checked for a hash already)
+    does not do those twice."""
+    if not text:
+        return ""
+    # isalnum() first: a name or a word is letters only, and then holds a letter for sure.
+    if field != "external_id" and not (text.isalnum() or _HAS_CONTENT.search(text)):
         return ""
     return rule(text, country)
 
@@ -153,19 +168,23 @@ def _hash_field(field: str, value: Any, hint: str | None) -> str | list[str] | N
 
 
 def _hash_one(field: str, value: Any, hint: str | None) -> str | None:
-    if isinstance(value, datetime.date) and field == "db":
-        value = value.strftime("%Y%m%d")
-    if not isinstance(value, str):
-        raise InvalidUserData(
-            field,
-            f"expected a string (or a list of strings), got {type(value).__name__}: pass it as "
-            "text, since numbers lose leading zeros",
-        )
-    text = value.strip(_JS_SPACE_CHARS)
-    if _SHA256.fullmatch(text):
+    """One hashed field's value hashed (None: nothing to send). ``field`` is one of
+    :data:`HASHED_FIELDS`. Runs for every such value of every event: its steps are
+    :func:`normalize`'s, written out once each."""
+    if value.__class__ is not str:
+        if isinstance(value, datetime.date) and field == "db":
+            value = value.strftime("%Y%m%d")
+        elif not isinstance(value, str):
+            raise InvalidUserData(
+                field,
+                f"expected a string (or a list of strings), got {type(value).__name__}: pass "
+                "it as text, since numbers lose leading zeros",
+            )
+    text: str = value.strip(_JS_SPACE_CHARS)
+    if len(text) == 64 and _SHA256.fullmatch(text):
         return text.lower()
-    normalized = normalize(field, text, country=hint)
-    return sha256_hex(normalized) if normalized else None
+    normalized = _by_rule(field, _RULES[field], text, hint)
+    return _sha256(normalized.encode("utf-8")).hexdigest() if normalized else None
 
 
 def _hint_from_value(value: Any) -> str | None:
@@ -194,13 +213,21 @@ _show = masked
 _ATEXT = r"[\w!#$%&'*+/=?^`{|}~-]"
 _LABEL = r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?"
 _EMAIL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+{_LABEL}")
+# The same pattern for ASCII text, where \w is exactly [A-Za-z0-9_]: written with plain
+# character classes it runs in a third of the time (no alternation tried per character).
+_ASCII_ATEXT = r"[A-Za-z0-9_!#$%&'*+/=?^`{|}~-]"
+_ASCII_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ASCII_EMAIL = re.compile(
+    rf"{_ASCII_ATEXT}+(?:\.{_ASCII_ATEXT}+)*@(?:{_ASCII_LABEL}\.)+{_ASCII_LABEL}"
+)
 
 
 def _email(text: str, _country: str | None) -> str:
     """Trim and lowercase (Meta's rule), then check the shape, or the hash matches no one."""
     email = text.lower()
     local, _, _domain = email.rpartition("@")
-    if len(email) > 254 or len(local) > 64 or not _EMAIL.fullmatch(email):
+    shape = _ASCII_EMAIL if email.isascii() else _EMAIL
+    if len(email) > 254 or len(local) > 64 or not shape.fullmatch(email):
         raise InvalidUserData("em", f"{_show(text)} is not an email address")
     return email
 
@@ -283,6 +310,8 @@ def _external_id(text: str, _country: str | None) -> str:
     The pixel hashes ``external_id`` after this transformation, so the server must too, or the
     same visitor carries two different ids. (The Business SDK sends it raw.)
     """
+    if text.isprintable() and " " not in text:  # no whitespace to remove: every JS_SPACE
+        return text.lower()  # character but the space is unprintable (Cc, Cf, Zs, Zl, Zp)
     return _JS_SPACE.sub("", text).lower()
 
 

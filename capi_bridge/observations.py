@@ -156,9 +156,10 @@ def describe(
         return Described(0, None, None, "")
     if not previews:
         keys = 0
+        bit_of = _BITS.get
         for field, value in user_data.items():
             if value:
-                keys |= _BITS.get(field, 0)
+                keys |= bit_of(field, 0)
         fbp, fbc = user_data.get("fbp"), user_data.get("fbc")
         return Described(
             keys,
@@ -218,9 +219,14 @@ def _first(value: Any) -> str:
 
 def tag(origin: Origin, described: Described) -> Tag:
     """The observation an enqueued event carries in its outbox rows (one per pixel)."""
+    return tag_prefix(origin) + described
+
+
+def tag_prefix(origin: Origin) -> tuple[int, int | None, int | None]:
+    """A :data:`Tag`'s values that come from ``origin`` (the same for all its events)."""
     loaded = None if origin.pixel_loaded is None else int(origin.pixel_loaded)
     twin = None if origin.twin is None else int(origin.twin)
-    return (origin.code, loaded, twin, *described)
+    return (origin.code, loaded, twin)
 
 
 def observations(

@@ -50,7 +50,13 @@ TOO_BROAD = (
 )
 
 _USER_DATA_KEYS = HASHED_FIELDS | PLAIN_FIELDS
-_HASHED_FIELDS = HASHED_FIELDS
+_HASHED, _PLAIN, _AGENT = 1, 2, 3
+#: What each user_data key Meta knows is: one look-up per key in the guard's loop.
+_USER_KEY_KINDS = {
+    **dict.fromkeys(HASHED_FIELDS, _HASHED),
+    **dict.fromkeys(PLAIN_FIELDS, _PLAIN),
+    "client_user_agent": _AGENT,
+}
 #: Keys that appear in some TOO_BROAD set: an event with any other key present is not too broad.
 _BROAD_KEYS = frozenset().union(*TOO_BROAD)
 _DELIVERY_CATEGORIES = frozenset({"in_store", "curbside", "home_delivery"})
@@ -98,6 +104,18 @@ def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None
         data = given
     else:
         return [f"an event must be a mapping or an Event, not {type(given).__name__}"]
+    return validate_wire(data, time.time() if now is None else now)
+
+
+def validate_wire(data: Mapping[str, Any], now: float, *, hashed_here: bool = False) -> list[str]:
+    """:func:`validate_event` of a wire mapping, at ``now``.
+
+    ``hashed_here`` says its ``user_data`` is the output of capi-bridge's own hasher
+    (:func:`~capi_bridge.normalize.hash_user_data` or its memo), as on ``Bridge``'s enqueue
+    path: every hashed field there is lowercase SHA-256 hex by construction (the hasher
+    hashes a value, passes on one already hashed only if it is 64 hex digits, lowercased, or
+    raises), so their shape is not matched again. Everything else is checked the same.
+    """
     problems: list[str] = []
     if not data.keys() <= SERVER_EVENT_KEYS:  # no set built when every key is known
         unknown = data.keys() - SERVER_EVENT_KEYS
@@ -106,8 +124,8 @@ def validate_event(event: Event | Mapping[str, Any], *, now: float | None = None
             for key in sorted(map(str, unknown))
         )
     _check_name_and_source(data, problems)
-    _check_time(data, problems, time.time() if now is None else now)
-    _check_user_data(data, problems)
+    _check_time(data, problems, now)
+    _check_user_data(data, problems, not hashed_here)
     custom = data.get("custom_data")
     if custom is not None or data.get("event_name") == "Purchase":
         # A Purchase with no custom_data at all lacks value and currency just as one with an
@@ -171,38 +189,48 @@ def _check_time(data: Mapping[str, Any], problems: list[str], now: float) -> Non
         problems.append("event_time is in the future: check the client's or server's clock")
 
 
-def _check_user_data(data: Mapping[str, Any], problems: list[str]) -> None:
-    """One pass over ``user_data``, no set built on the happy path (it runs on every event)."""
+def _check_user_data(data: Mapping[str, Any], problems: list[str], hashes: bool) -> None:
+    """One pass over ``user_data``, no set built on the happy path (it runs on every event);
+    ``hashes``: check that hashed fields are SHA-256 hex (see :func:`validate_wire`)."""
     user = data.get("user_data")
-    if not isinstance(user, Mapping) or not user:
+    if not (user.__class__ is dict or isinstance(user, Mapping)) or not user:
         problems.append("user_data is required and must hold at least one customer parameter")
         return
     unknown: list[str] = []
     unhashed: list[str] = []
-    present: list[str] = []
+    agent = False  # client_user_agent present
     narrow = True  # every key present could be too broad to match (see TOO_BROAD)
+    present: list[str] = []  # the keys present, while they all could be
+    kinds = _USER_KEY_KINDS
     for key, value in user.items():
-        if key in _HASHED_FIELDS:
-            if value is None or value == "" or value == []:
-                continue
-            if not _all_hashed(value):
-                unhashed.append(key)
-        elif key not in PLAIN_FIELDS:
+        kind = kinds.get(key)
+        if kind is None:
             unknown.append(str(key))
             continue
+        if value.__class__ is str:  # the usual case: one test for emptiness, not three
+            if not value:
+                continue
         elif value is None or value == "" or value == []:
             continue
-        present.append(key)
-        if key not in _BROAD_KEYS:
-            narrow = False
-    for key in sorted(unknown):
-        problems.append(f"user_data.{key} is not a customer information parameter Meta knows")
+        if kind == _HASHED:
+            if hashes and not _all_hashed(value):
+                unhashed.append(key)
+        elif kind == _AGENT:
+            agent = True
+        if narrow:
+            if key in _BROAD_KEYS:
+                present.append(key)
+            else:
+                narrow = False
+    if unknown:
+        for key in sorted(unknown):
+            problems.append(f"user_data.{key} is not a customer information parameter Meta knows")
     for key in unhashed:
         problems.append(
             f"user_data.{key} is not SHA-256 hashed: hash it (capi_bridge.hash_user_data) "
             "or pass raw values through Event/Bridge, which hash them"
         )
-    if data.get("action_source") == "website" and "client_user_agent" not in present:
+    if not agent and data.get("action_source") == "website":
         problems.append("user_data.client_user_agent is required for website events")
     for key in ("fbc", "fbp"):
         value = user.get(key)
@@ -282,7 +310,7 @@ def _is_finite(value: object) -> bool:
 
 
 def _check_custom_data(name: str, custom: object, problems: list[str]) -> None:
-    if not isinstance(custom, Mapping):
+    if not (custom.__class__ is dict or isinstance(custom, Mapping)):
         problems.append("custom_data must be an object")
         return
     value, currency = custom.get("value"), custom.get("currency")
@@ -292,13 +320,21 @@ def _check_custom_data(name: str, custom: object, problems: list[str]) -> None:
         if value is None:
             problems.append("custom_data.value is required for Purchase (a number)")
     if currency is not None and not (
-        isinstance(currency, str) and _CURRENCY.fullmatch(currency) and currency.upper() in ISO_4217
+        (currency.__class__ is str and currency in ISO_4217)  # the usual "USD": one look-up
+        or (
+            isinstance(currency, str)
+            and _CURRENCY.fullmatch(currency)
+            and currency.upper() in ISO_4217
+        )
     ):
         problems.append(f"custom_data.currency {currency!r} is not an ISO 4217 code (e.g. USD)")
     for key in ("value", "predicted_ltv", "net_revenue"):
-        if custom.get(key) is not None and not _is_number(custom[key]):
+        number = value if key == "value" else custom.get(key)
+        if number is None or (number.__class__ is float and math.isfinite(number)):
+            continue
+        if not _is_number(number):
             problems.append(f"custom_data.{key} must be a number")
-        elif custom.get(key) is not None and not _is_finite(custom[key]):
+        elif not _is_finite(number):
             problems.append(f"custom_data.{key} must be a finite number (not NaN or infinity)")
     num_items = custom.get("num_items")
     if num_items is not None and (isinstance(num_items, bool) or not isinstance(num_items, int)):
@@ -324,19 +360,22 @@ def _check_contents(contents: object, problems: list[str]) -> None:
         problems.append("custom_data.contents must be a list of {id, quantity} objects")
         return
     for index, item in enumerate(contents):
-        where = f"custom_data.contents[{index}]"
-        if not isinstance(item, Mapping):
-            problems.append(f"{where} must be an object with id and quantity")
+        if not (item.__class__ is dict or isinstance(item, Mapping)):
+            problems.append(f"custom_data.contents[{index}] must be an object with id and quantity")
             continue
         item_id = item.get("id")
         if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or item_id == "":
-            problems.append(f"{where}.id is required (Meta rejects contents without id)")
+            problems.append(
+                f"custom_data.contents[{index}].id is required (Meta rejects contents without id)"
+            )
         quantity = item.get("quantity")
         if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
-            problems.append(f"{where}.quantity must be an integer")
+            problems.append(f"custom_data.contents[{index}].quantity must be an integer")
         price = item.get("item_price")
-        if price is not None and not (_is_number(price) and _is_finite(price)):
-            problems.append(f"{where}.item_price must be a finite number")
+        if price is None or (price.__class__ is float and math.isfinite(price)):
+            continue
+        if not (_is_number(price) and _is_finite(price)):
+            problems.append(f"custom_data.contents[{index}].item_price must be a finite number")
 
 
 def _check_dpo(data: Mapping[str, Any], problems: list[str]) -> None:

@@ -47,9 +47,20 @@ def test_the_memo_gives_exactly_what_hash_user_data_gives() -> None:
 def test_the_memo_is_bounded() -> None:
     memo = HashMemo(size=100)
     for i in range(1000):
-        memo.hash_user_data({"em": f"visitor{i}@example.com", "external_id": f"id-{i}"})
+        memo.hash_user_data({"ph": f"+1 650 555 {i:04d}", "fn": f"visitor{i}"})
         assert len(memo) <= 100
     assert len(memo) > 50  # it still remembers the recent ones
+
+
+def test_e_mails_and_external_ids_are_hashed_each_time_not_kept() -> None:
+    """DIRECT_FIELDS: cheap to normalize and mostly new on every event, so not memoized;
+    their hashes are the same all the same."""
+    memo = HashMemo(size=100)
+    user = {"em": [" Ada@Example.com", "b@c.co"], "external_id": "Customer 42"}
+    for _ in range(2):
+        assert memo.hash_user_data(user) == hash_user_data(user)
+        assert memo.hash_one("em", "Ada@Example.com", None) == hash_user_data(user)["em"][0]
+    assert len(memo) == 0
 
 
 def test_the_memo_holds_no_raw_value() -> None:
