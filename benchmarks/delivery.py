@@ -1,7 +1,7 @@
 """End-to-end delivery throughput and recovery, per store, against Meta's facebook-business SDK.
 
     python benchmarks/delivery.py [--store sqlite|postgresql] [--events 100000] [--runs 1]
-        [--outage 60] [--backlog 1000000] [--dispatcher thread|process] [--postgres-url URL]
+        [--outage 60] [--backlog 1000000] [--dispatcher thread|worker] [--postgres-url URL]
 
 Every throughput figure is "from the first event handed over until the server has acknowledged
 all of them", on the same realistic website events (raw e-mail, phone, names, external id, IP,
@@ -21,8 +21,8 @@ their own, whose peak RSS is the figure; then the server recovers and the time u
 acknowledged is the drain. Prints events/s, the three ratios of issue 14 (each taken within one
 run, then the median and range over ``--runs``) with their goals, and one JSON line.
 
-``--dispatcher process`` is an experiment, not a mode of the library: the enqueue runs store
-from this process while another process on the same outbox delivers (polling every 5 ms).
+``--dispatcher worker`` measures the enqueue runs with ``CAPI_BRIDGE_DELIVERY=worker``: the
+app process only stores, and a ``capi-bridge worker`` process on the same outbox delivers.
 """
 
 from __future__ import annotations
@@ -171,51 +171,51 @@ def events(n: int, prefix: str) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def dispatcher_process(url: str, where: dict[str, str]) -> Iterator[None]:
-    """The experiment of ``--dispatcher process``: the app process stores, and another process
-    on the same outbox delivers (it polls every 5 ms: SQLite has no cross-process wake-up)."""
+def worker_process(url: str, where: dict[str, str]) -> Iterator[None]:
+    """``--dispatcher worker``: a ``capi-bridge worker`` on the same outbox delivers while the
+    app process only stores (``CAPI_BRIDGE_DELIVERY=worker``, see capi_bridge/cli_worker.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPI_BRIDGE_")}
+    env |= {
+        "CAPI_BRIDGE_PIXEL_ID": "1234567890",
+        "CAPI_BRIDGE_ACCESS_TOKEN": TOKEN,
+        "CAPI_BRIDGE_GRAPH_URL": url,
+    }
+    env |= {f"CAPI_BRIDGE_{key.upper()}": value for key, value in where.items()}
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--dispatch-child", url, json.dumps(where)],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-m", "capi_bridge.cli", "worker"],
+        env=env,
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
-    assert child.stdout is not None and child.stdin is not None
-    if child.stdout.readline().strip() != "ready":
-        raise RuntimeError("the dispatcher process did not start")
+    assert child.stdout is not None
+    if not child.stdout.readline().startswith("capi-bridge worker: delivering"):
+        raise RuntimeError("capi-bridge worker did not start")
     try:
         yield
     finally:
-        child.stdin.close()
+        child.terminate()
         child.wait(60)
 
 
-def dispatch_child(url: str, where_json: str) -> int:
-    """``--dispatch-child``: deliver what any process stores in the outbox, until stdin ends."""
-    from capi_bridge.delivery import dispatcher
-
-    dispatcher.IDLE_POLL = 0.005
-    bridge = make_bridge(url, json.loads(where_json))
-    bridge._start()
-    print("ready", flush=True)
-    sys.stdin.read()
-    bridge.close(10)
-    return 0
-
-
 def run_bridge(
-    url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool, apart: bool = False
+    url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool, worker: bool = False
 ) -> float:
-    """Seconds from the first event handed over until all are acknowledged; with ``apart``,
-    this process only stores and a dispatcher process delivers."""
-    if apart:
-        with dispatcher_process(url, where):
-            return _run_apart(url, where, batch, many)
-    bridge = make_bridge(url, where)
+    """Seconds from the first event handed over until all are acknowledged; with ``worker``,
+    this process only stores and a ``capi-bridge worker`` delivers."""
+    if worker:
+        with worker_process(url, where):
+            return _run(url, make_bridge(url, where, delivery="worker"), batch, many)
+    return _run(url, make_bridge(url, where), batch, many)
+
+
+def _run(url: str, bridge: Any, batch: list[dict[str, Any]], many: bool) -> float:
     base = acknowledged(url)
     started = time.perf_counter()
     _hand_over(bridge, batch, many)
-    if not bridge.flush(600):
+    # Our own dispatcher sends the partial rest at once when asked to flush; a worker sends
+    # it when its linger is over. Either way the run ends when the server has all of them.
+    if bridge.settings.delivery == "thread" and not bridge.flush(600):
         raise RuntimeError(f"flush timed out: {bridge.stats()}")
     wait_acknowledged(url, base + len(batch))
     done = time.perf_counter()
@@ -232,16 +232,6 @@ def _hand_over(bridge: Any, batch: list[dict[str, Any]], many: bool) -> None:
         enqueue = bridge.enqueue
         for event in batch:
             enqueue(event)
-
-
-def _run_apart(url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool) -> float:
-    bridge = make_bridge(url, where)
-    bridge._notify = lambda count: None  # this process never starts a dispatcher
-    base = acknowledged(url)
-    started = time.perf_counter()
-    _hand_over(bridge, batch, many)
-    wait_acknowledged(url, base + len(batch))
-    return time.perf_counter() - started
 
 
 def producer(url: str, where_json: str, prefix: str, count: int) -> int:
@@ -421,20 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dispatcher",
-        choices=("thread", "process"),
+        choices=("thread", "worker"),
         default="thread",
-        help="where the enqueue runs deliver: the app's own dispatcher thread (the default),"
-        " or an experiment, a dispatcher process beside the app on the same outbox",
+        help="who delivers in the enqueue runs: the app's own dispatcher thread (the default,"
+        " CAPI_BRIDGE_DELIVERY=thread), or a `capi-bridge worker` process beside it (=worker)",
     )
-    parser.add_argument("--dispatch-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return 0
-    if args.dispatch_child:
-        return dispatch_child(*args.dispatch_child)
     if args.backlog_child:
         url, where, count = args.backlog_child
         return backlog(url, where, int(count))
@@ -465,7 +452,7 @@ def _measure(url: str, args: argparse.Namespace) -> int:
     rates: dict[str, list[float]] = {k: [] for k in names}
     for run in range(args.runs):
         with fresh_store(kind, args.postgres_url) as where:
-            apart = args.dispatcher == "process"
+            apart = args.dispatcher == "worker"
             batch = events(n, f"r{run}")
             rates["enqueue"].append(n / run_bridge(url, where, batch, False, apart))
         with fresh_store(kind, args.postgres_url) as where:

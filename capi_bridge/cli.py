@@ -54,11 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"capi-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(func=print_help(parser))
-    from capi_bridge import cli_inspector, cli_setup
+    from capi_bridge import cli_inspector, cli_setup, cli_worker
 
     cli_setup.add_commands(sub)  # fake-graph, demo, check, test-link
     _add_outbox(sub)
     cli_inspector.add_commands(sub)  # inspector-link, diagnostics
+    cli_worker.add_commands(sub)  # worker
     return parser
 
 

@@ -163,6 +163,7 @@ _READERS: dict[str, Callable[[Any], Any]] = {
     "outbox_path": _path,
     "graph_url": lambda value: _text(value).rstrip("/"),
     "outbox_synchronous": lambda value: _text(value).upper(),
+    "delivery": lambda value: _text(value).lower(),
     "forwarded_header": lambda value: _text(value).lower(),
     "consent": lambda value: _text(value).lower(),
 }
@@ -255,6 +256,9 @@ class Settings:
     outbox_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     outbox_schema: str = "capi_bridge"
     probe_interval: float = 30.0
+    #: "thread": each app process delivers in a thread of its own; "worker": a separate
+    #: ``capi-bridge worker`` process delivers, app processes only store (capi_bridge.worker).
+    delivery: str = "thread"
 
     # --- requests and browser bridge ----------------------------------------------------------
     trusted_proxies: int | tuple[str, ...] = 0

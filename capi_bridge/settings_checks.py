@@ -369,6 +369,14 @@ def _outbox_path_problem(path: str) -> tuple[str, str] | None:
 
 
 def _check_synchronous(s: Settings) -> None:
+    if s.delivery not in ("thread", "worker"):
+        fail(
+            s,
+            "delivery",
+            f"{s.delivery!r} is not thread or worker",
+            "use thread (each app process delivers in a thread: nothing else to run) or worker "
+            "(run `capi-bridge worker` beside the app: app processes only store)",
+        )
     if s.outbox_synchronous not in ("NORMAL", "FULL"):
         fail(
             s,

@@ -47,6 +47,7 @@ COVERED = {
     "pip install 'capi-bridge[postgres]'": "test_postgresql_lines_are_settings_the_app_takes",
     "capi-bridge outbox stats": "test_cli_lines_parse",
     "capi-bridge diagnostics [": "test_cli_lines_parse (a synopsis: its options)",
+    "export CAPI_BRIDGE_DELIVERY=worker": "test_worker_lines_are_a_setting_and_a_command",
 }
 
 
@@ -290,6 +291,17 @@ def test_postgresql_lines_are_settings_the_app_takes() -> None:
     settings = Settings.from_env(account | exported)  # parsed and checked; nothing connects
     assert settings.store_url.startswith("postgresql://")
     assert settings.outbox_schema == "capi_bridge"
+
+
+def test_worker_lines_are_a_setting_and_a_command() -> None:
+    """The app's setting and the command; test_worker.py runs that command beside an app."""
+    block = block_starting("export CAPI_BRIDGE_DELIVERY=worker", "bash")
+    lines = list(commands(block))
+    assert [words[0] for words in lines] == ["export", "capi-bridge"]
+    name, _, value = lines[0][1].partition("=")
+    account = {"CAPI_BRIDGE_PIXEL_ID": PIXEL, "CAPI_BRIDGE_ACCESS_TOKEN": "t"}
+    assert Settings.from_env(account | {name: value}).delivery == "worker"
+    assert build_parser().parse_args(lines[1][1:]).command == "worker"
 
 
 def test_cli_lines_parse() -> None:

@@ -33,9 +33,10 @@ from capi_bridge.delivery.buffer import RowBuffer
 from capi_bridge.delivery.chores import ERROR_PAUSE, SPILL_RETRY, Chores
 from capi_bridge.delivery.outcomes import Settler
 from capi_bridge.delivery.processes import new_owner_id, pid_alive, running
-from capi_bridge.delivery.retry import Action, RetryPolicy
-from capi_bridge.delivery.store import Claim, Claimed, Store, TakenGroup
-from capi_bridge.graph import GraphClient, GraphError, GraphResult
+from capi_bridge.delivery.retry import RetryPolicy
+from capi_bridge.delivery.sending import Sending
+from capi_bridge.delivery.store import Claim, Store
+from capi_bridge.graph import GraphClient
 from capi_bridge.observations import ObservationBuffer
 from capi_bridge.settings import Settings
 
@@ -45,12 +46,9 @@ logger = logging.getLogger("capi_bridge.delivery")
 IDLE_POLL = 1.0
 #: Send at most this many full batches of one group before serving the next group.
 FAIR_SHARE = 8
-#: Events this close to Meta's age limit are dead-lettered before sending instead of risking a
-#: rejected batch (the request takes time, and Meta's clock is not ours).
-EXPIRY_MARGIN = 60.0
 
 
-class Dispatcher(Chores):
+class Dispatcher(Chores, Sending):
     """The delivery loop of one process; :class:`~capi_bridge.bridge.Bridge` owns it."""
 
     def __init__(
@@ -79,6 +77,12 @@ class Dispatcher(Chores):
         self.owner = owner or new_owner_id()
         self.settler = Settler(store, policy, self.owner, clock)
         self.pid = os.getpid()
+        #: Whether this loop delivers: with ``delivery="worker"`` a ``capi-bridge worker``
+        #: process does (:mod:`capi_bridge.cli_worker`), and this one only writes what waits in
+        #: this process's memory (observations noted during a render, spilled rows).
+        self.delivers = settings.delivery == "thread"
+        #: With nothing to do, look again after this long (a worker sets it lower).
+        self.idle_poll = IDLE_POLL
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._progress = threading.Condition()
@@ -118,6 +122,8 @@ class Dispatcher(Chores):
         While the loop lingers on a partial batch it is not woken for every event (that
         would be a pass per enqueue), only when a full batch is ready.
         """
+        if count and not self.delivers:  # stored rows are the worker's business
+            return
         with self._lock:
             before = self._unsent
             self._unsent = before + count
@@ -185,8 +191,9 @@ class Dispatcher(Chores):
     def _run(self) -> None:
         stop_listening = None
         try:
-            self._startup()
-            stop_listening = self._listen()
+            if self.delivers:
+                self._startup()
+                stop_listening = self._listen()
             while not self._stop.is_set():
                 try:
                     wait = self._cycle()
@@ -240,11 +247,14 @@ class Dispatcher(Chores):
         """One pass over every group; returns how long to sleep before the next pass."""
         with self._lock:
             self._unsent, self._idle, self._full = 0, True, False
-        self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         now = self.clock()
-        next_at = now + IDLE_POLL
+        next_at = now + self.idle_poll
         if len(self.buffered) and not self._spill():
             next_at = min(next_at, now + SPILL_RETRY)
+        if not self.delivers:  # a worker process delivers: only what waits in our memory
+            self.observed.write_to(self.store.observe)
+            return max(0.0, next_at - self.clock())
+        self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         next_at = min(next_at, self._take_fresh(now))  # files enqueued rows' observations...
         self.observed.write_to(self.store.observe)  # ...then the later ones noted in memory
         for pixel_id, test_code in self.store.groups():
@@ -265,7 +275,7 @@ class Dispatcher(Chores):
                     break
             else:
                 next_at = now  # this group has more full batches: come straight back
-        if next_at < now + IDLE_POLL:
+        if next_at < now + self.idle_poll:
             # Lingering or backing off: the timed wake serves the events stored during this
             # pass too, so their wake is dropped (kept, it made a pass per event or two).
             with self._lock:
@@ -281,7 +291,7 @@ class Dispatcher(Chores):
 
         A take is a full batch per pixel (rows of several pixels interleave in store order),
         each group sent in requests of at most ``batch_size`` events."""
-        next_at = now + IDLE_POLL
+        next_at = now + self.idle_poll
         lease, size = self.settings.lease_seconds, self.settings.batch_size
         limit = size * len(self.settings.pixel_ids)
         for _ in range(FAIR_SHARE):
@@ -318,90 +328,3 @@ class Dispatcher(Chores):
             lease=self.settings.lease_seconds,
             linger=0.0 if self._forcing else self.settings.linger,
         )
-
-    def _graph(self) -> GraphClient:
-        if self._client is None:
-            self._client = GraphClient.from_settings(self.settings, clock_watch=self.clock_watch)
-        return self._client
-
-    def _deliver_taken(
-        self, pixel_id: str, test_code: str, claim: int, group: TakenGroup
-    ) -> float | None:
-        """Send one group of a fast-path claim as it was read (:meth:`Store.take`); returns a
-        retry time on failure.
-
-        A healthy batch is one request and one settling statement, without reading its rows
-        one by one. Anything else (a send that failed, an event near Meta's age limit, a
-        group larger than one request) first moves the rows into ordinary leases
-        (:meth:`Store.adopt`), where :meth:`_deliver` deals with them as with any claimed
-        batch, the reply already in hand included."""
-        size = self.settings.batch_size
-        soon = group.soonest <= self.clock() + EXPIRY_MARGIN
-        reply: GraphResult | GraphError | None = None
-        if not soon and len(group.ids) <= size:
-            reply = self._send(pixel_id, test_code, group.payloads, len(group.ids))
-            if isinstance(reply, GraphResult):
-                self.settler.delivered(pixel_id, group.ids, reply, claim)
-                return None
-        until = self.clock() + self.settings.lease_seconds
-        rows = self.store.adopt(claim, group.ids, self.owner, until)
-        retry_at = None
-        for start in range(0, len(rows), size):
-            retry_at = self._deliver(pixel_id, test_code, rows[start : start + size], reply)
-            if retry_at is not None:  # paused: the rest waits for the probe, as pending
-                rest = [r.id for r in rows[start + size :]]
-                if rest:  # rows (an expired lease)
-                    self.store.renew(rest, self.owner, self.clock())
-                break
-        return retry_at
-
-    def _deliver(
-        self,
-        pixel_id: str,
-        test_code: str,
-        rows: list[Claimed],
-        reply: GraphResult | GraphError | None = None,
-    ) -> float | None:
-        """Send one claimed batch, bisecting on rejection; returns a retry time on failure.
-        ``reply`` is Meta's answer to the whole batch when it was sent already."""
-        now = self.clock()
-        expired = [r for r in rows if r.expires <= now + EXPIRY_MARGIN]
-        if expired:
-            self.settler.expire(pixel_id, expired, now)
-            rows = [r for r in rows if r.expires > now + EXPIRY_MARGIN]
-            reply = None  # an answer to rows that are no longer all here
-        lease_until = now + self.settings.lease_seconds
-        stack: list[list[Claimed]] = [rows] if rows else []
-        while stack:
-            chunk = stack.pop()
-            if self.clock() > lease_until - self.settings.lease_seconds / 2:
-                lease_until = self.clock() + self.settings.lease_seconds
-                held = [r.id for part in (chunk, *stack) for r in part]
-                self.store.renew(held, self.owner, lease_until)
-            if reply is None:
-                payloads = ",".join(r.payload for r in chunk)
-                reply = self._send(pixel_id, test_code, payloads, len(chunk))
-            rest = [r.id for part in stack for r in part]
-            decision = self.settler.settle(pixel_id, chunk, rest, reply)
-            reply = None
-            if decision.action is Action.BISECT:
-                half = len(chunk) // 2
-                stack += [chunk[half:], chunk[:half]]
-            elif decision.retry_at is not None:
-                return decision.retry_at
-        return None
-
-    def _send(
-        self, pixel_id: str, test_code: str, payloads: str, count: int
-    ) -> GraphResult | GraphError:
-        """One Graph request of ``count`` events (their JSON texts joined by commas); every
-        failure comes back as a :class:`GraphError`."""
-        try:
-            return self._graph().send_joined(
-                pixel_id, payloads, count, test_event_code=test_code or None
-            )
-        except GraphError as error:
-            return error
-        except Exception as exc:  # a bug, or a transport error the client did not wrap
-            logger.exception("capi-bridge dispatcher: sending to pixel %s failed", pixel_id)
-            return GraphError(f"unexpected {type(exc).__name__} while sending")
