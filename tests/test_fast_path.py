@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from typing import Any
+
+from helpers.stores import dead_local_owner
 
 from capi_bridge.delivery.processes import new_owner_id
 from capi_bridge.delivery.sqlite_store import SQLiteStore as Outbox
@@ -147,20 +147,10 @@ def test_renewing_a_claim_keeps_it(outbox_path: str) -> None:
     assert states(outbox) == [State.FRESH] * 2
 
 
-def _dead_local_owner() -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return f"{socket.gethostname()}:{int(proc.stdout)}:dead"
-
-
 def test_a_dead_local_owners_claim_is_reclaimed_at_start_up(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
     store(outbox, 3)
-    take(outbox, _dead_local_owner())  # then SIGKILLed mid-request
+    take(outbox, dead_local_owner())  # then SIGKILLed mid-request
     store(outbox, 2, prefix="g")
     alive = take(outbox, new_owner_id())  # this process: keeps its claim
     assert alive.size == 2

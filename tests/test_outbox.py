@@ -9,11 +9,10 @@ import os
 import socket
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
 
 import pytest
+from helpers.stores import dead_local_owner
 
 from capi_bridge.delivery import sqlite_store as sqlite_store_module
 from capi_bridge.delivery.processes import new_owner_id
@@ -91,19 +90,8 @@ def test_groups_by_pixel_and_test_code(outbox_path: str) -> None:
     assert outbox.groups() == [("111", ""), ("111", "TEST2"), ("222", "TEST1")]
 
 
-def _dead_local_owner() -> str:
-    """A lease owner on this host whose process has exited (a pid that was alive once)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return f"{socket.gethostname()}:{int(proc.stdout)}:dead"
-
-
 def test_dead_local_owner_is_reclaimed(outbox_path: str) -> None:
-    dead_owner = _dead_local_owner()
+    dead_owner = dead_local_owner()
     outbox = Outbox(outbox_path)
     outbox.enqueue(rows(4), NOW)
     assert len(claim(outbox, dead_owner, now=NOW).rows) == 4
@@ -122,7 +110,7 @@ def test_dead_local_owner_is_reclaimed(outbox_path: str) -> None:
 
 
 def test_circuit_held_by_a_dead_prober_reopens_at_once(outbox_path: str) -> None:
-    dead_owner = _dead_local_owner()
+    dead_owner = dead_local_owner()
     outbox = Outbox(outbox_path)
     outbox.enqueue(rows(4), NOW)
     first = claim(outbox, limit=2)

@@ -14,9 +14,11 @@ Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settle
 pixel's circuit and keep the events. The loop never dies: an unexpected exception is logged and
 the loop goes on after a pause, with the events still in the outbox. It also writes what the
 request path could not (observations noted during a render, rows taken while the outbox was
-unavailable: :mod:`capi_bridge.delivery.buffer`). A thread, not a process: measured beside the
-app (``benchmarks/delivery.py --dispatcher process``), a process was slower for ``enqueue()`` per
-event and only sometimes faster for ``enqueue_many``, at the cost of a second process per worker.
+unavailable: :mod:`capi_bridge.delivery.buffer`). A thread by default, so there is nothing else
+to run; with ``delivery="worker"`` a ``capi-bridge worker`` process delivers instead and this
+loop only writes what waits in memory (:mod:`capi_bridge.cli_worker`). Measured side by side
+(``benchmarks/delivery.py --dispatcher worker``), the thread is as fast or faster for events
+stored one by one and the worker faster for bulk ``enqueue_many``: the thread stays the default.
 """
 
 from __future__ import annotations

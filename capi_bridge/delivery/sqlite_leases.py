@@ -5,7 +5,9 @@ another one stopped: ``claim`` leases a batch to one owner (``host:pid:random``)
 ``delivered``, ``failed`` and ``dead_letter`` settle it (only rows the caller still owns), and
 ``reclaim`` frees what a crashed process of this host had leased. A pixel whose sends keep
 failing is *paused* (a row in ``pauses``): while paused nobody sends to it; when the pause ends
-one dispatcher sends a probe batch (half-open) and the others wait for its outcome.
+one dispatcher sends a probe batch (half-open) and the others wait for its outcome. New rows
+usually skip ``claim``: :mod:`capi_bridge.delivery.sqlite_fresh` sends them as stored, and only
+those whose send fails come here (``adopt``), with retries, probes and expired claims.
 """
 
 from __future__ import annotations

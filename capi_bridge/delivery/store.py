@@ -51,7 +51,7 @@ class State(enum.IntEnum):
     PENDING = 0  # accepted, waiting for a dispatcher (maybe leased, maybe backing off)
     DELIVERED = 1  # Meta took it; the key stays for the dedup window, the payload is gone
     DEAD = 2  # set aside in dead_letters with Meta's reason; the key stays
-    FRESH = 3  # SQLite: stored, not yet moved into the claimable index (see ingest)
+    FRESH = 3  # SQLite: stored, in no index but its key; sent as is (see sqlite_fresh)
     HELD = 4  # waiting for the visitor's consent under a hold key; never sent until released
 
 

@@ -28,3 +28,18 @@ def read_only(path: str) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", *files], check=True)
+
+
+def dead_local_owner() -> str:
+    """A lease owner on this host whose process has exited (a pid that was alive once)."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return f"{socket.gethostname()}:{int(proc.stdout)}:dead"
