@@ -3,8 +3,9 @@
 ``enqueue`` does only local work (schema guard, hashing, one commit to the outbox store: a
 SQLite file on one host, or PostgreSQL shared by several, see :mod:`capi_bridge.delivery`) and
 returns; a background dispatcher per process sends batches to the Conversions API (or, with
-``delivery="worker"``, a ``capi-bridge worker`` process does). The page never waits for Meta, and an event ``enqueue`` returned for is never lost: it is stored until
-Meta takes it or refuses it with a reason.
+``delivery="worker"``, a ``capi-bridge worker`` process does). The page never waits for Meta,
+and an event ``enqueue`` returned for is never lost: it is stored until Meta takes it or
+refuses it with a reason.
 
 ``submit`` is the request path's variant (``Page.track``, the mirror endpoint): it never waits
 more than about 100 ms for the store and never raises because the store is unavailable; the

@@ -121,3 +121,14 @@ def test_delivery_is_thread_or_worker() -> None:
     with pytest.raises(ConfigError, match="delivery"):
         Settings(pixel_id="1234567890", access_token="t", delivery="process")
     assert Settings(pixel_id="1", access_token="t", delivery=" Worker ").delivery == "worker"
+
+
+def test_an_app_process_closes_at_once_and_leaves_the_sending_to_the_worker(
+    make_bridge: Callable[..., Bridge], fake_graph: FakeGraph
+) -> None:
+    """No worker runs: closing (as at interpreter exit) does not wait ``close_timeout`` for
+    deliveries nobody in this process makes; the events stay in the outbox for the worker."""
+    app = make_bridge(delivery="worker", close_timeout=600.0)
+    app.enqueue(make_event(1))
+    assert app.close() is True  # returns without waiting 600 s: nothing of ours is in memory
+    assert fake_graph.events == [] and app.stats().undelivered == 1
