@@ -42,6 +42,7 @@ from collections.abc import Iterable
 
 from capi_bridge.accept import EventLike, RowMaker
 from capi_bridge.bridge_async import AsyncBridge
+from capi_bridge.bridge_consent import ConsentBridge, check_hold_key
 from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
@@ -57,8 +58,6 @@ from capi_bridge.settings import Settings
 
 logger = logging.getLogger("capi_bridge.bridge")
 
-#: Longest hold key accepted (the browser sends 16-64 characters; apps may use their own keys).
-MAX_HOLD_KEY = 128
 #: The most ``submit`` waits for a busy store before keeping the rows in memory instead.
 SUBMIT_WAIT = 0.1
 
@@ -66,7 +65,7 @@ SUBMIT_WAIT = 0.1
 _INHERITED: list[object] = []
 
 
-class Bridge(AsyncBridge):
+class Bridge(ConsentBridge, AsyncBridge):
     """The delivery engine: durable outbox plus a background dispatcher per process."""
 
     def __init__(self, settings: Settings) -> None:
@@ -123,7 +122,7 @@ class Bridge(AsyncBridge):
         ``origin`` says how it reached us, for the inspector (default: a server event).
         """
         if hold is not None:
-            _check_hold_key(hold, "hold")
+            check_hold_key(hold, "hold")
         now = time.time()
         rows, event_id, tags = self.rows.rows(event, pixel_id, test_event_code, now, origin)
         self._store(rows, now, hold, tags)
@@ -148,7 +147,7 @@ class Bridge(AsyncBridge):
         outbox must not fail the response; use :meth:`enqueue` where the caller can retry.
         """
         if hold is not None:
-            _check_hold_key(hold, "hold")
+            check_hold_key(hold, "hold")
         now = time.time()
         rows, event_id, tags = self.rows.rows(event, pixel_id, test_event_code, now, origin)
         self._submit(rows, now, hold, tags)
@@ -180,7 +179,7 @@ class Bridge(AsyncBridge):
     ) -> tuple[float, list[NewRow], list[str], list[Tag]]:
         """The checked rows of a batch, dated now: what both ways of storing one start with."""
         if hold is not None:
-            _check_hold_key(hold, "hold")
+            check_hold_key(hold, "hold")
         now = time.time()
         rows, ids, tags = self.rows.many(events, pixel_id, test_event_code, now, origin)
         return now, rows, ids, tags
@@ -227,41 +226,6 @@ class Bridge(AsyncBridge):
             self._notify(len(rows))
         else:  # nothing to send, but some dispatcher must expire what is never released
             self._running()
-
-    # --- consent ------------------------------------------------------------------------------
-
-    def release(self, hold_key: str) -> int:
-        """Consent given: send the events held under ``hold_key``; returns how many (rows, one
-        per pixel).
-
-        They go out with their original ``event_time`` and ``event_id`` (the browser copy the
-        pixel replays carries the same id, so Meta deduplicates the pair), due now, in any
-        process's dispatcher. Those past Meta's 7-day window are dead-lettered as expired.
-        Unknown or already released keys release nothing.
-        """
-        _check_hold_key(hold_key, "hold_key")
-        try:
-            count = self.outbox.release(hold_key, time.time(), self._origin)
-        except self.outbox.errors as exc:
-            raise OutboxUnavailable(self.outbox.location, exc) from exc
-        if count:
-            self._notify(count)
-        logger.debug("released %d held events", count)  # never the key: it names a visitor
-        return count
-
-    def forget(self, hold_key: str) -> int:
-        """Consent refused: delete the events held under ``hold_key``; returns how many rows.
-
-        They are never sent, and their keys are forgotten with them (a later consent in a
-        new session starts from nothing).
-        """
-        _check_hold_key(hold_key, "hold_key")
-        try:
-            count = self.outbox.forget(hold_key)
-        except self.outbox.errors as exc:
-            raise OutboxUnavailable(self.outbox.location, exc) from exc
-        logger.debug("forgot %d held events", count)
-        return count
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -395,16 +359,6 @@ class Bridge(AsyncBridge):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_hold_key(key: object, name: str) -> None:
-    """A hold key is an opaque, non-empty string; anything else is a programming error."""
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_HOLD_KEY:
-        raise ValueError(
-            f"{name} must be a non-empty string of at most {MAX_HOLD_KEY} characters (the "
-            f"browser's hold id, or your own per-visitor key), not a {type(key).__name__}"
-            + (f" of length {len(key)}" if isinstance(key, str) else "")
-        )
 
 
 def _after_fork(ref: weakref.ref[Bridge]) -> None:
