@@ -105,6 +105,21 @@ def test_events_are_batched_per_pixel_and_test_code(
     assert (stats.delivered, stats.undelivered, stats.dead) == (3002, 0, 0)
 
 
+def test_a_taken_group_larger_than_a_request_is_sent_in_requests_of_batch_size(
+    make_bridge: MakeBridge, fake_graph: FakeGraph
+) -> None:
+    """Two pixels configured, so one take is two requests' worth of rows; all of them for one
+    pixel make a group over one request's size, sent through leases in full batches."""
+    bridge = make_bridge(pixel_id="111,222", linger=5.0)
+    ids = bridge.enqueue_many((make_event(i) for i in range(1500)), pixel_id="111")
+    assert bridge.flush(20)
+    assert set(delivered_ids(fake_graph)) == set(ids)
+    assert {e["pixel_id"] for e in fake_graph.events} == {"111"}
+    assert sorted(batch_sizes(fake_graph)) == [500, 1000]
+    stats = bridge.stats()
+    assert (stats.delivered, stats.undelivered, stats.dead) == (1500, 0, 0)
+
+
 def test_reload_of_the_same_event_is_sent_once(
     make_bridge: MakeBridge, fake_graph: FakeGraph
 ) -> None:
