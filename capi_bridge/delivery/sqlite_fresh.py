@@ -148,16 +148,24 @@ class SQLiteFresh:
             ).fetchone()[0]
             if last is None:
                 return NOTHING_TAKEN
-            conn.execute(  # a paused pixel's rows wait for its probe, on the classic path
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'ingested'", (str(last),))
+            paused = conn.execute(  # a paused pixel's rows wait for its probe, classically
                 f"UPDATE outbox SET state = {PENDING}, {CLEAR_OBSERVED} WHERE id > ? AND id <= ?"
                 f" AND state = {FRESH} AND pixel_id IN (SELECT pixel_id FROM pauses)",
                 (low, last),
-            )
+            ).rowcount
+            if (
+                paused
+                and not conn.execute(
+                    f"SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = {FRESH} LIMIT 1",
+                    (low, last),
+                ).fetchone()
+            ):
+                return NOTHING_TAKEN  # all of them were a paused pixel's
             claim = conn.execute(
                 "INSERT INTO claims (owner, low, high, until) VALUES (?, ?, ?, ?)",
                 (owner, low + 1, last, now + lease),
             ).lastrowid
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'ingested'", (str(last),))
         assert claim is not None
         groups = {
             (pixel_id, test_code): TakenGroup(
@@ -167,10 +175,6 @@ class SQLiteFresh:
                 _TAKEN_GROUPS, (low + 1, last)
             )
         }
-        if not groups:  # all of them were a paused pixel's
-            with self.write() as conn:
-                close_if_settled(conn, claim, low + 1, last)
-            return NOTHING_TAKEN
         return Taken(claim, groups)
 
     def adopt(self, claim: int, ids: Sequence[int], owner: str, until: float) -> list[Claimed]:
