@@ -178,6 +178,20 @@ def test_a_paused_pixels_rows_wait_for_its_probe_on_the_classic_path(outbox_path
     assert probe.probe and len(probe.rows) == 2
 
 
+def test_held_rows_above_the_cursor_cost_one_write_not_one_per_pass(outbox_path: str) -> None:
+    outbox = Outbox(outbox_path)
+    store(outbox, 1)
+    outbox.enqueue(rows(2, prefix="h"), NOW, hold="visitor", tags=[TAG] * 2)
+    assert take(outbox).size == 1 and take(outbox).claim is None  # moves past the held rows
+    changes = outbox.conn().total_changes
+    assert take(outbox).claim is None
+    assert outbox.conn().total_changes == changes  # an idle pass reads, writes nothing
+    assert outbox.release("visitor", NOW) == 2  # released rows are pending: the classic path
+    assert take(outbox).claim is None
+    found = outbox.claim("111", "", owner=A, now=NOW, limit=10, lease=60.0, linger=0.0)
+    assert [r.event_id for r in found.rows] == ["h0", "h1"]
+
+
 def test_cursors_follow_held_rows_dropped_from_the_top(outbox_path: str) -> None:
     """Dropping the highest rows lowers both cursors: the next row reuses an id, and must
     still be taken and observed."""

@@ -146,7 +146,11 @@ class SQLiteFresh:
                 " ORDER BY id LIMIT ?)",
                 (low, limit),
             ).fetchone()[0]
-            if last is None:
+            if last is None:  # only held rows up there: nothing fresh, and a fresh row only
+                conn.execute(  # ever comes with a new, higher id, so the cursor moves past them
+                    "UPDATE meta SET value = CAST((SELECT max(id) FROM outbox) AS TEXT)"
+                    " WHERE key = 'ingested'"
+                )
                 return NOTHING_TAKEN
             conn.execute("UPDATE meta SET value = ? WHERE key = 'ingested'", (str(last),))
             paused = conn.execute(  # a paused pixel's rows wait for its probe, classically
