@@ -83,12 +83,19 @@ def owned_range(conn: sqlite3.Connection, claim: int, owner: str) -> tuple[int, 
     return None if row is None else (int(row[0]), int(row[1]))
 
 
+def any_fresh(conn: sqlite3.Connection, low: int, high: int) -> bool:
+    """Is a row with ``low <= id <= high`` still fresh?"""
+    return bool(
+        conn.execute(
+            f"SELECT 1 FROM outbox WHERE id BETWEEN ? AND ? AND state = {FRESH} LIMIT 1",
+            (low, high),
+        ).fetchone()
+    )
+
+
 def close_if_settled(conn: sqlite3.Connection, claim: int, low: int, high: int) -> None:
     """Delete ``claim`` once none of its rows is fresh any more."""
-    left = conn.execute(
-        f"SELECT 1 FROM outbox WHERE id BETWEEN ? AND ? AND state = {FRESH} LIMIT 1", (low, high)
-    ).fetchone()
-    if left is None:
+    if not any_fresh(conn, low, high):
         conn.execute("DELETE FROM claims WHERE id = ?", (claim,))
 
 
@@ -158,13 +165,7 @@ class SQLiteFresh:
                 f" AND state = {FRESH} AND pixel_id IN (SELECT pixel_id FROM pauses)",
                 (low, last),
             ).rowcount
-            if (
-                paused
-                and not conn.execute(
-                    f"SELECT 1 FROM outbox WHERE id > ? AND id <= ? AND state = {FRESH} LIMIT 1",
-                    (low, last),
-                ).fetchone()
-            ):
+            if paused and not any_fresh(conn, low + 1, last):
                 return NOTHING_TAKEN  # all of them were a paused pixel's
             claim = conn.execute(
                 "INSERT INTO claims (owner, low, high, until) VALUES (?, ?, ?, ?)",
