@@ -248,29 +248,28 @@ def producer(url: str, where_json: str, prefix: str, count: int) -> int:
     return 0 if ok else 1
 
 
+def start_ready(commands: list[list[str]]) -> list[subprocess.Popen[str]]:
+    """Start one Python process per command (its arguments after the interpreter), with pipes
+    for "go" and "ready", and wait until each has printed "ready"."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for command in commands
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return procs
+
+
 def run_processes(url: str, where: dict[str, str], n: int, processes: int, prefix: str) -> float:
     """``enqueue()`` from ``processes`` processes at once; seconds until all acknowledged."""
     base = acknowledged(url)
     share = n // processes
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--produce",
-                url,
-                json.dumps(where),
-                f"{prefix}{p}",
-                str(share),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for p in range(processes)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    here, where_json = os.path.abspath(__file__), json.dumps(where)
+    procs = start_ready(
+        [[here, "--produce", url, where_json, f"{prefix}{p}", str(share)] for p in range(processes)]
+    )
     wait_acknowledged(url, base + processes)  # their first events
     started = time.perf_counter()
     for proc in procs:

@@ -207,26 +207,12 @@ def run(mode: str, ack: str, pg_url: str, n: int, processes: int) -> dict[str, A
     where = {"outbox_url": url, "outbox_schema": schema}
     share = n // processes
     try:
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    mode,
-                    ack,
-                    json.dumps(where),
-                    f"{mode}{p}-",
-                    str(share),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for p in range(processes)
-        ]
-        for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        procs = delivery.start_ready(
+            [
+                [__file__, "--child", mode, ack, json.dumps(where), f"{mode}{p}-", str(share)]
+                for p in range(processes)
+            ]
+        )
         base = delivery.acknowledged(ack)
         if mode == "bridge":
             delivery.wait_acknowledged(ack, base)
