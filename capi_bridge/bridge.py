@@ -186,9 +186,12 @@ class Bridge(ConsentBridge, AsyncBridge):
 
     def _submit(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            self.outbox.enqueue(
-                rows, now, hold=hold, tags=tags, origin=self._origin, wait=SUBMIT_WAIT
-            )
+            if hold is None:
+                self.outbox.append(rows, now, tags=tags, origin=self._origin, wait=SUBMIT_WAIT)
+            else:
+                self.outbox.enqueue(
+                    rows, now, hold=hold, tags=tags, origin=self._origin, wait=SUBMIT_WAIT
+                )
         except self.outbox.errors as exc:
             self._spilled.add(Pending(rows, now, hold, tags), exc)
             self._notify(len(rows))
@@ -219,7 +222,10 @@ class Bridge(ConsentBridge, AsyncBridge):
 
     def _store(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            self.outbox.enqueue(rows, now, hold=hold, tags=tags, origin=self._origin)
+            if hold is None:
+                self.outbox.append(rows, now, tags=tags, origin=self._origin)
+            else:
+                self.outbox.enqueue(rows, now, hold=hold, tags=tags, origin=self._origin)
         except self.outbox.errors as exc:  # disk full, read-only, lock held for 10 s, db down
             raise OutboxUnavailable(self.outbox.location, exc) from exc
         if hold is None:

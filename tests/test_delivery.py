@@ -9,7 +9,6 @@ arrived).
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import logging
 import os
@@ -18,12 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.delivery_worker import PIXEL, RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
-from helpers.stores import POSTGRES_URL
+from helpers.stores import POSTGRES_URL, outbox_bytes
 from helpers.waiting import until
 
 from capi_bridge.bridge import Bridge
@@ -61,6 +59,7 @@ def all_delivered(bridge: Bridge, fake: FakeGraph, count: int, timeout: float = 
 def paused(bridge: Bridge, timeout: float = 30) -> OutboxStats:
     """The stats once a pixel is paused (the dispatcher took Meta's answer): waited for, so
     that nothing has to be proved by a flush running out of time."""
+
     def paused_stats() -> OutboxStats | None:
         stats = bridge.stats()
         return stats if stats.paused else None
@@ -246,7 +245,7 @@ def test_outbox_never_holds_raw_pii_or_the_token(
     bridge.flush(0.5)
     assert bridge.stats().undelivered == 201
     if "outbox_path" in store_target:  # every byte of the files
-        blob = b"".join(Path(p).read_bytes() for p in glob.glob(store_target["outbox_path"] + "*"))
+        blob = outbox_bytes(store_target["outbox_path"])  # journals included
     else:  # every row of every table, as text
         tables = ("outbox", "dead_letters", "observations", "meta", "pauses", "deliveries")
         blob = "".join(

@@ -17,6 +17,7 @@ from helpers.visits import Visitor, new_id
 
 from capi_bridge import drops
 from capi_bridge.bridge import Bridge
+from capi_bridge.delivery.journal import journals
 from capi_bridge.drops import Drop, DropTally
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.mirror import Batch, Choice, EndpointResult, settle
@@ -114,9 +115,7 @@ def test_an_event_meta_would_reject_is_a_400_with_its_reasons_and_counts_as_refu
     reply = settle(accepted(fine, no_currency, positions=(0, 2)), bridge, tally)
     error = json.loads(reply.body)["error"]
     assert (reply.status, error["code"], error["field"]) == (400, "invalid_event", "events[2]")
-    assert error["problems"] == [
-        "custom_data.currency 'XXX' is not an ISO 4217 code (e.g. USD)"
-    ]
+    assert error["problems"] == ["custom_data.currency 'XXX' is not an ISO 4217 code (e.g. USD)"]
     assert bridge.flush(5) and fake_graph.events == []  # all or none: the Contact neither
     assert sorted(counted(bridge, tally)) == [
         ("Contact", "refused", "not stored: another event of its post was refused", 1),
@@ -141,16 +140,20 @@ def _break(bridge: Bridge) -> None:
     conn.close()
 
 
-def test_a_broken_outbox_keeps_the_events_in_memory_and_logs_no_payload(
+def test_a_broken_outbox_keeps_the_events_and_logs_no_payload(
     bridge: Bridge, caplog: pytest.LogCaptureFixture
 ) -> None:
     _break(bridge)
     with caplog.at_level(logging.DEBUG, logger="capi_bridge"):
         reply = settle(accepted(event(custom_data={"note": "jsmith@example.com"})), bridge)
-    # the request path never fails for the outbox: the event waits in this process's bounded
-    # buffer (Bridge.submit) and the visitor gets the usual answer
-    assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 1})
-    assert "the outbox is unavailable" in caplog.text and "jsmith" not in caplog.text
+        # the request path never fails for the outbox: the event is journaled (durable, the
+        # outbox's table is not needed for that) and the visitor gets the usual answer...
+        assert (reply.status, json.loads(reply.body)) == (202, {"accepted": 1})
+        # ...and it stays journaled while the outbox cannot take it
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            bridge.outbox.ingest()
+        assert journals(bridge.outbox.journal.directory)
+    assert "jsmith" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -168,9 +171,7 @@ def test_a_failing_release_still_sends_the_choice(
     assert "release of held events raised" in caplog.text and hold not in caplog.text
 
 
-def test_drops_are_counted_even_when_nothing_is_stored(
-    bridge: Bridge, tally: DropTally
-) -> None:
+def test_drops_are_counted_even_when_nothing_is_stored(bridge: Bridge, tally: DropTally) -> None:
     ignored = EndpointResult(
         Response.json(202, {"accepted": 0}), dropped=(Drop("PageView", "bot", "headlesschrome"),)
     )

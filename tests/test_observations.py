@@ -4,16 +4,15 @@ for how long; plus the in-place upgrade of version-2 outbox files."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from helpers.delivery_worker import RAW_EMAIL_DOMAIN, RAW_PHONE, make_event
+from helpers.stores import outbox_bytes
 
 from capi_bridge.bridge import Bridge
 from capi_bridge.delivery.records import Seen
@@ -175,7 +174,7 @@ def test_no_raw_customer_data_in_observations(
     ):
         assert raw not in text
     assert "fb.1.1700000000000.1234567890" not in text  # fbp: masked, and hashed apart
-    blob = b"".join(Path(p).read_bytes() for p in glob.glob(outbox_path + "*"))
+    blob = outbox_bytes(outbox_path)
     assert RAW_EMAIL_DOMAIN.encode() + b"\x00" not in blob
 
 

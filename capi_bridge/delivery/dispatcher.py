@@ -153,7 +153,9 @@ class Dispatcher(Chores, Sending):
                     if len(self.buffered):  # stored later, with ids above today's mark
                         target = -1
                     else:
-                        target = self.store.mark() if target < 0 else target
+                        if target < 0:  # this process's journaled rows first, or wait
+                            self.store.ingest(own=True)
+                            target = self.store.mark()
                         if not self.store.pending(self.owner, target):
                             return True
                 except self.store.errors:
@@ -198,6 +200,7 @@ class Dispatcher(Chores, Sending):
     def _run(self) -> None:
         stop_listening = None
         try:
+            self.store.defer_intake()  # ingested once per pass below, or by the worker
             if self.delivers:
                 self._startup()
                 stop_listening = self._listen()
@@ -261,6 +264,7 @@ class Dispatcher(Chores, Sending):
         if not self.delivers:  # a worker process delivers: only what waits in our memory
             self.observed.write_to(self.store.observe)
             return max(0.0, next_at - self.clock())
+        self.store.ingest()  # every process's journaled rows, in one transaction
         self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         next_at = min(next_at, self._take_fresh(now))  # files enqueued rows' observations...
         self.observed.write_to(self.store.observe)  # ...then the later ones noted in memory

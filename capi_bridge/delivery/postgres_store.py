@@ -226,6 +226,25 @@ class PostgresStore(PostgresAdmin, PostgresLeases, SqlReads):
 
     # --- enqueue ------------------------------------------------------------------------------
 
+    def append(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        *,
+        tags: Sequence[Tag] = (),
+        origin: str = "",
+        wait: float | None = None,
+    ) -> None:
+        """:meth:`enqueue`: the database is the shared durable place (no local journal,
+        which a host's loss would take with it)."""
+        self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
+
+    def ingest(self, *, own: bool = False) -> int:
+        return 0  # no journal
+
+    def defer_intake(self) -> None:
+        pass
+
     def enqueue(
         self,
         rows: Sequence[NewRow],

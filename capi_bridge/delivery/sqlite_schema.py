@@ -149,6 +149,18 @@ def insert_sql(*, held: bool, observed: bool) -> str:
     return f"INSERT OR IGNORE INTO outbox ({columns}, state) VALUES ({marks}, {state})"
 
 
+def _insert_json_sql() -> str:
+    head, _, values = insert_sql(held=False, observed=True).partition(" VALUES ")
+    marks = values.count("?")
+    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(marks))
+    state = values.rpartition(", ")[2].rstrip(")")
+    return f"{head} SELECT {picks}, {state} FROM json_each(?)"
+
+
+#: :func:`insert_sql` (fresh, observed) of every row of one JSON array, each row an array of
+#: that statement's parameters in order (the intake's journal rows).
+INSERT_JSON_SQL = _insert_json_sql()
+
 #: Bound parameters one statement may carry: SQLite's default limit (999 before 3.32).
 MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 

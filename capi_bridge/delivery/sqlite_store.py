@@ -44,15 +44,17 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from capi_bridge.delivery import sqlite_schema
+from capi_bridge.delivery.journal import Journal
 from capi_bridge.delivery.processes import current_pid
 from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
 from capi_bridge.delivery.sqlite_fresh import FRESH_FLOOR, SQLiteFresh
 from capi_bridge.delivery.sqlite_held import SQLiteHeld
+from capi_bridge.delivery.sqlite_intake import SQLiteIntake
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
 from capi_bridge.delivery.sqlite_schema import (
     COUNT_DEDUP,
@@ -103,10 +105,11 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
-class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
+class SQLiteStore(SQLiteIntake, SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
     """The SQLite outbox at ``path``; safe to share between threads and processes."""
 
-    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    #: OSError: the intake journal's (disk full, read-only directory).
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
     local = True
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", create: bool = True) -> None:
@@ -118,6 +121,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._writing = WriteLock(BUSY_TIMEOUT)
+        self.journal = Journal(self.path + "-intake", sync=synchronous == "FULL")
         if create:
             self._create()
         elif not os.path.exists(self.path):
@@ -169,6 +173,7 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writing = WriteLock(BUSY_TIMEOUT)
+        self.journal.forked()
         self._pid = os.getpid()
 
     def _discard(self, exc: sqlite3.Error) -> None:
@@ -180,7 +185,17 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
                 conn.close()
 
     def close(self) -> None:
-        """Close this thread's connection; others close when their threads end."""
+        """Seal this process's journal and ingest it, then close this thread's connection;
+        others close when their threads end. A journal that cannot be ingested now stays for
+        the next dispatcher to ingest."""
+        if self.journal.appended and self._pid == os.getpid():
+            self.journal.close()
+            try:
+                self.ingest(own=True)
+            except self.errors as exc:
+                logger.warning(
+                    "capi-bridge: journaled events wait in %s: %s", self.journal.directory, exc
+                )
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._pid == os.getpid():
             self._local.conn = None
@@ -235,12 +250,19 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
             time.sleep(delay)
             delay = min(delay * 2, 0.0005)
 
-    @contextlib.contextmanager
-    def write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+    def write(
+        self, wait: float | None = None
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction taken up front (``BEGIN IMMEDIATE``): no upgrade deadlocks.
 
         Writers of this process queue on a :class:`WriteLock` first (see there), so only
-        other processes' writers are met as SQLITE_BUSY and waited for by polling."""
+        other processes' writers are met as SQLITE_BUSY and waited for by polling. This
+        process's journaled rows are ingested first (see :mod:`.sqlite_intake`)."""
+        self._catch_up()
+        return self._write_now(wait)
+
+    @contextlib.contextmanager
+    def _write_now(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         conn = self.conn()
         try:
             with self._writing.held(wait):
@@ -257,7 +279,9 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
             raise
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """All rows of a read, retried while another connection holds a lock."""
+        """All rows of a read, retried while another connection holds a lock (this process's
+        journaled rows ingested first)."""
+        self._catch_up()
         conn = self.conn()
         try:
             return self._retry(lambda: conn.execute(sql, params).fetchall())
@@ -344,20 +368,21 @@ class SQLiteStore(SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeases, SqlReads):
                 if added < len(rows):
                     c.execute(COUNT_DEDUP, (len(rows) - added,))
         if added < len(rows) and tags and hold is None:
-            self._observe_duplicates(rows, tags, now)
+            self._observe_duplicates((*r[:3], now, t) for r, t in zip(rows, tags, strict=True))
         return added
 
-    def _observe_duplicates(self, rows: Sequence[NewRow], tags: Sequence[Tag], now: float) -> None:
-        """File the tags of the rows that found an older row under their key (it was not
-        stored ``now``): the copy that arrived second. Rare, so done here and now."""
+    def _observe_duplicates(self, candidates: Iterable[tuple[str, str, str, float, Tag]]) -> None:
+        """File the tags of rows (key, created, tag) that found an older row under their key
+        (it was not stored at ``created``): the copy that arrived second. Rare, so done here
+        and now."""
         found = []
-        for row, tag in zip(rows, tags, strict=True):
+        for pixel_id, name, event_id, created, tag in candidates:
             older = self.query(
                 "SELECT created FROM outbox WHERE pixel_id = ? AND event_name = ? AND event_id = ?",
-                row[:3],
+                (pixel_id, name, event_id),
             )
-            if older != [(now,)]:
-                found.append(Observation(now, row[0], row[1], row[2], *tag))
+            if older != [(created,)]:
+                found.append(Observation(created, pixel_id, name, event_id, *tag))
         self.observe(found)
 
     # --- marks -------------------------------------------------------------------------------

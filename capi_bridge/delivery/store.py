@@ -159,6 +159,32 @@ class Store(Protocol):
         bounds how long a lock or a connection is waited for (None: the store's default)."""
         ...
 
+    def append(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        *,
+        tags: Sequence[Tag] = (),
+        origin: str = "",
+        wait: float | None = None,
+    ) -> None:
+        """Store rows durably, all or none, without saying which were new: what ``Bridge``
+        calls for events that are not held. SQLite writes them to this process's journal
+        (one ``write()``, no lock to wait for) and deduplicates when it ingests them;
+        PostgreSQL inserts them. ``wait`` as for :meth:`enqueue`."""
+        ...
+
+    def ingest(self, *, own: bool = False) -> int:
+        """Move journaled rows into the outbox (every process's, or this one's with ``own``);
+        returns how many were read (0 for a store without a journal). Dispatchers call it
+        once per pass."""
+        ...
+
+    def defer_intake(self) -> None:
+        """Reads in this thread do not ingest this process's journal first: it calls
+        :meth:`ingest` itself (the dispatcher)."""
+        ...
+
     def release(self, hold_key: str, now: float, origin: str = "") -> int: ...
 
     def forget(self, hold_key: str) -> int: ...

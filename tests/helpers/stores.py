@@ -8,6 +8,7 @@ the settings, and ``Settings.from_env`` rightly refuses a ``CAPI_BRIDGE_*`` name
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import subprocess
 from collections.abc import Iterator
@@ -19,10 +20,12 @@ POSTGRES_URL = os.environ.pop(
 
 @contextlib.contextmanager
 def read_only(path: str) -> Iterator[None]:
-    """A SQLite outbox file and its WAL made immutable (``chattr +i``): every write fails,
-    through connections already open too, as on a read-only or failed disk; even root (the
-    tests run as root in CI) cannot write. Writable again on exit."""
-    files = [path, path + "-wal"]
+    """A SQLite outbox file, its WAL and its journals made immutable (``chattr +i``): every
+    write fails, through connections and files already open too, as on a read-only or failed
+    disk; even root (the tests run as root in CI) cannot write. Writable again on exit."""
+    intake = path + "-intake"  # the journals (capi_bridge.delivery.journal) are on that disk too
+    os.makedirs(intake, mode=0o700, exist_ok=True)
+    files = [path, path + "-wal", intake, *glob.glob(os.path.join(intake, "*"))]
     subprocess.run(["chattr", "+i", *files], check=True)
     try:
         yield
@@ -43,3 +46,15 @@ def dead_local_owner() -> str:
         text=True,
     )
     return f"{socket.gethostname()}:{int(proc.stdout)}:dead"
+
+
+def outbox_bytes(path: str) -> bytes:
+    """Every byte of a SQLite outbox's files: the database, its WAL and shared memory, and its
+    journals (``<path>-intake/``)."""
+    files = glob.glob(path + "*") + glob.glob(os.path.join(path + "-intake", "*"))
+    chunks = []
+    for name in sorted(files):
+        if os.path.isfile(name):
+            with open(name, "rb") as f:
+                chunks.append(f.read())
+    return b"".join(chunks)

@@ -1,0 +1,260 @@
+"""The SQLite store's intake: rows accepted into a journal, moved into the outbox in batches.
+
+:meth:`SQLiteIntake.append` is what ``Bridge.enqueue`` and ``enqueue_many`` call for events that
+are not held: one ``write()`` to this process's journal (:mod:`capi_bridge.delivery.journal`)
+instead of a SQLite transaction, about 45 µs less per event here (``benchmarks/delivery.py``).
+:meth:`SQLiteIntake.ingest` moves journaled rows into ``outbox`` with the same ``INSERT OR
+IGNORE`` as ``enqueue``, in one transaction per pass that also moves each journal's read offset
+(``meta`` key ``intake:<file>``), so a row is ingested exactly once whoever ingests, and however
+often a process dies halfway. Every dispatcher ingests every journal on each pass (a dead
+process's too); a ``capi-bridge worker`` does it for the app processes that only store.
+
+Readers see their own writes: before a read or a write on this process's connection, rows this
+process journaled are ingested first (:meth:`SQLiteIntake._catch_up`), so ``stats()``,
+``flush()`` and the inspector count them at once. The dispatcher's thread opts out
+(:meth:`defer_intake`): it ingests once per pass, so its batches stay whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from capi_bridge.delivery.journal import (
+    MAX_RECORD,
+    Journal,
+    frame,
+    journals,
+    open_journal,
+    parse,
+    read_from,
+)
+from capi_bridge.delivery.sqlite_schema import (
+    COUNT_DEDUP,
+    INSERT_JSON_SQL,
+    insert_many_sql,
+    rows_per_insert,
+)
+from capi_bridge.delivery.store import NewRow
+from capi_bridge.observations import Observation, Tag
+
+logger = logging.getLogger("capi_bridge.outbox")
+
+_NO_TAG: Tag = (None, None, None, None, None, None, None)  # type: ignore[assignment]
+_KEY = "intake:"
+#: A journal row: the insert's parameters (see ``sqlite_schema.insert_sql``, observed):
+#: pixel_id, event_name, event_id, test_code, expires, created, due, payload, origin, tag...
+_WIDTH = 9 + len(_NO_TAG)
+_CREATED, _TAG = 5, 9
+#: How long a read waits to ingest this process's own journaled rows before it reads anyway.
+CATCH_UP_WAIT = 1.0
+_OFFSETS = "SELECT key, value FROM meta WHERE key >= ? AND key < ?"  # the 'intake:' keys
+
+
+class SQLiteIntake:
+    """Mixed into :class:`~capi_bridge.delivery.sqlite_store.SQLiteStore`."""
+
+    if TYPE_CHECKING:
+        path: str
+        journal: Journal
+        _local: threading.local
+
+        def _write_now(
+            self, wait: float | None = None
+        ) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+        def enqueue(
+            self,
+            rows: Sequence[NewRow],
+            now: float,
+            *,
+            hold: str | None = None,
+            tags: Sequence[Tag] = (),
+            origin: str = "",
+            wait: float | None = None,
+        ) -> int: ...
+        def observe(self, observations: Sequence[Observation]) -> None: ...
+
+    def append(
+        self,
+        rows: Sequence[NewRow],
+        now: float,
+        *,
+        tags: Sequence[Tag] = (),
+        origin: str = "",
+        wait: float | None = None,
+    ) -> None:
+        """Store ``rows`` durably (on return, as a commit is), not knowing yet which are new:
+        duplicates are found when they are ingested. All or none: one record."""
+        if tags and len(tags) != len(rows):
+            raise ValueError(f"{len(tags)} tags for {len(rows)} rows: one tag per row")
+        if not rows:
+            return
+        params = [
+            (*r[:5], now, now, r[5], origin, *(tags[i] if tags else _NO_TAG))
+            for i, r in enumerate(rows)
+        ]
+        record = frame(params)
+        if len(record) > MAX_RECORD:  # a bulk import: one SQLite transaction is as cheap
+            self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
+        else:
+            self.journal.append(record)
+
+    def defer_intake(self) -> None:
+        """This thread reads without ingesting this process's journal first: it calls
+        :meth:`ingest` itself, once per pass (the dispatcher)."""
+        self._local.deferred = True
+
+    def _catch_up(self) -> None:
+        """Ingest this process's journaled rows if some are not in the outbox yet: best
+        effort, within :data:`CATCH_UP_WAIT` (a locked outbox can still be read; what
+        cannot be ingested now stays journaled, and ``flush`` ingests before it counts)."""
+        journal = self.journal
+        if journal.appended != journal.ingested and not getattr(self._local, "deferred", False):
+            try:
+                self.ingest(own=True, wait=CATCH_UP_WAIT)
+            except (sqlite3.Error, OSError) as exc:
+                logger.debug("capi-bridge: journaled rows not ingested yet: %s", exc)
+
+    def ingest(self, *, own: bool = False, wait: float | None = None) -> int:
+        """Move journaled rows into the outbox (only this process's with ``own``); returns
+        how many rows were read. Sealed journals read to their end are deleted. ``wait``
+        bounds the wait for the write lock (None: the store's default)."""
+        journal = self.journal
+        seen = journal.appended  # everything appended until now is in the files we list
+        names = journals(journal.directory, journal.prefix if own else "")
+        if not names:
+            journal.ingested = seen
+            return 0
+        previous = getattr(self._local, "deferred", False)
+        self._local.deferred = True  # our own reads below must not ingest again
+        try:
+            return self._ingest(names, seen, wait)
+        finally:
+            self._local.deferred = previous
+
+    def _ingest(self, names: list[str], seen: int, wait: float | None) -> int:
+        journal = self.journal
+        known = self.journal.known
+        opened = {}
+        try:
+            for name in names:
+                handle = open_journal(os.path.join(journal.directory, name))
+                if handle is not None:
+                    opened[name] = handle
+            if not any(h.sealed or h.size > known.get(n, -1) for n, h in opened.items()):
+                journal.ingested = seen  # nothing new: no transaction (a worker polls often)
+                return 0
+            done: list[str] = []
+            reached: dict[str, int] = {}  # known once committed
+            with self._write_now(wait) as c:
+                offsets = dict(c.execute(_OFFSETS, (_KEY, _KEY[:-1] + ";")))
+                bodies: list[bytes] = []
+                count, complete = 0, True
+                for name, handle in opened.items():
+                    offset = int(offsets.get(_KEY + name, 0))
+                    data = read_from(handle, offset)
+                    complete = complete and offset + len(data) == handle.size
+                    parsed = parse(data)
+                    bodies += parsed.bodies
+                    count += parsed.rows
+                    end = offset + parsed.used
+                    whole = offset + len(data) == handle.size
+                    if handle.sealed and (parsed.corrupt or (whole and parsed.used < len(data))):
+                        logger.warning(
+                            "capi-bridge: dropped %d bytes at the end of %s: a record its process"
+                            " was writing when it died (its enqueue never returned)",
+                            handle.size - end,
+                            name,
+                        )
+                        end = handle.size
+                    if end != offset:
+                        c.execute(
+                            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (_KEY + name, f"{end}")
+                        )
+                    reached[name] = end
+                    if handle.sealed and end >= handle.size:
+                        done.append(name)
+                joined = "[" + ",".join(b[1:-1].decode() for b in bodies) + "]"
+                added = _insert(c, joined, count) if count else 0
+            if complete:  # else a read stopped at READ_LIMIT: the next read comes back for more
+                journal.ingested = seen
+            known.update(reached)
+            for name in done:  # after the commit: its rows are in the outbox now
+                known.pop(name, None)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(journal.directory, name))
+            self._forget_offsets(offsets, names, done)
+        finally:
+            for handle in opened.values():
+                os.close(handle.fd)
+        if added < count:  # the copy that arrived second: what the inspector is there to show
+            self._observe_duplicates(
+                (*row[:3], row[_CREATED], tuple(row[_TAG:]))
+                for row in json.loads(joined)
+                if row[_TAG] is not None
+            )
+        return count
+
+    def _forget_offsets(
+        self, offsets: dict[str, str], listed: list[str], deleted: list[str]
+    ) -> None:
+        """Drop the offsets of the journals just ``deleted`` and of any other that is gone
+        (a name is never reused, so a gone file never comes back)."""
+        directory, keep = self.journal.directory, set(listed) - set(deleted)
+        gone = [
+            key
+            for key in offsets.keys() | {_KEY + name for name in deleted}
+            if key[len(_KEY) :] not in keep
+            and not os.path.exists(os.path.join(directory, key[len(_KEY) :]))
+        ]
+        if gone:
+            with self._write_now() as c:
+                c.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in gone])
+
+    if TYPE_CHECKING:
+
+        def _observe_duplicates(
+            self, candidates: Iterable[tuple[str, str, str, float, Tag]]
+        ) -> None: ...
+
+
+def _insert(c: sqlite3.Connection, joined: str, count: int) -> int:
+    """``INSERT OR IGNORE`` the ``count`` journal rows of the JSON array ``joined``; returns
+    how many were new (and counts the others as deduplicated).
+
+    SQLite reads the JSON itself (``json_each``), inside one statement that runs without the
+    GIL: the request threads go on meanwhile. Where SQLite lacks its JSON functions (builds
+    before 3.38 may), Python parses and binds the rows instead."""
+    if _has_json(c):
+        added = int(c.execute(INSERT_JSON_SQL, (joined,)).rowcount)
+    else:
+        rows = json.loads(joined)
+        step, added = rows_per_insert(_WIDTH), 0
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            sql = insert_many_sql(held=False, observed=True, count=len(chunk))
+            added += c.execute(sql, [value for row in chunk for value in row]).rowcount
+    if added < count:
+        c.execute(COUNT_DEDUP, (count - added,))
+    return added
+
+
+def _has_json(c: sqlite3.Connection) -> bool:
+    """Whether this SQLite has its JSON functions (asked once per process)."""
+    global _JSON
+    if _JSON is None:
+        try:
+            c.execute("SELECT json_extract('[1]', '$[0]')").fetchone()
+            _JSON = True
+        except sqlite3.OperationalError:
+            _JSON = False
+    return _JSON
+
+
+_JSON: bool | None = None
