@@ -12,56 +12,20 @@ part of an enqueue that costs CPU: ``benchmarks/enqueue_breakdown.py`` times it 
 
 from __future__ import annotations
 
-import json
-import json.encoder
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from capi_bridge.delivery.store import NewRow
 from capi_bridge.errors import InvalidEvent, InvalidUserData
 from capi_bridge.events import Event, hash_in_place, new_event_id
 from capi_bridge.hash_memo import HashMemo
+from capi_bridge.json_encoding import encode_json
 from capi_bridge.observations import SERVER_ORIGIN, Origin, Tag, describe, tag, tag_prefix
 from capi_bridge.settings import Settings
 from capi_bridge.validation import MAX_AGE_PHYSICAL_STORE, MAX_AGE_SECONDS, validate_wire
 
 EventLike = Event | Mapping[str, Any]
 
-# One encoder, built once: json.dumps() with options builds a new encoder on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
-
-
-def _c_encoder() -> Callable[[Any], str]:
-    """``_ENCODER.encode``, minus what it redoes on every call: ``JSONEncoder.encode`` builds
-    a new C encoder object each time (``iterencode``), with these same arguments. Built once
-    here instead, when the C encoder is there and gives ``_ENCODER``'s bytes on a sample (the
-    arguments are CPython's own, so a version that changed them falls back, not breaks)."""
-    e = _ENCODER
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None or e.check_circular:  # (an indent shows in the sample below)
-        return e.encode
-    strings = (
-        json.encoder.encode_basestring_ascii if e.ensure_ascii else json.encoder.encode_basestring
-    )
-    try:
-        chunks = make(
-            None, e.default, strings, None, e.key_separator, e.item_separator, e.sort_keys,
-            e.skipkeys, e.allow_nan,
-        )  # fmt: skip
-        sample = {"a": [1, 2.5, -0.0, 10**20, "é\u2028\"", None, True], "b": {"c": {}}, 3: []}
-        if "".join(chunks(sample, 0)) != e.encode(sample):
-            return e.encode
-    except (TypeError, ValueError):
-        return e.encode
-
-    def encode(wire: Any) -> str:
-        return "".join(chunks(wire, 0))
-
-    return encode
-
-
-#: The wire JSON of an event: ``_ENCODER.encode``'s bytes, errors and C encoder.
-encode_json = _c_encoder()
 #: The observation tag's first three values for an event enqueued with no ``origin``.
 _SERVER_PREFIX = tag_prefix(SERVER_ORIGIN)
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from helpers.delivery_worker import make_event
 
-from capi_bridge.accept import _ENCODER, RowMaker, encode_json
+from capi_bridge.accept import RowMaker
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import graph_event
+from capi_bridge.json_encoding import _ENCODER, encode_json
 from capi_bridge.normalize import _ASCII_EMAIL, _EMAIL, _HAS_CONTENT, _external_id
 from capi_bridge.normalize_text import JS_SPACE, JS_SPACE_CHARS
 from capi_bridge.observations import SERVER_ORIGIN, Origin, describe, tag

@@ -34,7 +34,10 @@ TAG = (2, None, 1, 5, "abcdef0123456789", None, "em=1a2b")
 
 
 def rows(n: int, *, prefix: str = "e", pixel: str = "111") -> list[tuple[Any, ...]]:
-    payload = json.dumps({"event_name": "Purchase", "event_id": "x", "quote": 'a"b\\c'})
+    # compact, as Bridge writes payloads: SQLite gives a JSON value back without whitespace
+    payload = json.dumps(
+        {"event_name": "Purchase", "event_id": "x", "quote": 'a"b\\c'}, separators=(",", ":")
+    )
     return [(pixel, "Purchase", f"{prefix}{i}", "", EXPIRES, payload) for i in range(n)]
 
 
@@ -133,7 +136,7 @@ def test_a_torn_record_is_dropped_and_the_ones_before_it_kept(
     writer.append(rows(2), NOW)
     writer.journal.close()  # sealed, as a dead writer's file is
     (name,) = journal_files(writer)
-    torn = frame([list(rows(1, prefix="torn")[0])])[:-5]  # its writer died mid-write
+    torn = frame([["111", "Purchase", "torn"]])[:-5]  # its writer died mid-write
     with open(os.path.join(writer.journal.directory, name), "ab") as f:
         f.write(torn)
     reader = Outbox(outbox_path)
@@ -221,15 +224,16 @@ def test_a_forked_child_writes_its_own_journal(outbox_path: str) -> None:
     assert journal_files(reader) == []
 
 
-def test_the_fallback_without_json_functions_stores_the_same_rows(
+def test_without_json_functions_rows_are_stored_directly_and_alike(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     got = []
     for has_json in (True, False):
-        monkeypatch.setattr(sqlite_intake, "_JSON", has_json)
+        monkeypatch.setattr(sqlite_intake, "JSON_FUNCTIONS", has_json)
         outbox = Outbox(str(tmp_path / f"{has_json}.sqlite3"))
         outbox.append(rows(3), NOW, tags=[TAG] * 3, origin="me")
         outbox.append(rows(2, prefix="x"), NOW + 0.123456789, origin="me")
+        assert bool(journal_files(outbox)) == has_json  # without them, SQLite at once
         got.append(
             outbox.query(
                 "SELECT pixel_id, event_name, event_id, test_code, expires, created, due,"
@@ -238,12 +242,14 @@ def test_the_fallback_without_json_functions_stores_the_same_rows(
             )
         )
     assert got[0] == got[1] and len(got[0]) == 5
+    assert got[0][0][7] == rows(1)[0][5]  # the payload's text, byte for byte
 
 
 def test_parse_stops_at_a_record_cut_short() -> None:
     one, two = frame([["a", 1]]), frame([["b", 2], ["c", None]])
     whole = parse(one + two)
     assert (whole.rows, whole.used, whole.corrupt) == (3, len(one + two), False)
+    assert [json.loads(b) for b in whole.bodies] == [[["a", 1]], [["b", 2], ["c", None]]]
     cut = parse(one + two[:-1])
     assert (cut.rows, cut.used, cut.corrupt) == (1, len(one), False)
     bad = bytearray(one + two)

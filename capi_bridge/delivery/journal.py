@@ -23,10 +23,10 @@ Files and their life:
   holds locked (its writer moved on, closed, or died) is *sealed*: it will not grow, and once
   ingested to its end it is deleted.
 * A record is ``length, crc32, rows`` (three little-endian uint32) then a JSON array of rows,
-  each row the insert's parameters. A crash in the middle of a ``write()`` leaves a torn record
-  at the end of a sealed file: its ``enqueue`` never returned, so it was never accepted, and
-  ingestion drops it. A short write (disk full) seals the file at once and raises, so torn
-  bytes never sit in front of later records.
+  each row the insert's parameters. A crash in the middle of a
+  ``write()`` leaves a torn record at the end of a sealed file: its ``enqueue`` never
+  returned, so it was never accepted, and ingestion drops it. A short write (disk full) seals
+  the file at once and raises, so torn bytes never sit in front of later records.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import struct
 import threading
@@ -42,6 +41,9 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from capi_bridge.delivery.processes import current_pid
+from capi_bridge.json_encoding import encode_json
 
 #: A writer moves to a new file past this many bytes, so ingested ones can be deleted.
 ROTATE = 4 << 20
@@ -52,13 +54,12 @@ READ_LIMIT = 4 << 20
 SUFFIX = ".log"
 
 _HEAD = struct.Struct("<III")  # body length, crc32(body), rows in the body
-# Compact and exact: rows are strings, numbers and None only (no NaN: expires is finite).
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def frame(rows: Sequence[Sequence[Any]]) -> bytes:
-    """One record holding ``rows``: its body is their JSON array."""
-    body = _encode(rows).encode()
+    """One record holding ``rows``, each a sequence of strings, numbers and None: its body is
+    their compact JSON array (the wire JSON's encoder: no NaN, C speed)."""
+    body = encode_json(rows).encode()
     return _HEAD.pack(len(body), zlib.crc32(body), len(rows)) + body
 
 
@@ -114,7 +115,7 @@ class Journal:
     def append(self, record: bytes) -> None:
         """Write one framed record (see :func:`frame`); durable as a commit is on return."""
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != current_pid():  # a child the store did not tell (see forked)
                 self._after_fork()
             if self._fd < 0 or self._size >= ROTATE:
                 self._open_next()
@@ -130,7 +131,7 @@ class Journal:
     def close(self) -> None:
         """Seal the current file (the next append starts another)."""
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == current_pid():
                 self._close()
 
     def _close(self) -> None:
