@@ -206,3 +206,28 @@ class SQLiteFresh:
         with self.write() as conn:
             marks = ",".join("?" * len(dead))
             return expire_claims(conn, f"owner IN ({marks})", dead)
+
+    def fresh_rows(self, bound: int) -> int:
+        """Unsettled fresh rows, up to ``bound`` (see ``SqlReads.waiting``)."""
+        return int(
+            self.query(
+                f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR}"
+                f" AND state = {FRESH} LIMIT ?) AS w",
+                (bound,),
+            )[0][0]
+        )
+
+    def pending(self, origin: str, up_to: int) -> bool:
+        """Is a row of ``origin`` with ``id <= up_to`` still neither delivered nor dead?"""
+        return bool(
+            self.query(
+                f"SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR} AND id <= ? AND state = {FRESH}"
+                " AND origin = ? LIMIT 1",
+                (up_to, origin),
+            )
+            or self.query(
+                "SELECT 1 FROM outbox INDEXED BY outbox_mine WHERE origin = ?"
+                f" AND state = {PENDING} AND id <= ? LIMIT 1",
+                (origin, up_to),
+            )
+        )

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.journal import (
     MAX_RECORD,
@@ -74,6 +74,7 @@ class SQLiteIntake:
             wait: float | None = None,
         ) -> int: ...
         def observe(self, observations: Sequence[Observation]) -> None: ...
+        def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
 
     def append(
         self,
@@ -218,11 +219,19 @@ class SQLiteIntake:
             with self._write_now() as c:
                 c.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in gone])
 
-    if TYPE_CHECKING:
-
-        def _observe_duplicates(
-            self, candidates: Iterable[tuple[str, str, str, float, Tag]]
-        ) -> None: ...
+    def _observe_duplicates(self, candidates: Iterable[tuple[str, str, str, float, Tag]]) -> None:
+        """File the tags of rows (key, created, tag) that found an older row under their key
+        (it was not stored at ``created``): the copy that arrived second. Rare, so done here
+        and now."""
+        found = []
+        for pixel_id, name, event_id, created, tag in candidates:
+            older = self.query(
+                "SELECT created FROM outbox WHERE pixel_id = ? AND event_name = ? AND event_id = ?",
+                (pixel_id, name, event_id),
+            )
+            if older != [(created,)]:
+                found.append(Observation(created, pixel_id, name, event_id, *tag))
+        self.observe(found)
 
 
 def _insert(c: sqlite3.Connection, joined: str, count: int) -> int:

@@ -1,20 +1,26 @@
 """The SQLite store: one file (WAL) shared by every process of the app on one host.
 
-An event is *accepted* when its row is committed here, and it stays until Meta has taken it or
-it is dead-lettered with Meta's reason; nothing about delivery lives only in memory, so a crash,
-an OOM kill or a deploy loses nothing and a million-event backlog costs disk, not RAM. It does
+An event is *accepted* when its row is committed here or in its process's journal (which feeds
+this file), and it stays until Meta has taken it or it is dead-lettered with Meta's reason;
+nothing about delivery lives only in memory, so a crash, an OOM kill or a deploy loses nothing
+and a million-event backlog costs disk, not RAM. It does
 not survive the loss of the host's disk: sites on several hosts, or on disks that a deploy
 throws away, use :mod:`capi_bridge.delivery.postgres_store`.
 
 Design, in the order it matters for speed and safety:
 
-* **One small write per event.** ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id)
-  key is both the store and the idempotency check: a reloaded thank-you page inserts nothing.
-  Delivered rows keep their key (payload dropped) for Meta's 48-hour dedup window. A new row is
-  *fresh* and in no index but that key: it is appended in rowid order, which takes one page
-  write out of every enqueue (~10 µs of ~40 here), and the dispatcher sends fresh rows as
-  they are, leased as one id range (:mod:`capi_bridge.delivery.sqlite_fresh`): only rows
-  whose send fails move into the claimable indexes.
+* **No SQLite write on the request path.** ``Bridge`` appends events that are not held to its
+  process's journal (:mod:`capi_bridge.delivery.journal`: a copy into a shared mapping, durable
+  as a commit is), and dispatchers move them in here in batches
+  (:mod:`capi_bridge.delivery.sqlite_intake`), one transaction for a pass's worth. There
+  ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id) key is both the store and
+  the idempotency check: a reloaded thank-you page inserts nothing. :meth:`enqueue` (held
+  events, bulk imports too big for one journal record) writes here directly, one statement.
+  Delivered rows keep their key (payload dropped) for Meta's 48-hour dedup window. A new row
+  is *fresh* and in no index but that key: it is appended in rowid order, and the dispatcher
+  sends fresh rows as they are, leased as one id range
+  (:mod:`capi_bridge.delivery.sqlite_fresh`): only rows whose send fails move into the
+  claimable indexes.
 * **WAL + ``synchronous=NORMAL``**, set explicitly on every connection: a commit survives a crash
   of the process (the WAL is in the OS page cache), while a power loss or kernel panic may roll
   back the last commits. ``FULL`` (``outbox_synchronous``) fsyncs every commit (~150 µs here).
@@ -44,7 +50,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from capi_bridge.delivery import sqlite_schema
@@ -52,7 +58,7 @@ from capi_bridge.delivery.journal import Journal
 from capi_bridge.delivery.processes import current_pid
 from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
-from capi_bridge.delivery.sqlite_fresh import FRESH_FLOOR, SQLiteFresh
+from capi_bridge.delivery.sqlite_fresh import SQLiteFresh
 from capi_bridge.delivery.sqlite_held import SQLiteHeld
 from capi_bridge.delivery.sqlite_intake import SQLiteIntake
 from capi_bridge.delivery.sqlite_leases import SQLiteLeases
@@ -65,7 +71,7 @@ from capi_bridge.delivery.sqlite_schema import (
 )
 from capi_bridge.delivery.sqlite_writers import WriteLock
 from capi_bridge.delivery.store import NewRow, State
-from capi_bridge.observations import Observation, Tag
+from capi_bridge.observations import Tag
 
 logger = logging.getLogger("capi_bridge.outbox")
 
@@ -371,20 +377,6 @@ class SQLiteStore(SQLiteIntake, SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeas
             self._observe_duplicates((*r[:3], now, t) for r, t in zip(rows, tags, strict=True))
         return added
 
-    def _observe_duplicates(self, candidates: Iterable[tuple[str, str, str, float, Tag]]) -> None:
-        """File the tags of rows (key, created, tag) that found an older row under their key
-        (it was not stored at ``created``): the copy that arrived second. Rare, so done here
-        and now."""
-        found = []
-        for pixel_id, name, event_id, created, tag in candidates:
-            older = self.query(
-                "SELECT created FROM outbox WHERE pixel_id = ? AND event_name = ? AND event_id = ?",
-                (pixel_id, name, event_id),
-            )
-            if older != [(created,)]:
-                found.append(Observation(created, pixel_id, name, event_id, *tag))
-        self.observe(found)
-
     # --- marks -------------------------------------------------------------------------------
 
     def mark(self) -> int:
@@ -393,31 +385,6 @@ class SQLiteStore(SQLiteIntake, SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeas
     def ingested(self) -> int:
         """The ingestion cursor: no row at or below it is fresh."""
         return int(self.query("SELECT value FROM meta WHERE key = 'ingested'")[0][0])
-
-    def fresh_rows(self, bound: int) -> int:
-        """Unsettled fresh rows, up to ``bound`` (see ``SqlReads.waiting``)."""
-        return int(
-            self.query(
-                f"SELECT count(*) FROM (SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR}"
-                f" AND state = {FRESH} LIMIT ?) AS w",
-                (bound,),
-            )[0][0]
-        )
-
-    def pending(self, origin: str, up_to: int) -> bool:
-        """Is a row of ``origin`` with ``id <= up_to`` still neither delivered nor dead?"""
-        return bool(
-            self.query(
-                f"SELECT 1 FROM outbox WHERE id > {FRESH_FLOOR} AND id <= ? AND state = {FRESH}"
-                " AND origin = ? LIMIT 1",
-                (up_to, origin),
-            )
-            or self.query(
-                "SELECT 1 FROM outbox INDEXED BY outbox_mine WHERE origin = ?"
-                f" AND state = {PENDING} AND id <= ? LIMIT 1",
-                (origin, up_to),
-            )
-        )
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """Processes on one host share the file, not a signal: idle dispatchers poll it."""
