@@ -3,14 +3,12 @@
 Why: a durable SQLite commit is about ten system calls (the WAL's read-mark and write locks,
 then two writes per page for the table's page and the key's page, and the header page when the
 file grows); on a virtual machine, where a system call costs microseconds, that was 55 of the
-80 µs of an ``enqueue``. An append here is a copy into a shared mapping of a file that only this
-process writes: no system call at all, and the GIL is kept (``benchmarks/delivery.py``:
-``write()`` instead was 14% slower end to end, the dispatcher thread taking the GIL at each
-one). Both leave the bytes in the operating system's page cache before the call returns, which
-is exactly what the outbox promises with ``synchronous=NORMAL``: a crashed or killed app loses
-nothing, a crashed kernel may lose the last moments. With ``FULL`` each append is followed by
-``msync``, as each commit is by ``fsync``. The journal lives in ``<outbox>-intake/`` on the same
-disk as the outbox, so it adds no new way to lose an event.
+80 µs of an ``enqueue``. Appending one framed record to a file that only this process writes is
+one ``write()``. Both leave the bytes in the operating system's page cache before the call
+returns, which is exactly what the outbox promises with ``synchronous=NORMAL``: a crashed or
+killed app loses nothing, a crashed kernel may lose the last moments. With ``FULL`` each append
+is followed by ``fdatasync``, as each commit is. The journal lives in ``<outbox>-intake/`` on the
+same disk as the outbox, so it adds no new way to lose an event.
 
 Dispatchers move journaled rows into the outbox in batches
 (:class:`capi_bridge.delivery.sqlite_intake.SQLiteIntake`), where the UNIQUE key deduplicates
@@ -18,25 +16,24 @@ them as it does any insert; a process always sees its own rows there before it r
 
 Files and their life:
 
-* ``<pid>-<random>-<seq>.log``, mode 0600, in a 0700 directory, :data:`ROTATE` bytes reserved
-  up front (``posix_fallocate``: a full disk fails an append cleanly, never as SIGBUS in the
-  middle of a copy); created under a ``.tmp`` name, locked (``flock`` shared) by its writer,
-  then renamed, so no reader ever sees a file whose writer has not locked it yet.
-* Bytes 0-7 say how far the records reach (the *committed* mark), written after each record
-  is whole: what lies past it was never accepted (its ``enqueue`` never returned).
-* A writer starts a new file when a record does not fit and closes the old one. A file nobody
+* ``<pid>-<random>-<seq>.log``, mode 0600, in a 0700 directory; created under a ``.tmp`` name,
+  locked (``flock`` shared) by its writer, then renamed, so no reader ever sees a file whose
+  writer has not locked it yet.
+* A writer starts a new file past :data:`ROTATE` bytes and closes the old one. A file nobody
   holds locked (its writer moved on, closed, or died) is *sealed*: it will not grow, and once
-  ingested to its mark it is deleted.
+  ingested to its end it is deleted.
 * A record is ``length, crc32, rows`` (three little-endian uint32) then a JSON array of rows,
-  each row the insert's parameters. A record of a sealed file that fails its checksum (a disk
-  that changed it) is dropped, with what follows, and said in a WARNING.
+  each row the insert's parameters. A crash in the middle of a
+  ``write()`` leaves a torn record at the end of a sealed file: its ``enqueue`` never
+  returned, so it was never accepted, and ingestion drops it. A short write (disk full) seals
+  the file at once and raises, so torn bytes never sit in front of later records.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import mmap
 import os
 import struct
 import threading
@@ -48,13 +45,8 @@ from typing import Any, NamedTuple
 from capi_bridge.delivery.processes import current_pid
 from capi_bridge.json_encoding import encode_json
 
-#: Each journal file's size, reserved when it is created (no write can then fail for lack of
-#: disk, and a full disk shows at creation as an error, not as SIGBUS in the middle of a copy);
-#: a writer moves to a new file when a record does not fit, so ingested ones can be deleted.
+#: A writer moves to a new file past this many bytes, so ingested ones can be deleted.
 ROTATE = 4 << 20
-#: Bytes 0-7 of a file: how far its records reach (written after each record is complete).
-_COMMITTED = struct.Struct("<Q")
-START = _COMMITTED.size
 #: A record holds at most this much; a bigger ``enqueue_many`` is written to SQLite directly.
 MAX_RECORD = 1 << 20
 #: Ingestion reads at most this much of one file per transaction (bounded memory).
@@ -112,8 +104,7 @@ class Journal:
         self.known: dict[str, int] = {}
         self._lock = threading.Lock()
         self._fd = -1
-        self._map: mmap.mmap | None = None
-        self._pos = START
+        self._size = 0
         self._seq = 0
         self._pid = os.getpid()
         self.prefix = self._new_prefix()
@@ -122,24 +113,19 @@ class Journal:
         return f"{self._pid}-{uuid.uuid4().hex[:12]}-"
 
     def append(self, record: bytes) -> None:
-        """Copy one framed record (see :func:`frame`) into the journal; durable as a commit is
-        on return. A copy into a shared mapping, not a ``write()``: no system call, and the
-        GIL is kept (a call that lets it go lets the dispatcher thread take it, and the
-        request thread waits for it to come back)."""
+        """Write one framed record (see :func:`frame`); durable as a commit is on return."""
         with self._lock:
             if self._pid != current_pid():  # a child the store did not tell (see forked)
                 self._after_fork()
-            end = self._pos + len(record)
-            if self._map is None or end > len(self._map):
+            if self._fd < 0 or self._size >= ROTATE:
                 self._open_next()
-                end = self._pos + len(record)
-            m = self._map
-            assert m is not None
-            m[self._pos : end] = record
-            m[:START] = _COMMITTED.pack(end)  # the record is whole: readers may take it
-            self._pos = end
+            written = os.write(self._fd, record)
+            if written != len(record):  # the disk filled up mid-record: seal the torn file
+                self._close()
+                raise OSError(errno.ENOSPC, f"outbox intake {self.directory}: disk full")
             if self.sync:
-                m.flush()
+                os.fdatasync(self._fd)
+            self._size += written
             self.appended += 1
 
     def close(self) -> None:
@@ -149,9 +135,6 @@ class Journal:
                 self._close()
 
     def _close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)  # releases the flock: the file is sealed
@@ -163,9 +146,10 @@ class Journal:
         self._after_fork()
 
     def _after_fork(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._close()
-        self._fd, self._map, self._pos, self._seq = -1, None, START, 0
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._size, self._seq = -1, 0, 0
         self._pid = os.getpid()
         self.prefix = self._new_prefix()
         self.appended = self.ingested = 0
@@ -174,21 +158,16 @@ class Journal:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._seq += 1
         name = os.path.join(self.directory, f"{self.prefix}{self._seq:06d}")
-        fd = os.open(name + ".tmp", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(name + ".tmp", flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                os.posix_fallocate(fd, 0, ROTATE)
-            except OSError as exc:  # a disk full now, rather than SIGBUS in the copy later
-                os.unlink(name + ".tmp")
-                raise OSError(exc.errno, f"outbox intake {self.directory}: {exc.strerror}") from exc
-            mapped = mmap.mmap(fd, ROTATE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             os.rename(name + ".tmp", name + SUFFIX)
         except BaseException:
             os.close(fd)
             raise
         self._close()
-        self._fd, self._map, self._pos = fd, mapped, START
+        self._fd, self._size = fd, 0
 
 
 def journals(directory: str, prefix: str = "") -> list[str]:
@@ -204,7 +183,7 @@ def journals(directory: str, prefix: str = "") -> list[str]:
 class Opened(NamedTuple):
     fd: int
     sealed: bool  # no writer holds it: it will not grow, and can go once ingested
-    size: int  # how far its complete records reach
+    size: int
 
 
 def open_journal(path: str) -> Opened | None:
@@ -222,12 +201,10 @@ def open_journal(path: str) -> Opened | None:
     except BaseException:
         os.close(fd)
         raise
-    head = os.pread(fd, START, 0)
-    size = _COMMITTED.unpack(head)[0] if len(head) == START else START
-    return Opened(fd, sealed, max(START, size))
+    return Opened(fd, sealed, os.fstat(fd).st_size)
 
 
 def read_from(opened: Opened, offset: int) -> bytes:
-    """Up to :data:`READ_LIMIT` bytes of an opened journal's records from ``offset``."""
+    """Up to :data:`READ_LIMIT` bytes of an opened journal from ``offset``."""
     want = min(opened.size - offset, READ_LIMIT)
     return os.pread(opened.fd, want, offset) if want > 0 else b""

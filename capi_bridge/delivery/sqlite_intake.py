@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.journal import (
     MAX_RECORD,
-    START,
     Journal,
     frame,
     journals,
@@ -157,7 +156,7 @@ class SQLiteIntake:
                 bodies: list[bytes] = []
                 count, complete = 0, True
                 for name, handle in opened.items():
-                    offset = int(offsets.get(_KEY + name, START))
+                    offset = int(offsets.get(_KEY + name, 0))
                     data = read_from(handle, offset)
                     complete = complete and offset + len(data) == handle.size
                     parsed = parse(data)
@@ -165,12 +164,10 @@ class SQLiteIntake:
                     count += parsed.rows
                     end = offset + parsed.used
                     whole = offset + len(data) == handle.size
-                    # Below the committed mark every record was whole once its writer let go
-                    # of the file (a live one may still be reaching other processors' view).
                     if handle.sealed and (parsed.corrupt or (whole and parsed.used < len(data))):
                         logger.warning(
-                            "capi-bridge: dropped %d bytes of %s: a record that fails its"
-                            " checksum (the disk changed it), and what follows it",
+                            "capi-bridge: dropped %d bytes at the end of %s: a record its process"
+                            " was writing when it died (its enqueue never returned)",
                             handle.size - end,
                             name,
                         )
