@@ -16,9 +16,10 @@ Levels (see :data:`LEVELS`):
   hashing     + normalize and hash user_data
   validation  + the schema guard
   row         + JSON, the observation tag and the stored row
-  store       + the SQLite insert and commit (no dispatcher)
-  dispatch    + the dispatcher delivering them to a loopback ack server in full batches,
-              until every event is acknowledged (``Bridge.flush``)
+  store       + storing it durably as Bridge does: the journal append (no dispatcher)
+  dispatch    + the dispatcher ingesting them into the SQLite outbox and delivering them to
+              a loopback ack server in full batches, until every event is acknowledged
+              (``Bridge.flush``)
 
 The dispatcher runs after the events are stored, not alongside: under callgrind everything is
 ~50 times slower, so alongside it would send batches of a few events where a real run sends
@@ -89,10 +90,13 @@ def _step(bridge: Any, level: str) -> Callable[[dict[str, Any]], Any]:
     def row(event: dict[str, Any]) -> Any:
         return make(event, None, None, time.time(), None)
 
+    outbox = bridge.outbox
+    keep = getattr(outbox, "append", outbox.enqueue)  # since issue 14: the journal (intake)
+
     def store(event: dict[str, Any]) -> Any:
         now = time.time()
         rows, _, tags = make(event, None, None, now, None)
-        return bridge.outbox.enqueue(rows, now, tags=tags, origin=bridge._origin)
+        return keep(rows, now, tags=tags, origin=bridge._origin)
 
     steps = {
         "events": lambda event: None,
