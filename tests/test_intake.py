@@ -11,6 +11,7 @@ stores the same rows.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -195,11 +196,11 @@ def test_a_short_write_seals_the_journal_and_raises(
 ) -> None:
     outbox = Outbox(outbox_path)
     outbox.append(rows(1), NOW)
-    real_write = os.write
-    monkeypatch.setattr(journal_module.os, "write", lambda fd, data: real_write(fd, data[:7]))
+    real_write = journal_module._write
+    monkeypatch.setattr(journal_module, "_write", lambda fd, data: real_write(fd, data[:7]))
     with pytest.raises(OSError, match="disk full"):
         outbox.append(rows(1, prefix="full"), NOW)
-    monkeypatch.setattr(journal_module.os, "write", real_write)
+    monkeypatch.setattr(journal_module, "_write", real_write)
     outbox.append(rows(1, prefix="next"), NOW)  # a new file: the torn one is sealed
     assert len(journal_files(outbox)) == 2
     assert [r[0] for r in stored(outbox)] == ["e0", "next0"]
@@ -243,6 +244,25 @@ def test_without_json_functions_rows_are_stored_directly_and_alike(
         )
     assert got[0] == got[1] and len(got[0]) == 5
     assert got[0][0][7] == rows(1)[0][5]  # the payload's text, byte for byte
+
+
+def test_the_write_keeping_the_gil_writes_and_raises_as_os_write(tmp_path: Any) -> None:
+    path = str(tmp_path / "f")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        assert journal_module._write(fd, b"abc") == 3
+        assert journal_module._write(fd, b"de") == 2
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        assert f.read() == b"abcde"
+    read_only = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            journal_module._write(read_only, b"x")  # EBADF, as os.write says it
+    finally:
+        os.close(read_only)
+    assert raised.value.errno == errno.EBADF
 
 
 def test_parse_stops_at_a_record_cut_short() -> None:

@@ -39,7 +39,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from capi_bridge.delivery.processes import current_pid
@@ -89,6 +89,35 @@ def parse(data: bytes) -> Parsed:
     return Parsed(bodies, rows, at, False)
 
 
+def _gil_keeping_write() -> Callable[[int, bytes], int]:
+    """``os.write``, minus letting go of the GIL: libc's ``write`` called through
+    ``ctypes.PyDLL``, which keeps it. An append is one short write to the page cache; let go
+    of the GIL for it, and the dispatcher thread takes it and the request thread waits for
+    it to come back, once per event. ``os.write`` where ctypes cannot do this."""
+    try:
+        import ctypes
+
+        libc_write = ctypes.PyDLL(None, use_errno=True).write
+        libc_write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+        libc_write.restype = ctypes.c_ssize_t
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes, no libc
+        return os.write
+
+    def write(fd: int, data: bytes) -> int:
+        while True:
+            written = int(libc_write(fd, data, len(data)))
+            if written >= 0:
+                return written
+            code = ctypes.get_errno()
+            if code != errno.EINTR:  # retried, as os.write does (PEP 475)
+                raise OSError(code, os.strerror(code))
+
+    return write
+
+
+_write = _gil_keeping_write()
+
+
 class Journal:
     """This process's writer. Thread-safe; a forked child starts its own file."""
 
@@ -119,7 +148,7 @@ class Journal:
                 self._after_fork()
             if self._fd < 0 or self._size >= ROTATE:
                 self._open_next()
-            written = os.write(self._fd, record)
+            written = _write(self._fd, record)
             if written != len(record):  # the disk filled up mid-record: seal the torn file
                 self._close()
                 raise OSError(errno.ENOSPC, f"outbox intake {self.directory}: disk full")
