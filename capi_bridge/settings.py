@@ -257,7 +257,8 @@ class Settings:
     outbox_schema: str = "capi_bridge"
     probe_interval: float = 30.0
     #: "thread": each app process delivers in a thread of its own; "worker": a separate
-    #: ``capi-bridge worker`` process delivers, app processes only store (capi_bridge.worker).
+    #: ``capi-bridge worker`` process delivers (and ingests the app processes' journals), app
+    #: processes only store (:mod:`capi_bridge.cli_worker`).
     delivery: str = "thread"
 
     # --- requests and browser bridge ----------------------------------------------------------

@@ -76,11 +76,13 @@ def test_duplicates_are_found_when_ingested(outbox_path: str) -> None:
 def test_another_process_reads_them_once_a_dispatcher_ingests(outbox_path: str) -> None:
     writer, reader = Outbox(outbox_path), Outbox(outbox_path)
     writer.append(rows(4), NOW)
-    assert reader.stats(NOW).pending == 0  # not ingested: still only in writer's journal
+    count = "SELECT count(*) FROM outbox"
+    assert reader.query(count) == [(0,)]  # not ingested: still only in writer's journal
     assert reader.ingest() == 4
-    assert reader.stats(NOW).pending == 4
+    assert reader.query(count) == [(4,)]
     assert reader.ingest() == 0  # exactly once: the offset moved in the same transaction
-    assert writer.stats(NOW).pending == 4
+    writer.append(rows(2, prefix="more"), NOW)
+    assert reader.stats(NOW).pending == 6  # stats counts every process's journaled rows too
 
 
 def test_concurrent_ingesters_store_each_row_once(outbox_path: str) -> None:

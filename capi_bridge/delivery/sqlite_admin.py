@@ -58,6 +58,9 @@ class SQLiteAdmin:
         def clock_skew(self) -> ClockSkew | None:
             raise NotImplementedError
 
+        def ingest_quietly(self, *, own: bool = False) -> None:
+            raise NotImplementedError
+
     # --- housekeeping (dispatcher thread only) ------------------------------------------------
 
     def checkpoint(self) -> None:
@@ -96,7 +99,10 @@ class SQLiteAdmin:
     # --- operators ----------------------------------------------------------------------------
 
     def stats(self, now: float) -> OutboxStats:
-        """Counts from the partial indexes of unsettled and held rows plus the counters."""
+        """Counts from the partial indexes of unsettled and held rows plus the counters, once
+        every process's journaled rows are in (best effort: a locked or read-only outbox is
+        counted as it is)."""
+        self.ingest_quietly()
         total, in_flight, retrying, oldest = self.query(
             "SELECT count(*), coalesce(sum(lease_until > ?1), 0),"
             " coalesce(sum(attempts > 0 AND (lease_until IS NULL OR lease_until <= ?1)), 0),"

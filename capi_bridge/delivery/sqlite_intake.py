@@ -115,10 +115,15 @@ class SQLiteIntake:
         cannot be ingested now stays journaled, and ``flush`` ingests before it counts)."""
         journal = self.journal
         if journal.appended != journal.ingested and not getattr(self._local, "deferred", False):
-            try:
-                self.ingest(own=True, wait=CATCH_UP_WAIT)
-            except (sqlite3.Error, OSError) as exc:
-                logger.debug("capi-bridge: journaled rows not ingested yet: %s", exc)
+            self.ingest_quietly(own=True)
+
+    def ingest_quietly(self, *, own: bool = False) -> None:
+        """:meth:`ingest` for a reader, within :data:`CATCH_UP_WAIT`; what cannot be ingested
+        now stays journaled (a DEBUG line says why)."""
+        try:
+            self.ingest(own=own, wait=CATCH_UP_WAIT)
+        except (sqlite3.Error, OSError) as exc:
+            logger.debug("capi-bridge: journaled rows not ingested yet: %s", exc)
 
     def ingest(self, *, own: bool = False, wait: float | None = None) -> int:
         """Move journaled rows into the outbox (only this process's with ``own``); returns
