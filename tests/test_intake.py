@@ -278,3 +278,12 @@ def test_parse_stops_at_a_record_cut_short() -> None:
     bad[-2] ^= 0xFF
     broken = parse(bytes(bad))
     assert (broken.rows, broken.used, broken.corrupt) == (1, len(one), True)
+
+
+def test_a_bulk_import_is_journaled_only_where_a_worker_delivers(tmp_path: Any) -> None:
+    big = [(*row[:5], json.dumps({"pad": "x" * 400_000})) for row in rows(3)]  # 1.2 MB
+    for bulk in (False, True):
+        outbox = Outbox(str(tmp_path / f"{bulk}.sqlite3"), journal_bulk=bulk)
+        outbox.append(big, NOW)
+        assert bool(journal_files(outbox)) == bulk  # else SQLite at once, one transaction
+        assert outbox.query("SELECT count(*) FROM outbox") == [(3,)]

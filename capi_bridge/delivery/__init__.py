@@ -26,9 +26,15 @@ def sqlite_path(url: str) -> str | None:
 
 
 def open_store(
-    url: str, *, schema: str = "capi_bridge", synchronous: str = "NORMAL", create: bool = True
+    url: str,
+    *,
+    schema: str = "capi_bridge",
+    synchronous: str = "NORMAL",
+    create: bool = True,
+    journal_bulk: bool = False,
 ) -> Store:
     """The store ``url`` names: ``sqlite:///file`` or ``postgresql://user:pass@host/db``.
+    ``journal_bulk``: a worker process delivers (see ``SQLiteStore``).
 
     ``create=False`` (the CLI) opens an existing outbox only: a mistyped path or schema is an
     error, never a new, empty outbox. The PostgreSQL store is imported only when used, so
@@ -42,7 +48,9 @@ def open_store(
 
         errors: tuple[type[BaseException], ...] = (OSError, *SQLiteStore.errors)
         try:
-            return SQLiteStore(path, synchronous=synchronous, create=create)
+            return SQLiteStore(
+                path, synchronous=synchronous, create=create, journal_bulk=journal_bulk
+            )
         except errors as exc:
             raise StoreError(os.path.abspath(path), exc) from exc
     from capi_bridge.delivery.postgres_store import PostgresStore, redact
@@ -61,4 +69,5 @@ def store_for(settings: Settings, *, create: bool = True) -> Store:
         schema=settings.outbox_schema,
         synchronous=settings.outbox_synchronous,
         create=create,
+        journal_bulk=settings.delivery == "worker",
     )

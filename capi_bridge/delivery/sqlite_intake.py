@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.journal import (
-    MAX_RECORD,
     Journal,
     frame,
     journals,
@@ -57,6 +56,7 @@ class SQLiteIntake:
     if TYPE_CHECKING:
         path: str
         journal: Journal
+        journal_limit: int
         _local: threading.local
 
         def _write_now(
@@ -99,7 +99,7 @@ class SQLiteIntake:
                 for i, r in enumerate(rows)
             ]
         )
-        if len(record) > MAX_RECORD:  # a bulk import: one SQLite transaction is as cheap
+        if len(record) > self.journal_limit:  # a bulk import: see journal.MAX_RECORD
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
         else:
             self.journal.append(record)

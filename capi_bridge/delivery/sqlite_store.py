@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from capi_bridge.delivery import sqlite_schema
-from capi_bridge.delivery.journal import Journal
+from capi_bridge.delivery.journal import MAX_BULK_RECORD, MAX_RECORD, Journal
 from capi_bridge.delivery.processes import current_pid
 from capi_bridge.delivery.sql_reads import SqlReads
 from capi_bridge.delivery.sqlite_admin import SQLiteAdmin
@@ -118,7 +118,16 @@ class SQLiteStore(SQLiteIntake, SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeas
     errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
     local = True
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL", create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+        journal_bulk: bool = False,
+    ) -> None:
+        """``journal_bulk``: journal bulk imports too (a worker process delivers, see
+        :data:`~capi_bridge.delivery.journal.MAX_RECORD`)."""
         self.path = os.path.abspath(path)
         self.location = self.path
         self.synchronous = synchronous
@@ -128,6 +137,7 @@ class SQLiteStore(SQLiteIntake, SQLiteHeld, SQLiteAdmin, SQLiteFresh, SQLiteLeas
         self._lock = threading.Lock()
         self._writing = WriteLock(BUSY_TIMEOUT)
         self.journal = Journal(self.path + "-intake", sync=synchronous == "FULL")
+        self.journal_limit = MAX_BULK_RECORD if journal_bulk else MAX_RECORD
         if create:
             self._create()
         elif not os.path.exists(self.path):
