@@ -45,6 +45,8 @@ _KEY = "intake:"
 #: A journal row: the insert's parameters (see ``sqlite_schema.insert_sql``, observed):
 #: pixel_id, event_name, event_id, test_code, expires, created, due, payload, origin, tag...
 _CREATED, _TAG = 5, 9
+#: A journal row's bytes besides its payload, and the payload's escaping, generously.
+_ROW_OVERHEAD = 256
 #: How long a read waits to ingest this process's own journaled rows before it reads anyway.
 CATCH_UP_WAIT = 1.0
 _OFFSETS = "SELECT key, value FROM meta WHERE key >= ? AND key < ?"  # the 'intake:' keys
@@ -90,7 +92,11 @@ class SQLiteIntake:
             raise ValueError(f"{len(tags)} tags for {len(rows)} rows: one tag per row")
         if not rows:
             return
-        if not JSON_FUNCTIONS:  # this SQLite could not ingest a journal: store directly
+        # Without JSON functions this SQLite could not ingest a journal; a bulk import past
+        # the limit (see journal.MAX_RECORD) is one transaction anyway. Both go to SQLite at
+        # once. The size is estimated before encoding, so that no record is made for nothing.
+        estimate = sum(len(r[5]) for r in rows) + _ROW_OVERHEAD * len(rows)
+        if not JSON_FUNCTIONS or estimate > self.journal_limit:
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
             return
         record = frame(
@@ -99,7 +105,7 @@ class SQLiteIntake:
                 for i, r in enumerate(rows)
             ]
         )
-        if len(record) > self.journal_limit:  # a bulk import: see journal.MAX_RECORD
+        if len(record) > self.journal_limit:  # escaping made it grow past the limit
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
         else:
             self.journal.append(record)
