@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.journal import (
@@ -64,16 +64,7 @@ class SQLiteIntake:
         def _write_now(
             self, wait: float | None = None
         ) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
-        def enqueue(
-            self,
-            rows: Sequence[NewRow],
-            now: float,
-            *,
-            hold: str | None = None,
-            tags: Sequence[Tag] = (),
-            origin: str = "",
-            wait: float | None = None,
-        ) -> int: ...
+        enqueue: Callable[..., int]  # the store's (see Store.enqueue)
         def observe(self, observations: Sequence[Observation]) -> None: ...
         def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
 
