@@ -141,7 +141,7 @@ class SQLiteIntake:
 
     def _ingest(self, names: list[str], seen: int, wait: float | None) -> int:
         journal = self.journal
-        known = self.journal.known
+        known = journal.known
         opened = {}
         try:
             for name in names:
@@ -160,12 +160,12 @@ class SQLiteIntake:
                 for name, handle in opened.items():
                     offset = int(offsets.get(_KEY + name, 0))
                     data = read_from(handle, offset)
-                    complete = complete and offset + len(data) == handle.size
+                    whole = offset + len(data) == handle.size  # not cut at READ_LIMIT
+                    complete = complete and whole
                     parsed = parse(data)
                     bodies += parsed.bodies
                     count += parsed.rows
                     end = offset + parsed.used
-                    whole = offset + len(data) == handle.size
                     if handle.sealed and (parsed.corrupt or (whole and parsed.used < len(data))):
                         logger.warning(
                             "capi-bridge: dropped %d bytes at the end of %s: a record its process"
