@@ -239,7 +239,7 @@ class PostgresStore(PostgresAdmin, PostgresLeases, SqlReads):
         which a host's loss would take with it)."""
         self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
 
-    def ingest(self, *, own: bool = False) -> int:
+    def ingest(self, *, own: bool = False, wait: float | None = None) -> int:
         return 0  # no journal
 
     def defer_intake(self) -> None:

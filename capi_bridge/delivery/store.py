@@ -174,10 +174,10 @@ class Store(Protocol):
         PostgreSQL inserts them. ``wait`` as for :meth:`enqueue`."""
         ...
 
-    def ingest(self, *, own: bool = False) -> int:
+    def ingest(self, *, own: bool = False, wait: float | None = None) -> int:
         """Move journaled rows into the outbox (every process's, or this one's with ``own``);
         returns how many were read (0 for a store without a journal). Dispatchers call it
-        once per pass."""
+        once per pass; the CLI before it reads. ``wait`` as for :meth:`enqueue`."""
         ...
 
     def defer_intake(self) -> None:
