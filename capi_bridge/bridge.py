@@ -186,12 +186,7 @@ class Bridge(ConsentBridge, AsyncBridge):
 
     def _submit(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            if hold is None:
-                self.outbox.append(rows, now, tags=tags, origin=self._origin, wait=SUBMIT_WAIT)
-            else:
-                self.outbox.enqueue(
-                    rows, now, hold=hold, tags=tags, origin=self._origin, wait=SUBMIT_WAIT
-                )
+            self._keep(rows, now, hold, tags, SUBMIT_WAIT)
         except self.outbox.errors as exc:
             self._spilled.add(Pending(rows, now, hold, tags), exc)
             self._notify(len(rows))
@@ -220,12 +215,19 @@ class Bridge(ConsentBridge, AsyncBridge):
             self._store(rows, now, hold, tags)
         return ids
 
+    def _keep(
+        self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag], wait: float | None
+    ) -> None:
+        """Into the outbox: held rows at once (their key must hold now), the others by the
+        store's journal where it has one (``Store.append``)."""
+        if hold is None:
+            self.outbox.append(rows, now, tags=tags, origin=self._origin, wait=wait)
+        else:
+            self.outbox.enqueue(rows, now, hold=hold, tags=tags, origin=self._origin, wait=wait)
+
     def _store(self, rows: list[NewRow], now: float, hold: str | None, tags: list[Tag]) -> None:
         try:
-            if hold is None:
-                self.outbox.append(rows, now, tags=tags, origin=self._origin)
-            else:
-                self.outbox.enqueue(rows, now, hold=hold, tags=tags, origin=self._origin)
+            self._keep(rows, now, hold, tags, None)
         except self.outbox.errors as exc:  # disk full, read-only, lock held for 10 s, db down
             raise OutboxUnavailable(self.outbox.location, exc) from exc
         if hold is None:

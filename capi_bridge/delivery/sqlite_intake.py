@@ -248,10 +248,11 @@ def _insert(c: sqlite3.Connection, joined: str, count: int) -> int:
 
 
 def _has_json_functions() -> bool:
-    try:
-        sqlite3.connect(":memory:").execute("SELECT json_extract('[1]', '$[0]')").close()
-    except sqlite3.OperationalError:
-        return False
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+        try:
+            probe.execute("SELECT json_extract('[1]', '$[0]')")
+        except sqlite3.OperationalError:
+            return False
     return True
 
 

@@ -10,8 +10,8 @@ throws away, use :mod:`capi_bridge.delivery.postgres_store`.
 Design, in the order it matters for speed and safety:
 
 * **No SQLite write on the request path.** ``Bridge`` appends events that are not held to its
-  process's journal (:mod:`capi_bridge.delivery.journal`: a copy into a shared mapping, durable
-  as a commit is), and dispatchers move them in here in batches
+  process's journal (:mod:`capi_bridge.delivery.journal`: one ``write()``, durable as a commit
+  is), and dispatchers move them in here in batches
   (:mod:`capi_bridge.delivery.sqlite_intake`), one transaction for a pass's worth. There
   ``INSERT OR IGNORE`` on the UNIQUE (pixel, event_name, event_id) key is both the store and
   the idempotency check: a reloaded thank-you page inserts nothing. :meth:`enqueue` (held
