@@ -2,6 +2,24 @@
 
 Kept apart from :mod:`capi_bridge.accept` (which makes events' rows) so the delivery package
 can write its journal with the same encoder without importing the request path.
+
+Encoding an event was a sixth of an enqueue's CPU with the standard library's C encoder (5 µs
+of about 30 for a shop's Purchase): it builds one string object per key, value and separator
+and joins them. ``orjson`` (a dependency on CPython, where it has wheels) writes the bytes
+directly, ten times faster, so :func:`encode_json` uses it when it can be imported, and the
+standard encoder otherwise (PyPy). Both give the same JSON *value*, and fail on the same
+inputs, because orjson only answers where its answer is the standard one:
+
+* whatever orjson refuses (a set, an integer past 64 bits, a lone surrogate, a subclass of
+  ``str``/``int``/``dict``/``list``, a date) goes to the standard encoder, which encodes it or
+  raises its own error, with its own message;
+* orjson writes NaN and infinities as ``null`` where the standard encoder refuses them (Meta
+  cannot read them), so output holding ``null`` anywhere is encoded again by the standard one.
+
+The bytes may differ: orjson writes non-ASCII text as UTF-8 rather than ``\\u`` escapes, and
+some floats without an exponent (``0.00001`` for ``1e-05``); Meta reads either. The one
+difference in what is accepted: a ``uuid.UUID`` or a plain ``enum.Enum`` member is encoded (as
+its text or value) where the standard encoder raises.
 """
 
 from __future__ import annotations
@@ -9,6 +27,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+
+try:
+    import orjson
+except ImportError:  # no wheel for this interpreter: the standard encoder does it all
+    orjson = None  # type: ignore[assignment]
 
 # One encoder, built once: json.dumps() with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
@@ -43,5 +66,31 @@ def _c_encoder() -> Callable[[Any], str]:
     return encode
 
 
-#: The wire JSON of an event: ``_ENCODER.encode``'s bytes, errors and C encoder.
-encode_json = _c_encoder()
+def _orjson_encoder(fallback: Callable[[Any], str]) -> Callable[[Any], str]:
+    """orjson's ``dumps``, deferring to ``fallback`` wherever it could differ (see above)."""
+    dumps = orjson.dumps
+    # Dates and dataclasses orjson would encode: refused, as the standard encoder refuses them.
+    option = (
+        orjson.OPT_NON_STR_KEYS
+        | orjson.OPT_PASSTHROUGH_DATETIME
+        | orjson.OPT_PASSTHROUGH_DATACLASS
+        | orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
+
+    def encode(wire: Any) -> str:
+        try:
+            out = dumps(wire, option=option)
+        except TypeError:  # orjson.JSONEncodeError: the standard encoder decides
+            return fallback(wire)
+        if b"null" in out:  # maybe a NaN or an infinity, which must fail
+            return fallback(wire)
+        return out.decode()
+
+    return encode
+
+
+#: The standard library's compact encoding, built once: ``_ENCODER.encode``'s bytes and errors.
+encode_json_standard = _c_encoder()
+
+#: The wire JSON of an event: orjson where it is installed, else :data:`encode_json_standard`.
+encode_json = encode_json_standard if orjson is None else _orjson_encoder(encode_json_standard)

@@ -1,24 +1,28 @@
 """The enqueue path's shortcuts (capi_bridge.accept and what it calls) give exactly what the
-general code gives: the same rows, payload bytes, observation tags and problems as hashing
+general code gives: the same rows, payload JSON, observation tags and problems as hashing
 with hash_user_data, checking with validate_event and encoding with json; and each
 shortcut agrees with the rule it stands for."""
 
 from __future__ import annotations
 
 import copy
+import enum
 import hashlib
+import json
 import math
 import random
 import sys
+import uuid
 from typing import Any
 
 import pytest
 from helpers.delivery_worker import make_event
 
+from capi_bridge import json_encoding
 from capi_bridge.accept import RowMaker
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import graph_event
-from capi_bridge.json_encoding import _ENCODER, encode_json
+from capi_bridge.json_encoding import _ENCODER, encode_json, encode_json_standard
 from capi_bridge.normalize import _ASCII_EMAIL, _EMAIL, _HAS_CONTENT, _external_id
 from capi_bridge.normalize_text import JS_SPACE, JS_SPACE_CHARS
 from capi_bridge.observations import SERVER_ORIGIN, Origin, describe, tag
@@ -89,6 +93,14 @@ def reference(maker: RowMaker, item: Any, pixel: str | None, origin: Origin | No
     return (rows, wire["event_id"], [seen] * len(pixels))
 
 
+def decoded(result: Any) -> Any:
+    """Rows with their payload parsed: the encoders agree on the JSON, not on every byte."""
+    if result[0] == "invalid":
+        return result
+    rows, event_id, tags = result
+    return ([(*row[:5], json.loads(row[5])) for row in rows], event_id, tags)
+
+
 @pytest.mark.parametrize("inspector", [False, True])
 @pytest.mark.parametrize("pixel", [None, "999"])
 @pytest.mark.parametrize("origin", [None, Origin("browser", True, False)])
@@ -112,27 +124,64 @@ def test_rows_are_what_the_general_functions_give(
                 got: Any = maker.rows(copy.deepcopy(item), pixel, None, float(NOW), origin)
             except InvalidEvent as exc:
                 got = ("invalid", exc.problems)
-            assert got == expected
-            assert repr(got) == repr(expected)  # same types too (tuples, floats)
+            assert decoded(got) == decoded(expected)
+            assert repr(decoded(got)) == repr(decoded(expected))  # same types (tuples, floats)
+            if got[0] != "invalid":  # compact: never longer than the standard encoding
+                assert all(
+                    len(a[5].encode()) <= len(b[5].encode())
+                    for a, b in zip(got[0], expected[0], strict=True)
+                )
 
 
-def test_encode_json_is_the_encoders_bytes_and_errors() -> None:
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Label(str):
+    pass
+
+
+@pytest.mark.parametrize("encode", [encode_json, encode_json_standard])
+def test_encode_json_gives_the_standard_json_and_errors(encode: Any) -> None:
+    """Both encoders (orjson's where installed, and the standard one it defers to) give the
+    standard encoder's JSON value, compact, and its exact error wherever it fails."""
     samples = [e for e in EVENTS if isinstance(e, dict)]
-    samples += [{"a": [1, 2.5, -0.0, 1e300, 10**30, None, True, False]}, {1: 1, 2.5: 2, None: 3}]
-    samples += [{"s": "".join(map(chr, range(0, 0x3000, 7))) + "\ud800"}]
-    samples += [{"v": math.nan}, {"v": -math.inf}, {"v": object()}, {(1, 2): 1}]
+    samples += [{"a": [1, 2.5, -0.0, 1e300, 1e-05, 10**30, None, True, False]}, {1: 1, 2.5: 2}]
+    samples += [{"s": "".join(map(chr, range(0, 0x3000, 7))) + "\ud800"}, {"l": Label("x")}]
+    samples += [{"v": math.nan}, {"v": [-math.inf]}, {"v": object()}, {(1, 2): 1}]
 
     def outcome(encode: Any, sample: Any) -> Any:
         try:
-            return encode(sample)
+            return json.loads(encode(sample))
         except (TypeError, ValueError) as exc:
             return (type(exc), str(exc))
 
     failed = 0
     for sample in samples:
-        assert outcome(encode_json, sample) == outcome(_ENCODER.encode, sample)
-        failed += not isinstance(outcome(encode_json, sample), str)
+        assert outcome(encode, sample) == outcome(_ENCODER.encode, sample)
+        failed += isinstance(outcome(encode, sample), tuple)
+        if not isinstance(outcome(encode, sample), tuple):  # compact, as the standard's
+            assert len(encode(sample).encode()) <= len(_ENCODER.encode(sample).encode())
     assert failed == 6  # the NaN and the set events of EVENTS, and the four above
+
+
+def test_encode_json_is_the_standard_encoder_byte_for_byte_without_orjson() -> None:
+    samples = [e for e in EVENTS if isinstance(e, dict)] + [{"t": "é\u2028", "f": 1e-05}]
+    for sample in samples:
+        try:
+            expected = _ENCODER.encode(sample)
+        except (TypeError, ValueError):
+            continue
+        assert encode_json_standard(sample) == expected
+
+
+@pytest.mark.skipif(json_encoding.orjson is None, reason="orjson is not installed here")
+def test_what_only_orjson_accepts_is_encoded_as_its_value() -> None:
+    """The documented difference: a UUID or a plain Enum member becomes its value."""
+    key = uuid.UUID(int=5)
+    assert json.loads(encode_json({"id": key, "c": Colour.RED})) == {"id": str(key), "c": "red"}
+    with pytest.raises(TypeError):
+        encode_json_standard({"id": key})
 
 
 def test_the_ascii_email_pattern_matches_what_the_full_one_does() -> None:
