@@ -24,14 +24,21 @@ its text or value) where the standard encoder raises.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from typing import Any
 
-try:
-    import orjson
-except ImportError:  # no wheel for this interpreter: the standard encoder does it all
-    orjson = None  # type: ignore[assignment]
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+#: orjson, or None where it has no wheel for this interpreter (the standard encoder does all).
+orjson: Any = _optional("orjson")
 
 # One encoder, built once: json.dumps() with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
@@ -79,7 +86,7 @@ def _orjson_encoder(fallback: Callable[[Any], str]) -> Callable[[Any], str]:
 
     def encode(wire: Any) -> str:
         try:
-            out = dumps(wire, option=option)
+            out: bytes = dumps(wire, option=option)
         except TypeError:  # orjson.JSONEncodeError: the standard encoder decides
             return fallback(wire)
         if b"null" in out:  # maybe a NaN or an infinity, which must fail
@@ -89,8 +96,29 @@ def _orjson_encoder(fallback: Callable[[Any], str]) -> Callable[[Any], str]:
     return encode
 
 
+def _own_encoder(fallback: Callable[[Any], str]) -> Callable[[Any], bytes]:
+    """UTF-8 JSON of values capi-bridge made itself (the outbox journal's rows: texts, ids,
+    clock readings, expiries, counts, None), where no NaN can be: orjson's answer as is, with
+    no second look at its nulls (they are the rows' Nones)."""
+    if orjson is None:
+        return lambda rows: fallback(rows).encode()
+    dumps = orjson.dumps
+
+    def encode(rows: Any) -> bytes:
+        try:
+            out: bytes = dumps(rows)
+        except TypeError:  # not ours after all: the standard encoder says why
+            return fallback(rows).encode()
+        return out
+
+    return encode
+
+
 #: The standard library's compact encoding, built once: ``_ENCODER.encode``'s bytes and errors.
 encode_json_standard = _c_encoder()
 
 #: The wire JSON of an event: orjson where it is installed, else :data:`encode_json_standard`.
 encode_json = encode_json_standard if orjson is None else _orjson_encoder(encode_json_standard)
+
+#: :data:`encode_json` for the rows capi-bridge itself writes (see :func:`_own_encoder`), as bytes.
+encode_own_json = _own_encoder(encode_json_standard)

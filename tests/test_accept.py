@@ -22,7 +22,12 @@ from capi_bridge import json_encoding
 from capi_bridge.accept import RowMaker
 from capi_bridge.errors import InvalidEvent
 from capi_bridge.events import graph_event
-from capi_bridge.json_encoding import _ENCODER, encode_json, encode_json_standard
+from capi_bridge.json_encoding import (
+    _ENCODER,
+    encode_json,
+    encode_json_standard,
+    encode_own_json,
+)
 from capi_bridge.normalize import _ASCII_EMAIL, _EMAIL, _HAS_CONTENT, _external_id
 from capi_bridge.normalize_text import JS_SPACE, JS_SPACE_CHARS
 from capi_bridge.observations import SERVER_ORIGIN, Origin, describe, tag
@@ -173,6 +178,16 @@ def test_encode_json_is_the_standard_encoder_byte_for_byte_without_orjson() -> N
         except (TypeError, ValueError):
             continue
         assert encode_json_standard(sample) == expected
+
+
+def test_the_journal_encoder_keeps_nones_and_defers_what_it_cannot_encode() -> None:
+    """The journal's rows hold Nones (no test code, no preview) that encode_json would hand
+    to the standard encoder every time; encode_own_json does not, and still gives its JSON."""
+    row = ["111", "Purchase", "e1", "", 1.8e9 + 0.25, 1_800_000_000.5, None, '{"a":"é"}', 3]
+    assert json.loads(encode_own_json([row, row])) == json.loads(_ENCODER.encode([row, row]))
+    assert json.loads(encode_own_json([[10**30, Label("x")]])) == [[10**30, "x"]]
+    with pytest.raises(TypeError):
+        encode_own_json([[object()]])
 
 
 @pytest.mark.skipif(json_encoding.orjson is None, reason="orjson is not installed here")
