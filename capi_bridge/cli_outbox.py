@@ -12,13 +12,15 @@ start-up. The commands never create an outbox.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from capi_bridge.outbox_location import FILE_NAME, default_outbox_path, user_data_dir
+
+logger = logging.getLogger("capi_bridge.cli")
 
 if TYPE_CHECKING:
     from capi_bridge.delivery.store import Store
@@ -111,6 +113,8 @@ def open_outbox(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         return None
     # Every event accepted on this host, journaled by its app process or already moved in; a
     # locked outbox, or journals this user cannot read: what is in is what is shown.
-    with contextlib.suppress(*store.errors):
+    try:
         store.ingest(wait=1.0)
+    except store.errors as exc:
+        logger.debug("capi-bridge: showing only what is in %s: %s", store.location, exc)
     return store

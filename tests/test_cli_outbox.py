@@ -244,3 +244,29 @@ def test_a_missing_schema_is_an_error_not_a_new_outbox(
     assert "--url" in out
     with pytest.raises(Exception, match="no capi-bridge outbox"):
         open_store(POSTGRES_URL, schema=pg_schema, create=False)
+
+
+def test_stats_without_write_access_counts_what_is_in_and_says_why_at_debug(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user (no write access to the outbox nor the app's journals) still gets the
+    stats of what is in the outbox; why the journaled rest is not is a DEBUG line."""
+    from helpers.stores import read_only
+
+    from capi_bridge.delivery.sqlite_store import SQLiteStore
+
+    path = str(tmp_path / "o.sqlite3")
+    app = SQLiteStore(path)
+    now = time.time()
+    payload = json.dumps(make_event(0))
+    app.enqueue([("111", "Purchase", "in", "", now + 86400, payload)], now)
+    app.append([("111", "Purchase", "journaled", "", now + 86400, payload)], now)
+    app.journal.close()  # sealed, not ingested: as an app process leaves it between passes
+    caplog.set_level("DEBUG", logger="capi_bridge.cli")
+    with read_only(path):
+        code, out = run(capsys, "stats", "--path", path, "--json")
+    assert code == 0 and json.loads(out)["pending"] == 1
+    assert any("showing only what is in" in r.getMessage() for r in caplog.records)
+    assert all(r.levelno == 10 for r in caplog.records if r.name == "capi_bridge.cli")
+    code, out = run(capsys, "stats", "--path", path, "--json")  # writable: moved in first
+    assert code == 0 and json.loads(out)["pending"] == 2
