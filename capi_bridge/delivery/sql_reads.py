@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from capi_bridge.clock import ClockSkew
 from capi_bridge.delivery.records import (
@@ -54,22 +54,6 @@ _STATES = {
     State.HELD: "held",
 }
 _SERVER_SIDE = f"(channel = {SERVER} OR (channel = {BROWSER} AND problem IS NULL))"
-
-
-class Cursor(Protocol):
-    rowcount: int
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Tx(Protocol):
-    """A transaction: sqlite3's connection, or the PostgreSQL store's cursor wrapper."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
-
-    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> Any: ...
 
 
 class SqlReads:
