@@ -81,6 +81,28 @@ def test_taken_rows_are_one_claim_and_stay_untouched_until_settled(outbox_path: 
     assert take(outbox).claim is None
 
 
+def test_a_take_of_several_groups_reads_each_group_and_one_group_reads_the_same(
+    outbox_path: str,
+) -> None:
+    """One pixel's claim is read in one pass, several groups' with GROUP BY: same answer."""
+    outbox = Outbox(outbox_path)
+    store(outbox, 2, pixel="111")
+    store(outbox, 1, pixel="222", prefix="g")
+    outbox.enqueue([(*rows(1, prefix="t")[0][:3], "TEST1", EXPIRES, "{}")], NOW)
+    store(outbox, 1, pixel="111", prefix="h")
+    taken = take(outbox)
+    assert {k: g.ids for k, g in taken.groups.items()} == {
+        ("111", ""): [1, 2, 5],
+        ("222", ""): [3],
+        ("111", "TEST1"): [4],
+    }
+    assert len(json.loads(f"[{taken.groups[('111', '')].payloads}]")) == 3
+    store(outbox, 3, pixel="222", prefix="k")
+    (group,) = take(outbox).groups.items()
+    assert group[0] == ("222", "") and group[1].ids == [6, 7, 8]
+    assert len(json.loads(f"[{group[1].payloads}]")) == 3 and group[1].soonest == EXPIRES
+
+
 def test_two_owners_never_take_the_same_rows(outbox_path: str) -> None:
     outbox, other = Outbox(outbox_path), Outbox(outbox_path)  # two processes' connections
     store(outbox, 7)
