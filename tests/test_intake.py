@@ -17,9 +17,11 @@ import logging
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from typing import Any
 
 import pytest
@@ -139,7 +141,7 @@ def test_a_torn_record_is_dropped_and_the_ones_before_it_kept(
     writer.append(rows(2), NOW)
     writer.journal.close()  # sealed, as a dead writer's file is
     (name,) = journal_files(writer)
-    torn = frame([["111", "Purchase", "torn"]])[:-5]  # its writer died mid-write
+    torn = frame([["111", "Purchase", "torn"]], ["{}"])[:-5]  # its writer died mid-write
     with open(os.path.join(writer.journal.directory, name), "ab") as f:
         f.write(torn)
     reader = Outbox(outbox_path)
@@ -267,17 +269,65 @@ def test_the_write_keeping_the_gil_writes_and_raises_as_os_write(tmp_path: Any) 
     assert raised.value.errno == errno.EBADF
 
 
+def old_record(rows: list[list[Any]]) -> bytes:
+    """A record of the journal's first format (before payloads were kept apart): length,
+    crc32, row count, then the rows as JSON with each payload inside."""
+    body = json.dumps(rows, separators=(",", ":")).encode()
+    return struct.pack("<III", len(body), zlib.crc32(body), len(rows)) + body
+
+
 def test_parse_stops_at_a_record_cut_short() -> None:
-    one, two = frame([["a", 1]]), frame([["b", 2], ["c", None]])
-    whole = parse(one + two)
-    assert (whole.rows, whole.used, whole.corrupt) == (3, len(one + two), False)
-    assert [json.loads(b) for b in whole.bodies] == [[["a", 1]], [["b", 2], ["c", None]]]
+    one, two = frame([["a", 1]], ["{}"]), frame([["b", 2], ["c", None]], ['{"é":1}', "[]"])
+    old = old_record([["d", "{}"]])
+    whole = parse(one + old + two)
+    assert (whole.total, whole.used, whole.corrupt) == (4, len(one + old + two), False)
+    assert [json.loads(b) for b in whole.rows] == [[["a", 1, 2]], [["b", 2, 8], ["c", None, 2]]]
+    assert whole.payloads == [b"{}", '{"é":1}[]'.encode()]
+    assert [json.loads(b) for b in whole.old] == [[["d", "{}"]]]
     cut = parse(one + two[:-1])
-    assert (cut.rows, cut.used, cut.corrupt) == (1, len(one), False)
+    assert (cut.total, cut.used, cut.corrupt) == (1, len(one), False)
     bad = bytearray(one + two)
     bad[-2] ^= 0xFF
     broken = parse(bytes(bad))
-    assert (broken.rows, broken.used, broken.corrupt) == (1, len(one), True)
+    assert (broken.total, broken.used, broken.corrupt) == (1, len(one), True)
+
+
+def test_payloads_of_any_text_come_back_as_they_were_appended(outbox_path: str) -> None:
+    """Payloads are cut out by their length in bytes: multi-byte text, escapes, commas and
+    brackets inside them change nothing."""
+    texts = [
+        json.dumps({"n": "é€😀" * i + '"],[{', "q": "\\"}, ensure_ascii=False) for i in range(6)
+    ]
+    outbox = Outbox(outbox_path)
+    outbox.append([(*row[:5], text) for row, text in zip(rows(6), texts, strict=True)], NOW)
+    assert [r[2] for r in stored(outbox)] == texts
+
+
+def test_journals_of_the_first_format_are_still_ingested(outbox_path: str) -> None:
+    """Files an earlier version left (its process died before they were moved in) are read
+    with the rows of this one, and a key in both is stored once and counted."""
+    writer = Outbox(outbox_path)
+    writer.append(rows(2), NOW, tags=[TAG] * 2, origin="me")
+    writer.journal.close()
+    payload = rows(1)[0][5]
+    earlier = [
+        ["111", "Purchase", key, "", EXPIRES, when, when, payload, "old", *TAG]
+        for key, when in (("o0", NOW), ("o1", NOW), ("e1", NOW + 1))
+    ]
+    path = os.path.join(writer.journal.directory, "1-0123456789ab-000001.log")
+    with open(path, "wb") as f:
+        f.write(old_record(earlier))
+    reader = Outbox(outbox_path)
+    assert reader.ingest() == 5
+    got = sorted(r[:4] for r in stored(reader))
+    assert got == [
+        ("e0", NOW, payload, "me"),
+        ("e1", NOW, payload, "me"),
+        ("o0", NOW, payload, "old"),
+        ("o1", NOW, payload, "old"),
+    ]
+    assert reader.counters()["deduplicated"] == 1
+    assert journal_files(reader) == []
 
 
 def test_a_bulk_import_is_journaled_only_where_a_worker_delivers(tmp_path: Any) -> None:

@@ -34,7 +34,7 @@ from capi_bridge.delivery.journal import (
     parse,
     read_from,
 )
-from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, INSERT_JSON_SQL
+from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, INSERT_JSON_SQL, INSERT_SPLIT_SQL
 from capi_bridge.delivery.store import NewRow
 from capi_bridge.observations import Observation, Tag
 
@@ -42,9 +42,10 @@ logger = logging.getLogger("capi_bridge.outbox")
 
 _NO_TAG: Tag = (None, None, None, None, None, None, None)  # type: ignore[assignment]
 _KEY = "intake:"
-#: A journal row: the insert's parameters (see ``sqlite_schema.insert_sql``, observed):
-#: pixel_id, event_name, event_id, test_code, expires, created, due, payload, origin, tag...
-_CREATED, _TAG = 5, 9
+#: A journal row: the insert's parameters (see ``sqlite_schema.insert_sql``, observed) but the
+#: payload: pixel_id, event_name, event_id, test_code, expires, created, due, origin, tag...,
+#: then the payload's length (a row of the first format has its payload where origin is).
+_CREATED, _TAG, _OLD_TAG = 5, 8, 9
 #: A journal row's bytes besides its payload, and the payload's escaping, generously.
 _ROW_OVERHEAD = 256
 #: How long a read waits to ingest this process's own journaled rows before it reads anyway.
@@ -90,13 +91,12 @@ class SQLiteIntake:
         if not JSON_FUNCTIONS or estimate > self.journal_limit:
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
             return
+        marks = tags or [_NO_TAG] * len(rows)
         record = frame(
-            [
-                (*r[:5], now, now, r[5], origin, *(tags[i] if tags else _NO_TAG))
-                for i, r in enumerate(rows)
-            ]
+            [(*r[:5], now, now, origin, *mark) for r, mark in zip(rows, marks, strict=True)],
+            [r[5] for r in rows],
         )
-        if len(record) > self.journal_limit:  # escaping made it grow past the limit
+        if len(record) > self.journal_limit:  # UTF-8 made it grow past the limit
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
         else:
             self.journal.append(record)
@@ -155,7 +155,9 @@ class SQLiteIntake:
             reached: dict[str, int] = {}  # known once committed
             with self._write_now(wait) as c:
                 offsets = dict(c.execute(_OFFSETS, (_KEY, _KEY[:-1] + ";")))
-                bodies: list[bytes] = []
+                heads: list[bytes] = []
+                payloads: list[bytes] = []
+                old: list[bytes] = []
                 count, complete = 0, True
                 for name, handle in opened.items():
                     offset = int(offsets.get(_KEY + name, 0))
@@ -163,8 +165,10 @@ class SQLiteIntake:
                     whole = offset + len(data) == handle.size  # not cut at READ_LIMIT
                     complete = complete and whole
                     parsed = parse(data)
-                    bodies += parsed.bodies
-                    count += parsed.rows
+                    heads += parsed.rows
+                    payloads += parsed.payloads
+                    old += parsed.old
+                    count += parsed.total
                     end = offset + parsed.used
                     if handle.sealed and (parsed.corrupt or (whole and parsed.used < len(data))):
                         logger.warning(
@@ -181,8 +185,12 @@ class SQLiteIntake:
                     reached[name] = end
                     if handle.sealed and end >= handle.size:
                         done.append(name)
-                joined = "[" + ",".join(b[1:-1].decode() for b in bodies) + "]"
-                added = _insert(c, joined, count) if count else 0
+                joined = _joined(heads)
+                added = _insert(c, joined, b"".join(payloads)) if heads else 0
+                joined_old = _joined(old)  # journals an earlier version wrote
+                added += _insert(c, joined_old) if old else 0
+                if added < count:
+                    c.execute(COUNT_DEDUP, (count - added,))
             if complete:  # else a read stopped at READ_LIMIT: the next read comes back for more
                 journal.ingested = seen
             known.update(reached)
@@ -195,10 +203,12 @@ class SQLiteIntake:
             for handle in opened.values():
                 os.close(handle.fd)
         if added < count:  # the copy that arrived second: what the inspector is there to show
+            rows = [(r, _TAG, -1) for r in json.loads(joined)]
+            rows += [(r, _OLD_TAG, len(r)) for r in json.loads(joined_old)]
             self._observe_duplicates(
-                (*row[:3], row[_CREATED], tuple(row[_TAG:]))
-                for row in json.loads(joined)
-                if row[_TAG] is not None
+                (*row[:3], row[_CREATED], tuple(row[tag:end]))
+                for row, tag, end in rows
+                if row[tag] is not None
             )
         return count
 
@@ -233,29 +243,35 @@ class SQLiteIntake:
         self.observe(found)
 
 
-def _insert(c: sqlite3.Connection, joined: str, count: int) -> int:
-    """``INSERT OR IGNORE`` the ``count`` journal rows of the JSON array ``joined``; returns
-    how many were new (and counts the others as deduplicated).
+def _joined(arrays: list[bytes]) -> str:
+    """JSON arrays (of rows) as one."""
+    return "[" + ",".join(a[1:-1].decode() for a in arrays) + "]"
+
+
+def _insert(c: sqlite3.Connection, joined: str, payloads: bytes | None = None) -> int:
+    """``INSERT OR IGNORE`` the journal rows of the JSON array ``joined`` (their ``payloads``
+    apart, or inside the rows in the first format); returns how many were new.
 
     SQLite reads the JSON itself (``json_each``), inside one statement that runs without the
-    GIL: the request threads go on meanwhile. (The payload is a JSON string in the row, not
-    an inline JSON value: ``json_extract`` parses the row once per column, and a string is
-    one token to skip where an object is a tree to build, twice as slow in all.)"""
-    added = int(c.execute(INSERT_JSON_SQL, (joined,)).rowcount)
-    if added < count:
-        c.execute(COUNT_DEDUP, (count - added,))
-    return added
+    GIL: the request threads go on meanwhile."""
+    if payloads is None:
+        return int(c.execute(INSERT_JSON_SQL, (joined,)).rowcount)
+    return int(c.execute(INSERT_SPLIT_SQL, (joined, payloads)).rowcount)
 
 
 def _has_json_functions() -> bool:
     with contextlib.closing(sqlite3.connect(":memory:")) as probe:
         try:
-            probe.execute("SELECT json_extract('[1]', '$[0]')")
+            probe.execute(
+                "SELECT sum(json_extract(value, '$[0]')) OVER (ORDER BY key)"
+                " FROM json_each('[[1]]')"
+            )
         except sqlite3.OperationalError:
             return False
     return True
 
 
 #: Whether this SQLite has its JSON functions (built in since 3.38, and in most builds
-#: before): without them, events are stored directly, with no journal.
+#: before) and window functions (3.25): without them, events are stored directly, with no
+#: journal.
 JSON_FUNCTIONS = _has_json_functions()

@@ -158,8 +158,27 @@ def _insert_json_sql() -> str:
 
 
 #: :func:`insert_sql` (fresh, observed) of every row of one JSON array, each row an array of
-#: that statement's parameters in order (the intake's journal rows).
+#: that statement's parameters in order (journal rows of the first format).
 INSERT_JSON_SQL = _insert_json_sql()
+
+
+def _insert_split_sql() -> str:
+    head, _, values = insert_sql(held=False, observed=True).partition(" VALUES ")
+    size = values.count("?") - 1  # a row's last value: its payload's length in bytes
+    picks = [f"json_extract(v, '$[{i}]')" for i in range(size)]
+    length = f"json_extract(v, '$[{size}]')"
+    picks.insert(7, f"CAST(substr(?2, e - {length} + 1, {length}) AS TEXT)")  # the payload
+    state = values.rpartition(", ")[2].rstrip(")")
+    return (
+        f"{head} SELECT {', '.join(picks)}, {state} FROM (SELECT value AS v,"
+        f" sum(json_extract(value, '$[{size}]')) OVER (ORDER BY key) AS e FROM json_each(?1))"
+    )
+
+
+#: The same for journal rows without their payloads (each ends with its payload's length in
+#: bytes) and, as a BLOB, those payloads back to back in the same order: where each payload
+#: ends is the running sum of the lengths.
+INSERT_SPLIT_SQL = _insert_split_sql()
 
 #: Bound parameters one statement may carry: SQLite's default limit (999 before 3.32).
 MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
