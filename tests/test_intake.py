@@ -141,7 +141,7 @@ def test_a_torn_record_is_dropped_and_the_ones_before_it_kept(
     writer.append(rows(2), NOW)
     writer.journal.close()  # sealed, as a dead writer's file is
     (name,) = journal_files(writer)
-    torn = frame([["111", "Purchase", "torn"]], ["{}"])[:-5]  # its writer died mid-write
+    torn = frame([["111", "Purchase", "torn", 2]], [b"{}"])[:-5]  # its writer died mid-write
     with open(os.path.join(writer.journal.directory, name), "ab") as f:
         f.write(torn)
     reader = Outbox(outbox_path)
@@ -277,7 +277,8 @@ def old_record(rows: list[list[Any]]) -> bytes:
 
 
 def test_parse_stops_at_a_record_cut_short() -> None:
-    one, two = frame([["a", 1]], ["{}"]), frame([["b", 2], ["c", None]], ['{"é":1}', "[]"])
+    one = frame([["a", 1, 2]], [b"{}"])
+    two = frame([["b", 2, 8], ["c", None, 2]], ['{"é":1}'.encode(), b"[]"])
     old = old_record([["d", "{}"]])
     whole = parse(one + old + two)
     assert (whole.total, whole.used, whole.corrupt) == (4, len(one + old + two), False)

@@ -92,9 +92,13 @@ class SQLiteIntake:
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
             return
         marks = tags or [_NO_TAG] * len(rows)
+        texts = [r[5].encode() for r in rows]
         record = frame(
-            [(*r[:5], now, now, origin, *mark) for r, mark in zip(rows, marks, strict=True)],
-            [r[5] for r in rows],
+            [
+                (*r[:5], now, now, origin, *mark, len(text))
+                for r, mark, text in zip(rows, marks, texts, strict=True)
+            ],
+            texts,
         )
         if len(record) > self.journal_limit:  # UTF-8 made it grow past the limit
             self.enqueue(rows, now, tags=tags, origin=origin, wait=wait)
