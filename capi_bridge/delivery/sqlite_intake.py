@@ -46,7 +46,7 @@ _KEY = "intake:"
 #: payload: pixel_id, event_name, event_id, test_code, expires, created, due, origin, tag...,
 #: then the payload's length (a row of the first format has its payload where origin is).
 _CREATED, _TAG, _OLD_TAG = 5, 8, 9
-#: A journal row's bytes besides its payload, and the payload's escaping, generously.
+#: A journal row's bytes besides its payload's characters (and their UTF-8), generously.
 _ROW_OVERHEAD = 256
 #: How long a read waits to ingest this process's own journaled rows before it reads anyway.
 CATCH_UP_WAIT = 1.0
