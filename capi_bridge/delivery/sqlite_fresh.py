@@ -34,13 +34,13 @@ from capi_bridge.delivery.store import NOTHING_TAKEN, Claimed, State, Taken, Tak
 
 PENDING, FRESH = int(State.PENDING), int(State.FRESH)
 
+#: The ingestion cursor, as a subquery.
+_INGESTED = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested')"
 #: The lowest id a fresh row can have minus one: the ingestion cursor, or below the oldest
 #: live claim. Readers that look for unsettled fresh rows start above it.
 FRESH_FLOOR = (
-    "min((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested'),"
-    " coalesce((SELECT min(low) - 1 FROM claims), 9223372036854775807))"
+    f"min({_INGESTED}, coalesce((SELECT min(low) - 1 FROM claims), 9223372036854775807))"
 )
-_INGESTED = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested')"
 #: A claim's rows by group, one result row per group: reading 1000 rows one by one is 1000
 #: steps of the VM, each of which lets go of the GIL and must wait to get it back while a
 #: request thread runs Python (up to the 5 ms switch interval); aggregated, the whole batch
@@ -146,7 +146,7 @@ class SQLiteFresh:
         claim and moves the cursor; the payloads are read after it commits.
         """
         ((cursor, observed, top, stale),) = self.query(
-            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ingested'),"
+            f"SELECT {_INGESTED},"
             " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'observed'),"
             " coalesce((SELECT max(id) FROM outbox), 0),"
             " EXISTS (SELECT 1 FROM claims WHERE until <= ?)",

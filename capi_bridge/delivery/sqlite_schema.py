@@ -149,29 +149,34 @@ def insert_sql(*, held: bool, observed: bool) -> str:
     return f"INSERT OR IGNORE INTO outbox ({columns}, state) VALUES ({marks}, {state})"
 
 
-def _insert_json_sql() -> str:
+def _insert_selecting(picks: list[str], source: str) -> str:
+    """:func:`insert_sql` (fresh, observed) with its VALUES replaced by ``picks`` (one SQL
+    expression per parameter, in order) selected from ``source``."""
     head, _, values = insert_sql(held=False, observed=True).partition(" VALUES ")
-    marks = values.count("?")
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(marks))
     state = values.rpartition(", ")[2].rstrip(")")
-    return f"{head} SELECT {picks}, {state} FROM json_each(?)"
+    return f"{head} SELECT {', '.join(picks)}, {state} FROM {source}"
 
+
+#: Parameters of the journal's insert, and where the payload is among them.
+_WIDTH = insert_sql(held=False, observed=True).count("?")
+_PAYLOAD = insert_sql(held=False, observed=True).partition(" (")[2].split(", ").index("payload")
 
 #: :func:`insert_sql` (fresh, observed) of every row of one JSON array, each row an array of
 #: that statement's parameters in order (journal rows of the first format).
-INSERT_JSON_SQL = _insert_json_sql()
+INSERT_JSON_SQL = _insert_selecting(
+    [f"json_extract(value, '$[{i}]')" for i in range(_WIDTH)], "json_each(?)"
+)
 
 
 def _insert_split_sql() -> str:
-    head, _, values = insert_sql(held=False, observed=True).partition(" VALUES ")
-    size = values.count("?") - 1  # a row's last value: its payload's length in bytes
+    size = _WIDTH - 1  # a row's last value: its payload's length in bytes
     picks = [f"json_extract(v, '$[{i}]')" for i in range(size)]
     length = f"json_extract(v, '$[{size}]')"
-    picks.insert(7, f"CAST(substr(?2, e - {length} + 1, {length}) AS TEXT)")  # the payload
-    state = values.rpartition(", ")[2].rstrip(")")
-    return (
-        f"{head} SELECT {', '.join(picks)}, {state} FROM (SELECT value AS v,"
-        f" sum(json_extract(value, '$[{size}]')) OVER (ORDER BY key) AS e FROM json_each(?1))"
+    picks.insert(_PAYLOAD, f"CAST(substr(?2, e - {length} + 1, {length}) AS TEXT)")
+    return _insert_selecting(
+        picks,
+        f"(SELECT value AS v, sum(json_extract(value, '$[{size}]')) OVER (ORDER BY key) AS e"
+        " FROM json_each(?1))",
     )
 
 
