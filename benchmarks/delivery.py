@@ -1,7 +1,8 @@
 """End-to-end delivery throughput and recovery, per store, against Meta's facebook-business SDK.
 
     python benchmarks/delivery.py [--store sqlite|postgresql] [--events 100000] [--runs 1]
-        [--outage 60] [--backlog 1000000] [--dispatcher thread|worker] [--postgres-url URL]
+        [--outage 60] [--backlog 1000000] [--dispatcher process|thread|worker]
+        [--postgres-url URL]
 
 Every throughput figure is "from the first event handed over until the server has acknowledged
 all of them", on the same realistic website events (raw e-mail, phone, names, external id, IP,
@@ -21,8 +22,12 @@ their own, whose peak RSS is the figure; then the server recovers and the time u
 acknowledged is the drain. Prints events/s, the three ratios of issue 14 (each taken within one
 run, then the median and range over ``--runs``) with their goals, and one JSON line.
 
-``--dispatcher worker`` measures the enqueue runs with ``CAPI_BRIDGE_DELIVERY=worker``: the
-app process only stores, and a ``capi-bridge worker`` process on the same outbox delivers.
+Who delivers in the single-process enqueue runs: ``--dispatcher process`` (the default, what
+``delivery="auto"`` means with SQLite: the app process starts a delivery process of its own,
+and its start is inside the measured time), ``thread`` (the app process's dispatcher thread,
+what ``auto`` means with PostgreSQL) or ``worker`` (a ``capi-bridge worker`` started before the
+run). The 4-process run, the outage and the backlog use the library's default. With a delivery
+process, the backlog's peak RSS is the app process's and the delivery process's, summed.
 """
 
 from __future__ import annotations
@@ -199,23 +204,29 @@ def worker_process(url: str, where: dict[str, str]) -> Iterator[None]:
 
 
 def run_bridge(
-    url: str, where: dict[str, str], batch: list[dict[str, Any]], many: bool, worker: bool = False
+    url: str,
+    where: dict[str, str],
+    batch: list[dict[str, Any]],
+    many: bool,
+    delivery: str = "auto",
 ) -> float:
-    """Seconds from the first event handed over until all are acknowledged; with ``worker``,
-    this process only stores and a ``capi-bridge worker`` delivers."""
+    """Seconds from the first event handed over until all are acknowledged; ``delivery`` as
+    the setting ("worker": a ``capi-bridge worker`` runs beside this process)."""
+    worker = delivery == "worker"
     if worker:
         with worker_process(url, where):
             return _run(url, make_bridge(url, where, delivery="worker"), batch, many)
-    return _run(url, make_bridge(url, where), batch, many)
+    return _run(url, make_bridge(url, where, delivery=delivery), batch, many)
 
 
 def _run(url: str, bridge: Any, batch: list[dict[str, Any]], many: bool) -> float:
     base = acknowledged(url)
     started = time.perf_counter()
     _hand_over(bridge, batch, many)
-    # Our own dispatcher sends the partial rest at once when asked to flush; a worker sends
-    # it when its linger is over. Either way the run ends when the server has all of them.
-    if bridge.settings.delivery == "thread" and not bridge.flush(600):
+    # Our own dispatcher sends the partial rest at once when asked to flush; a delivery
+    # process sends it when its linger is over. Either way the run ends when the server has
+    # all of them.
+    if bridge.settings.delivery_mode == "thread" and not bridge.flush(600):
         raise RuntimeError(f"flush timed out: {bridge.stats()}")
     wait_acknowledged(url, base + len(batch))
     done = time.perf_counter()
@@ -320,14 +331,14 @@ def backlog(url: str, where_json: str, n: int) -> int:
             batch = [_event(i, "backlog") for i in range(start, min(n, start + 1000))]
             bridge.enqueue_many(batch)
         stored = time.perf_counter() - started
-        rss_down = peak_rss_mb()
+        rss_down = peak_rss_mb() + peak_rss_mb(delivery_pid(bridge))
     finally:
         control(url, "up")
     recovered = time.perf_counter()
     wait_acknowledged(url, base + n, timeout=3600)
     drain = time.perf_counter() - recovered
+    rss = peak_rss_mb() + peak_rss_mb(delivery_pid(bridge))
     bridge.close(10)
-    rss = peak_rss_mb()
     print(
         json.dumps(
             {
@@ -343,19 +354,30 @@ def backlog(url: str, where_json: str, n: int) -> int:
     return 0
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: ``VmHWM``, the high-water mark of its own memory.
+def delivery_pid(bridge: Any) -> int | None:
+    """The delivery process this bridge started (``delivery="process"``), if any."""
+    tender = bridge._tender
+    child = None if tender is None else tender._child
+    return None if child is None else int(child.pid)
+
+
+def peak_rss_mb(pid: int | str | None = "self") -> float:
+    """A process's peak RSS in MB (0 for ``None``): ``VmHWM``, the high-water mark of its own
+    memory.
 
     Not ``getrusage().ru_maxrss``: on Linux a child started by fork and exec keeps the
     parent's peak there (the benchmark's process holds 100,000 events at that moment), which
     once reported 352 MB for a child that never passed 58 MB."""
+    if pid is None:
+        return 0.0
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
-        pass
+        if pid != "self":
+            return 0.0
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -410,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dispatcher",
-        choices=("thread", "worker"),
-        default="thread",
-        help="who delivers in the enqueue runs: the app's own dispatcher thread (the default,"
-        " CAPI_BRIDGE_DELIVERY=thread), or a `capi-bridge worker` process beside it (=worker)",
+        choices=("process", "thread", "worker"),
+        default="process",
+        help="who delivers in the enqueue runs: a delivery process the app starts (the default,"
+        " CAPI_BRIDGE_DELIVERY=auto with SQLite), the app's own dispatcher thread (=thread), or"
+        " a `capi-bridge worker` process started before the run (=worker)",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
@@ -449,9 +472,12 @@ def _measure(url: str, args: argparse.Namespace) -> int:
     _sdk_baseline.run(events(200, "warm"), 100)
     names = ("enqueue", "enqueue_4p", "many", "best", "common")
     rates: dict[str, list[float]] = {k: [] for k in names}
+    delivery = args.dispatcher  # a delivery process needs SQLite: auto picks threads on PG
+    if kind != "sqlite" and delivery == "process":
+        delivery = "auto"
     for run in range(args.runs):
         with fresh_store(kind, args.postgres_url) as where:
-            apart = args.dispatcher == "worker"
+            apart = delivery
             batch = events(n, f"r{run}")
             rates["enqueue"].append(n / run_bridge(url, where, batch, False, apart))
         with fresh_store(kind, args.postgres_url) as where:

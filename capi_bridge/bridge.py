@@ -2,10 +2,10 @@
 
 ``enqueue`` does only local work (schema guard, hashing, one commit to the outbox store: a
 SQLite file on one host, or PostgreSQL shared by several, see :mod:`capi_bridge.delivery`) and
-returns; a background dispatcher per process sends batches to the Conversions API (or, with
-``delivery="worker"``, a ``capi-bridge worker`` process does). The page never waits for Meta,
-and an event ``enqueue`` returned for is never lost: it is stored until Meta takes it or
-refuses it with a reason.
+returns; batches go to the Conversions API from a delivery process the app's processes share
+(``delivery="process"``, the default with SQLite: :mod:`capi_bridge.delivery.host_worker`), a
+dispatcher thread per process (``"thread"``) or a ``capi-bridge worker`` (``"worker"``). The
+page never waits for Meta, and an event ``enqueue`` returned for is never lost.
 
 ``submit`` is the request path's variant (``Page.track``, the mirror endpoint): it never waits
 more than about 100 ms for the store and never raises because the store is unavailable; the
@@ -26,8 +26,8 @@ drops those that waited longer than ``held_ttl``.
 
 Lifecycle: the dispatcher starts lazily on the first ``enqueue``/``flush`` of each process, so a
 ``Bridge`` built before a fork (gunicorn ``--preload``) works in every worker. ``close()`` and
-interpreter exit (an ``atexit`` hook in :mod:`capi_bridge.delivery`) flush within a bound; what
-is left stays in the outbox for the next start.
+interpreter exit flush within a bound (a delivery process goes on after the app's); what is
+left stays in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
 from capi_bridge.delivery.dispatcher import Dispatcher
+from capi_bridge.delivery.host_worker import WorkerTender
 from capi_bridge.delivery.processes import current_pid, new_owner_id
 from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.delivery.report import Diagnostics, compute
@@ -87,6 +88,7 @@ class Bridge(ConsentBridge, AsyncBridge):
         #: Builds the rows of events: hashing (memoized), the schema guard, the wire JSON.
         self.rows = RowMaker(settings)
         self._dispatcher: Dispatcher | None = None
+        self._tender: WorkerTender | None = None  # delivery="process": see _start
         self._origin = new_owner_id()  # this process: leases and the rows flush() waits for
         self._buffer = ObservationBuffer()
         self._spilled = RowBuffer()
@@ -256,6 +258,7 @@ class Bridge(ConsentBridge, AsyncBridge):
                 return None
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.pid != os.getpid():
+                tender = self._tender_for_this_process()
                 dispatcher = Dispatcher(
                     self.settings,
                     self.outbox,
@@ -264,6 +267,7 @@ class Bridge(ConsentBridge, AsyncBridge):
                     observed=self._buffer,
                     buffered=self._spilled,
                     clock_watch=self.clock_watch,
+                    tend=None if tender is None else tender.tend,
                 )
                 dispatcher.start()
                 self._dispatcher = dispatcher
@@ -271,6 +275,20 @@ class Bridge(ConsentBridge, AsyncBridge):
                     "delivery started in pid %d from %s", os.getpid(), self.outbox.location
                 )
             return dispatcher
+
+    def _tender_for_this_process(self) -> WorkerTender | None:
+        """With ``delivery="process"``: this process's presence beside the outbox, and a
+        delivery process started if none runs (see :mod:`capi_bridge.delivery.host_worker`)."""
+        if self.settings.delivery_mode != "process":
+            return None
+        try:
+            tender = WorkerTender(self.settings)
+        except OSError as exc:  # the outbox's folder refuses the lock files
+            logger.warning("capi-bridge: %s; this process delivers in a thread instead", exc)
+            return None
+        self._tender = tender
+        tender.tend()  # at once: the first events should not wait for the first idle pass
+        return tender
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what was accepted so far (partial batches too) within ``timeout`` seconds.
@@ -313,6 +331,8 @@ class Bridge(ConsentBridge, AsyncBridge):
                 "capi-bridge: %d events taken while the outbox was unavailable are lost at close",
                 len(self._spilled),
             )
+        if self._tender is not None:  # after the flush: the worker may go once we all have
+            self._tender.close()
         self.outbox.close()
         return flushed
 
@@ -377,6 +397,7 @@ def _after_fork(ref: weakref.ref[Bridge]) -> None:
     if bridge._dispatcher is not None:
         _INHERITED.append(bridge._dispatcher)
     bridge._dispatcher = None
+    bridge._tender = None  # the parent's; the child says it is here when it starts
     bridge._lock = threading.Lock()
     bridge._origin = new_owner_id()  # the parent's rows are the parent's to flush
     bridge._spilled = RowBuffer()

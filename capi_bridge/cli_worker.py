@@ -23,11 +23,22 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from capi_bridge.cli_common import EXIT_FAILED, EXIT_OK, Subparsers, add_command
+from capi_bridge.delivery.host_worker import (
+    WorkerPresence,
+    read_settings,
+    wait_for_clients_to_leave,
+)
 from capi_bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from capi_bridge.bridge import Bridge
 
 logger = logging.getLogger("capi_bridge.worker")
 
@@ -37,14 +48,29 @@ WORKER_POLL = 0.01
 
 
 def serve(
-    settings: Settings, stop: threading.Event, ready: Callable[[str], None] | None = None
+    settings: Settings,
+    stop: threading.Event,
+    ready: Callable[[str], None] | None = None,
+    *,
+    managed: bool = False,
 ) -> bool:
     """Deliver from the outbox ``settings`` name until ``stop`` is set, then flush and close;
     returns whether nothing it could send was left. ``ready`` gets the outbox's location
-    once delivery runs."""
+    once delivery runs. A SQLite outbox's worker holds its worker lock meanwhile, so app
+    processes with ``delivery="process"`` start none of their own; ``managed`` (one they
+    started) also stops once none of them is left and what they stored is sent (or
+    ``close_timeout`` has passed), and does not start at all when another worker runs."""
     from capi_bridge.bridge import Bridge
 
+    presence = None
+    if settings.outbox_url is None and os.name == "posix" and settings.outbox_path:
+        presence = WorkerPresence(settings.outbox_path)
+        if not presence.claim():
+            if managed:  # another app process's worker won the race: it delivers
+                return True
+            presence = None  # a second worker the site runs: leases keep the two apart
     bridge = Bridge(dataclasses.replace(settings, delivery="thread"))  # this one delivers
+    watcher = None
     try:
         dispatcher = bridge._start()
         if dispatcher is not None and bridge.outbox.local:
@@ -53,10 +79,32 @@ def serve(
         logger.info("delivering from %s (pid %d)", bridge.outbox.location, os.getpid())
         if ready is not None:
             ready(bridge.outbox.location)
+        if managed and presence is not None:
+            watcher = threading.Thread(
+                target=wait_for_clients_to_leave,
+                args=(presence, stop, lambda: _drained(bridge), settings.close_timeout),
+                name="capi-bridge-clients",
+                daemon=True,
+            )
+            watcher.start()
         stop.wait()
     finally:
         flushed = bridge.close()
+        if presence is not None:
+            presence.release()
     return flushed
+
+
+def _drained(bridge: Bridge) -> bool:
+    """Nothing stored by any process is left to send (journals read first); also True when
+    the outbox cannot be read any more (its folder deleted): nothing left to do then."""
+    errors: tuple[type[BaseException], ...] = (OSError, *bridge.outbox.errors)
+    try:
+        bridge.outbox.ingest()
+        stats = bridge.outbox.stats(time.time())
+    except errors:
+        return True
+    return not (stats.pending or stats.in_flight or stats.retrying)
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -78,12 +126,15 @@ def add_commands(sub: Subparsers) -> None:
             (EXIT_FAILED, "bad settings (it says which and how to fix them), or events left"),
         ],
     )
+    p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_worker)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from capi_bridge.errors import ConfigError
 
+    if args.managed:  # started by an app process (delivery="process"): see host_worker
+        return _managed()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -91,11 +142,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"capi-bridge worker: {exc}")
         return EXIT_FAILED
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
 
     def ready(location: str) -> None:
         print(f"capi-bridge worker: delivering events stored in {location}", flush=True)
 
     return EXIT_OK if serve(settings, stop, ready) else EXIT_FAILED
+
+
+def _managed() -> int:
+    """The settings come from the app process on standard input; warnings and errors go to
+    the app's standard error; it ends with status 0 however much is left (the next worker
+    sends it), so that the app process counts only crashes as failed starts."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    settings = read_settings(sys.stdin.buffer)
+    serve(settings, _stop_on_signals(), managed=True)
+    return EXIT_OK
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop

@@ -37,6 +37,11 @@ DEFAULT_API_VERSION = "v26.0"
 #: Meta asks partners for "[partner_name]_[major]_[minor]", under 23 characters.
 DEFAULT_PARTNER_AGENT = "capibridge_" + "_".join(__version__.split(".")[:2])
 
+#: What ``delivery="auto"`` means where a delivery process can run (a SQLite outbox on a POSIX
+#: host): "process". The test suite sets "thread" (one process per test's outbox would cost
+#: more than the tests); its tests of the process ask for ``delivery="process"`` by name.
+AUTO_DELIVERY = "process"
+
 #: How errors name a setting: its field name (``"secret_key"``) to the name the user wrote.
 Naming = Callable[[str], str]
 
@@ -256,10 +261,12 @@ class Settings:
     outbox_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     outbox_schema: str = "capi_bridge"
     probe_interval: float = 30.0
-    #: "thread": each app process delivers in a thread of its own; "worker": a separate
-    #: ``capi-bridge worker`` process delivers (and ingests the app processes' journals), app
-    #: processes only store (:mod:`capi_bridge.cli_worker`).
-    delivery: str = "thread"
+    #: Who sends what the app's processes store (they only store, durably, unless "thread"):
+    #: "process", one delivery process per outbox per host that they start and stop themselves
+    #: (:mod:`capi_bridge.delivery.host_worker`); "thread", each app process in a thread of its
+    #: own; "worker", a ``capi-bridge worker`` the site runs (:mod:`capi_bridge.cli_worker`);
+    #: "auto" (the default), :data:`AUTO_DELIVERY` where it can run, else "thread".
+    delivery: str = "auto"
 
     # --- requests and browser bridge ----------------------------------------------------------
     trusted_proxies: int | tuple[str, ...] = 0
@@ -336,6 +343,16 @@ class Settings:
     def store_url(self) -> str:
         """Where the outbox is: ``outbox_url``, else ``sqlite:///`` + ``outbox_path``."""
         return self.outbox_url or f"sqlite:///{self.outbox_path}"
+
+    @property
+    def delivery_mode(self) -> str:
+        """``delivery`` with "auto" resolved: "process" for a SQLite outbox on a POSIX host,
+        "thread" otherwise (PostgreSQL: run ``capi-bridge worker`` anywhere, or threads)."""
+        if self.delivery != "auto":
+            return self.delivery
+        if self.outbox_url or os.name != "posix":
+            return "thread"
+        return AUTO_DELIVERY
 
     @property
     def consent_required(self) -> bool:

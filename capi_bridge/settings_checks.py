@@ -369,13 +369,22 @@ def _outbox_path_problem(path: str) -> tuple[str, str] | None:
 
 
 def _check_synchronous(s: Settings) -> None:
-    if s.delivery not in ("thread", "worker"):
+    if s.delivery not in ("auto", "process", "thread", "worker"):
         fail(
             s,
             "delivery",
-            f"{s.delivery!r} is not thread or worker",
-            "use thread (each app process delivers in a thread: nothing else to run) or worker "
-            "(run `capi-bridge worker` beside the app: app processes only store)",
+            f"{s.delivery!r} is not auto, process, thread or worker",
+            "use auto (the default: process where it can run, else thread), process (the app "
+            "starts one delivery process per host), thread (each app process delivers in a "
+            "thread) or worker (you run `capi-bridge worker` beside the app)",
+        )
+    if s.delivery == "process" and (s.outbox_url or os.name != "posix"):
+        fail(
+            s,
+            "delivery",
+            "process needs a SQLite outbox on a POSIX host (its locks are files beside it)",
+            "use worker (run `capi-bridge worker` on any host) or thread with "
+            f"{s.name_of('outbox_url')}, or auto",
         )
     if s.outbox_synchronous not in ("NORMAL", "FULL"):
         fail(

@@ -13,6 +13,7 @@ import pytest
 from helpers.stores import POSTGRES_URL
 from hypothesis import settings
 
+from capi_bridge import settings as settings_module
 from capi_bridge import visitor_data
 from capi_bridge.testing import FakeGraph
 
@@ -31,6 +32,14 @@ def _data_home_of_the_test(
     outbox, is the test's own: no test writes the developer's home, and no two tests share a
     default outbox (one's leftover events would reach the other's fake Graph API)."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
+@pytest.fixture(autouse=True)
+def _threads_deliver_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``delivery="auto"`` means a thread in the suite, not a delivery process: a process per
+    test's outbox would cost more than the tests. tests/test_host_worker.py asks for the
+    process by name, and scripts the suite runs in subprocesses get the real default."""
+    monkeypatch.setattr(settings_module, "AUTO_DELIVERY", "thread")
 
 
 @pytest.fixture(autouse=True)

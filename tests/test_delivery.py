@@ -343,7 +343,9 @@ def test_bridge_built_before_fork_delivers_from_the_child(
 
 
 def _worker(target: dict[str, Any], *args: str, lease: float = 60.0) -> subprocess.Popen[str]:
-    env = dict(os.environ, CAPI_BRIDGE_LEASE_SECONDS=str(lease))
+    """An app process in a subprocess, delivering in its own thread (the delivery process
+    that ``auto`` starts with SQLite has tests of its own: tests/test_host_worker.py)."""
+    env = dict(os.environ, CAPI_BRIDGE_LEASE_SECONDS=str(lease), CAPI_BRIDGE_DELIVERY="thread")
     if "outbox_schema" in target:
         env["CAPI_BRIDGE_OUTBOX_SCHEMA"] = target["outbox_schema"]
     return subprocess.Popen(

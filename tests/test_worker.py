@@ -117,9 +117,9 @@ def test_a_worker_with_bad_settings_says_which_and_exits_1(fake_graph: FakeGraph
     assert "CAPI_BRIDGE_ACCESS_TOKEN" in done.stdout and "test-token" not in done.stdout
 
 
-def test_delivery_is_thread_or_worker() -> None:
+def test_delivery_is_a_known_mode() -> None:
     with pytest.raises(ConfigError, match="delivery"):
-        Settings(pixel_id="1234567890", access_token="t", delivery="process")
+        Settings(pixel_id="1234567890", access_token="t", delivery="processes")
     assert Settings(pixel_id="1", access_token="t", delivery=" Worker ").delivery == "worker"
 
 

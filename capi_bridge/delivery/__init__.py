@@ -69,5 +69,5 @@ def store_for(settings: Settings, *, create: bool = True) -> Store:
         schema=settings.outbox_schema,
         synchronous=settings.outbox_synchronous,
         create=create,
-        journal_bulk=settings.delivery == "worker",
+        journal_bulk=settings.delivery_mode != "thread",
     )

@@ -67,11 +67,14 @@ class Dispatcher(Chores, Sending):
         buffered: RowBuffer | None = None,
         clock: Callable[[], float] = time.time,
         clock_watch: ClockWatch | None = None,
+        tend: Callable[[], bool] | None = None,
     ) -> None:
         """``owner`` is this process's id (leases, and the ``origin`` of the rows it stored);
         ``observed`` holds observations noted where the store must not be touched (a page
         being rendered) and ``buffered`` rows the store refused on the request path: every
-        pass writes them. ``clock_watch`` reads Meta's ``Date`` off every answer."""
+        pass writes them. ``clock_watch`` reads Meta's ``Date`` off every answer. ``tend``,
+        where another process delivers, keeps it running (each idle pass); once it returns
+        False, this loop delivers instead."""
         self.settings = settings
         self.store = store
         self.policy = policy
@@ -82,10 +85,11 @@ class Dispatcher(Chores, Sending):
         self.owner = owner or new_owner_id()
         self.settler = Settler(store, policy, self.owner, clock)
         self.pid = os.getpid()
-        #: Whether this loop delivers: with ``delivery="worker"`` a ``capi-bridge worker``
-        #: process does (:mod:`capi_bridge.cli_worker`), and this one only writes what waits in
-        #: this process's memory (observations noted during a render, spilled rows).
-        self.delivers = settings.delivery == "thread"
+        #: Whether this loop delivers: otherwise a delivery process does (``delivery`` is
+        #: "process" or "worker"), and this one only writes what waits in this process's
+        #: memory (observations noted during a render, spilled rows).
+        self.delivers = settings.delivery_mode == "thread"
+        self.tend = tend
         #: With nothing to do, look again after this long (a worker sets it lower).
         self.idle_poll = IDLE_POLL
         self._wake = threading.Event()
@@ -242,6 +246,11 @@ class Dispatcher(Chores, Sending):
             logger.warning("capi-bridge dispatcher: no wake-ups from the outbox (%s); polling", exc)
             return None
 
+    def _deliver_here(self) -> None:
+        """The delivery process cannot run (``tend`` said why): deliver in this thread."""
+        self.delivers, self.tend = True, None
+        self._startup()
+
     def _startup(self) -> None:
         if not self.store.local:
             return  # other hosts' pids mean nothing here: their leases simply expire
@@ -266,7 +275,9 @@ class Dispatcher(Chores, Sending):
             next_at = min(next_at, now + SPILL_RETRY)
         if not self.delivers:  # a worker process delivers: only what waits in our memory
             self.observed.write_to(self.store.observe)
-            return max(0.0, next_at - self.clock())
+            if self.tend is None or self.tend():
+                return max(0.0, next_at - self.clock())
+            self._deliver_here()
         self.store.ingest()  # every process's journaled rows, in one transaction
         self._expire_held()  # before claiming: a dispatcher's first pass always runs it
         next_at = min(next_at, self._take_fresh(now))  # files enqueued rows' observations...

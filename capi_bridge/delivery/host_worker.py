@@ -1,0 +1,288 @@
+"""``delivery="process"`` (the default for a SQLite outbox): the app's own processes start one
+delivery process per outbox per host, share it, and let it go when the last of them leaves.
+
+Why a process: a dispatcher thread shares its process's GIL with the request threads, and
+CPython hands the GIL over only every 5 ms, so a process that stores events as fast as it can
+starves the thread that sends them (``benchmarks/delivery.py``: ``enqueue_many`` reached 2.9x
+Meta's SDK at its best with the thread, 4.3x with a process of its own). ``capi-bridge worker``
+already did that, but someone had to run it; here nobody has to.
+
+Two lock files beside the outbox (``flock``, so the kernel drops a lock when its process dies,
+however it dies) say who is there:
+
+* ``<outbox>-worker.lock``: held exclusively by the delivering process. An app process that can
+  take it finds no worker running, and starts one (``python -m capi_bridge.cli worker
+  --managed``, its settings handed over on a pipe, never on the command line or in the
+  environment, where ``ps`` shows them). Two that race start two; the second one finds the lock
+  taken and exits at once.
+* ``<outbox>-clients.lock``: held shared by every app process using the outbox. The worker
+  tries to take it exclusively every :data:`CHECK_EVERY` seconds; once it can, no app process
+  is left: it lets the worker lock go *before* the clients lock, so an app process that arrives
+  meanwhile (it waits on the clients lock) finds the worker lock free and starts a new one. It
+  then delivers what the last ones left, for up to ``close_timeout``, and exits. An app process
+  therefore never waits at exit for Meta (a thread has to flush within ``close_timeout``), and
+  what it stored is sent after it is gone.
+
+An app process looks for the worker every :data:`CHECK_EVERY` seconds (its dispatcher's idle
+pass), so a worker that crashed is replaced within a second; a worker that cannot start at
+all (:data:`MAX_FAILED_STARTS` in a row) makes the app process deliver in a thread of its
+own, with a warning that says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from capi_bridge.settings import Settings
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: Settings never resolves "process" there
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("capi_bridge.delivery")
+
+#: How often an app process looks for its worker, and a worker for app processes.
+CHECK_EVERY = 1.0
+#: Worker starts that failed in a row before an app process delivers in a thread instead.
+MAX_FAILED_STARTS = 3
+
+
+def lock_paths(outbox_path: str) -> tuple[str, str]:
+    """The worker's and the app processes' lock files of the outbox at ``outbox_path``."""
+    base = os.path.abspath(outbox_path)
+    return base + "-worker.lock", base + "-clients.lock"
+
+
+def _open(path: str) -> IO[bytes]:
+    return open(path, "a+b")  # held open as long as the lock
+
+
+def _try_lock(handle: IO[bytes], exclusive: bool) -> bool:
+    assert fcntl is not None
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def worker_running(outbox_path: str) -> bool:
+    """Whether a process holds the outbox's worker lock (a worker delivers from it now)."""
+    with _open(lock_paths(outbox_path)[0]) as handle:
+        return not _try_lock(handle, exclusive=True)  # closing the file lets it go again
+
+
+# --- the app process's side ---------------------------------------------------------------------
+
+
+class WorkerTender:
+    """An app process's part: say "I am here" (the shared clients lock, held until
+    :meth:`close` or the process's end) and keep a worker running (:meth:`tend`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.outbox_path is not None
+        self.settings = settings
+        self._path = settings.outbox_path
+        self._child: Child | None = None
+        self._failed = 0
+        self._why = ""
+        self._lock = threading.Lock()
+        self._clients: IO[bytes] | None = _open(lock_paths(self._path)[1])
+        assert fcntl is not None
+        # Blocks only while a worker that found no app process swaps its locks: an instant.
+        fcntl.flock(self._clients.fileno(), fcntl.LOCK_SH)
+
+    def tend(self) -> bool:
+        """Start a worker if none runs; False once starting one failed
+        :data:`MAX_FAILED_STARTS` times in a row (deliver in a thread instead)."""
+        try:
+            return self._tend()
+        except FileNotFoundError:  # the outbox's folder is gone: the store says so itself
+            return True
+
+    def _tend(self) -> bool:
+        with self._lock:
+            if self._clients is None:  # closed: this process no longer uses the outbox
+                return True
+            child = self._child
+            if child is not None:
+                code = child.poll()  # reaps it once it has ended
+                if code is None:  # ours runs: starting (importing), or delivering
+                    if worker_running(self._path):
+                        self._failed = 0
+                    return True
+                self._child = None
+                if code:  # 0: it found another one delivering, or it was done
+                    self._failed += 1
+                    self._why = f"it exited with status {code} {self._failed} times in a row"
+                else:
+                    self._failed = 0
+            if worker_running(self._path):
+                self._failed = 0
+                return True
+            if self._failed < MAX_FAILED_STARTS:
+                try:
+                    self._child = spawn(self.settings)
+                    return True
+                except OSError as exc:
+                    self._failed, self._why = MAX_FAILED_STARTS, str(exc)
+            logger.warning(
+                "capi-bridge: the delivery process could not start (%s; its log, if any, is "
+                "above); this process delivers in a thread instead",
+                self._why,
+            )
+            return False
+
+    def close(self) -> None:
+        """Let the worker know this process is gone (it exits once every app process is)."""
+        with self._lock:
+            if self._clients is not None:
+                self._clients.close()
+                self._clients = None
+
+
+class Child:
+    """A delivery process this process started: its pid, and its exit status once reaped.
+
+    Not a ``subprocess.Popen``: the delivery process outlives the Bridge that started it by
+    design, and a Popen collected (or left at interpreter exit) while its process runs warns
+    with a ResourceWarning."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Its exit status (negative: the signal that ended it), or None while it runs."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere, or we are a forked copy
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        """:meth:`poll` until it has ended or ``timeout`` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.returncode
+
+
+def spawn(settings: Settings) -> Child:
+    """Start ``capi-bridge worker --managed`` with ``settings`` on its standard input.
+
+    The child runs the same interpreter and imports this very package (its folder goes first
+    on ``PYTHONPATH``), starts a session of its own so that the Ctrl-C meant for a development
+    server does not cut delivery short, and writes its log to the app's standard error. It
+    inherits no other descriptor (Python opens files non-inheritable): above all not this
+    process's hold on the clients lock."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    argv = [sys.executable, "-m", "capi_bridge.cli", "worker", "--managed"]
+    read, write = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, read, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(read)
+    with contextlib.suppress(OSError), open(write, "wb") as pipe:  # OSError: it died at once
+        pipe.write(pickle.dumps(settings_values(settings)))  # (tend() reads its exit status)
+    logger.debug("capi-bridge: started the delivery process %d", pid)
+    return Child(pid)
+
+
+def settings_values(settings: Settings) -> dict[str, Any]:
+    """What rebuilds ``settings`` in the worker (its outbox path resolved; it delivers)."""
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.init}
+    values["delivery"] = "thread"
+    return values
+
+
+def read_settings(stream: IO[bytes]) -> Settings:
+    """The worker's side of :func:`spawn` (its parent wrote the pipe, so it is trusted)."""
+    values = pickle.loads(stream.read())  # written by the parent process
+    return Settings(**values)
+
+
+# --- the worker's side --------------------------------------------------------------------------
+
+
+class WorkerPresence:
+    """The worker's part: hold the worker lock while delivering; learn when no app process
+    is left."""
+
+    def __init__(self, outbox_path: str) -> None:
+        self._paths = lock_paths(outbox_path)
+        self._worker: IO[bytes] | None = None
+
+    def claim(self) -> bool:
+        """Take the worker lock; False when another worker holds it."""
+        handle = _open(self._paths[0])
+        if not _try_lock(handle, exclusive=True):
+            handle.close()
+            return False
+        self._worker = handle
+        return True
+
+    def clients_gone(self) -> bool:
+        """True (and the worker lock let go) once no app process holds the clients lock."""
+        try:
+            clients = _open(self._paths[1])
+        except FileNotFoundError:  # the outbox's folder is gone (a demo's): nobody uses it
+            self.release()
+            return True
+        with clients:
+            if not _try_lock(clients, exclusive=True):
+                return False
+            self.release()  # before the clients lock: see the module's docstring
+            return True
+
+    def release(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+
+def wait_for_clients_to_leave(
+    presence: WorkerPresence,
+    stop: threading.Event,
+    drained: Any,
+    linger: float,
+) -> None:
+    """Until ``stop``: look for app processes every :data:`CHECK_EVERY` seconds; once none is
+    left, wait up to ``linger`` seconds for ``drained()`` (what they stored is delivered), then
+    set ``stop``."""
+    try:
+        while not stop.wait(CHECK_EVERY):
+            if presence.clients_gone():
+                deadline = time.monotonic() + linger
+                while not drained() and time.monotonic() < deadline and not stop.wait(0.05):
+                    pass
+                break
+    except Exception:  # a bug: say so, and stop rather than stay without anyone to serve
+        logger.warning("capi-bridge: the delivery process stops", exc_info=True)
+    finally:
+        stop.set()

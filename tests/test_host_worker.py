@@ -1,0 +1,263 @@
+"""``delivery="process"`` (what ``auto`` means with SQLite): the app's processes start, share
+and let go one delivery process per outbox per host (:mod:`capi_bridge.delivery.host_worker`).
+
+Real processes and real locks: the delivery process is ``python -m capi_bridge.cli worker
+--managed`` started by the Bridge, sending to the fake Graph server; app processes are this
+test process or scripts in subprocesses. Waits are conditions with deadlines, never sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.delivery_worker import make_event
+from helpers.waiting import until
+
+from capi_bridge import settings as settings_module
+from capi_bridge.bridge import Bridge
+from capi_bridge.cli_worker import serve
+from capi_bridge.delivery import host_worker
+from capi_bridge.delivery.host_worker import Child, WorkerTender, worker_running
+from capi_bridge.errors import ConfigError
+from capi_bridge.settings import Settings
+from capi_bridge.testing import FakeGraph
+
+
+def delivered_ids(fake_graph: FakeGraph) -> list[str]:
+    return sorted(str(e["event_id"]) for e in fake_graph.events)
+
+
+def worker_child(bridge: Bridge) -> Child:
+    tender = bridge._tender
+    assert tender is not None and tender._child is not None
+    return tender._child
+
+
+def test_auto_is_a_process_with_sqlite_and_threads_with_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings_module, "AUTO_DELIVERY", "process")  # the suite sets thread
+    sqlite = Settings(pixel_id="1", access_token="t", outbox_path="o.sqlite3")
+    assert sqlite.delivery == "auto" and sqlite.delivery_mode == "process"
+    pg = Settings(pixel_id="1", access_token="t", outbox_url="postgresql://db/shop")
+    assert pg.delivery_mode == "thread"
+    for mode in ("thread", "worker"):
+        assert Settings(pixel_id="1", access_token="t", delivery=mode).delivery_mode == mode
+
+
+def test_process_needs_a_sqlite_outbox_and_a_known_name_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"delivery.*SQLite outbox.*use worker"):
+        Settings(pixel_id="1", access_token="t", delivery="process", outbox_url="postgresql://db/x")
+    with pytest.raises(ConfigError, match="'proces' is not auto, process, thread or worker"):
+        Settings(pixel_id="1", access_token="t", delivery="proces")
+
+
+def test_the_app_stores_a_process_of_its_own_delivers_and_leaves_with_the_app(
+    make_bridge: Callable[..., Bridge], fake_graph: FakeGraph
+) -> None:
+    app = make_bridge(delivery="process")
+    ids = app.enqueue_many(make_event(i) for i in range(30))
+    ids.append(app.enqueue(make_event(30)))
+    dispatcher = app._dispatcher
+    assert dispatcher is not None and not dispatcher.delivers  # this process only stores
+    child = worker_child(app)
+    assert app.flush(30)  # the delivery process's deliveries settle our rows
+    assert delivered_ids(fake_graph) == sorted(ids)
+    path = app.settings.outbox_path
+    assert path is not None and worker_running(path)
+    assert app.close(0) is True
+    assert child.wait(30) == 0  # no app process left, nothing left to send: it goes
+    assert not worker_running(path)
+
+
+def test_its_settings_travel_on_a_pipe_never_in_its_command_line_or_environment(
+    make_bridge: Callable[..., Bridge],
+) -> None:
+    app = make_bridge(delivery="process", access_token="secret-token-of-the-shop")
+    app.enqueue(make_event(1))
+    child = worker_child(app)
+    until(
+        lambda: worker_running(str(app.settings.outbox_path)),
+        timeout=30,
+        what="the delivery process never took its lock",
+    )
+    for name in ("cmdline", "environ"):
+        assert b"secret-token-of-the-shop" not in Path(f"/proc/{child.pid}/{name}").read_bytes()
+    assert b"--managed" in Path(f"/proc/{child.pid}/cmdline").read_bytes()
+
+
+def test_what_an_app_process_stored_before_exiting_is_sent_after_it_is_gone(
+    fake_graph: FakeGraph, outbox_path: str, tmp_path: Path
+) -> None:
+    """A script enqueues and exits at once: no flush, no close, no wait for Meta at exit.
+    The delivery process it started sends the events, then exits too."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from capi_bridge.bridge import Bridge
+            from capi_bridge.settings import Settings
+            from helpers.delivery_worker import make_event
+            bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",
+                graph_url={fake_graph.url!r}, outbox_path={outbox_path!r}, linger=0.02,
+                delivery="process", close_timeout=600))
+            bridge.enqueue_many(make_event(i, "gone") for i in range(20))
+            """
+        )
+    )
+    helpers = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    until(
+        lambda: len(fake_graph.events) == 20,
+        timeout=30,
+        what="the events of the process that exited were not delivered",
+    )
+    until(
+        lambda: not worker_running(outbox_path),
+        timeout=30,
+        what="the delivery process stayed after the app had gone",
+    )
+    assert delivered_ids(fake_graph) == sorted(f"gone-{i}" for i in range(20))
+
+
+def test_app_processes_that_exit_at_once_share_one_process_and_nothing_is_sent_twice(
+    fake_graph: FakeGraph, outbox_path: str
+) -> None:
+    """Three app processes store 1,500 events each, 300 of them the same in all three, and
+    exit without close() (no flush at exit: the delivery process sends after they are gone)."""
+    script = Path(__file__).parent / "helpers" / "delivery_worker.py"
+    env = dict(os.environ, CAPI_BRIDGE_DELIVERY="process")
+    args = [sys.executable, str(script), "produce", outbox_path, fake_graph.url]
+    apps = [subprocess.Popen([*args, f"w{n}", "1500", "300"], env=env) for n in range(3)]
+    assert [app.wait(60) for app in apps] == [0, 0, 0]
+    expected = {f"w{n}-{i}" for n in range(3) for i in range(1500)}
+    expected |= {f"shared-{i}" for i in range(300)}
+    until(
+        lambda: len(fake_graph.events) >= len(expected),
+        timeout=60,
+        what="the events of the app processes that exited were not all delivered",
+    )
+    until(lambda: not worker_running(outbox_path), timeout=60, what="the process stayed")
+    sent = [str(e["event_id"]) for e in fake_graph.events]
+    assert set(sent) == expected and len(sent) == len(expected)  # each once
+
+
+def test_two_app_processes_share_one_delivery_process(
+    make_bridge: Callable[..., Bridge], fake_graph: FakeGraph
+) -> None:
+    """Two Bridges on one outbox (as two gunicorn workers would be): one delivery process,
+    which stays while either remains and leaves after both."""
+    first = make_bridge(delivery="process")
+    first.enqueue(make_event(1, "first"))
+    child = worker_child(first)
+    path = str(first.settings.outbox_path)
+    until(lambda: worker_running(path), timeout=30, what="no delivery process took its lock")
+    second = make_bridge(delivery="process")
+    second.enqueue(make_event(2, "second"))
+    assert second._tender is not None and second._tender._child is None  # it found one
+    assert first.flush(30) and second.flush(30)
+    first.close(0)
+    assert second.flush(30) is True and child.poll() is None  # still here for the second
+    second.enqueue(make_event(3, "second"))
+    assert second.flush(30)
+    second.close(0)
+    assert child.wait(30) == 0
+    assert delivered_ids(fake_graph) == ["first-1", "second-2", "second-3"]
+
+
+def test_a_delivery_process_that_dies_is_replaced_and_nothing_is_lost(
+    make_bridge: Callable[..., Bridge], fake_graph: FakeGraph
+) -> None:
+    app = make_bridge(delivery="process")
+    app.enqueue(make_event(1))
+    assert app.flush(30)
+    child = worker_child(app)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    app.enqueue(make_event(2))  # stored while no process delivers
+    assert app.flush(30)  # the next idle pass (within a second) starts another
+    assert delivered_ids(fake_graph) == ["ev-1", "ev-2"]
+    assert worker_child(app).pid != child.pid
+
+
+def test_a_site_run_worker_holds_the_lock_and_the_app_starts_none(
+    make_bridge: Callable[..., Bridge],
+    delivery_settings: Callable[..., Settings],
+    fake_graph: FakeGraph,
+) -> None:
+    stop = threading.Event()
+    ready = threading.Event()
+    runner = threading.Thread(
+        target=serve, args=(delivery_settings(delivery="worker"), stop, lambda _: ready.set())
+    )
+    runner.start()
+    try:
+        assert ready.wait(30)
+        app = make_bridge(delivery="process")
+        app.enqueue(make_event(1))
+        assert app.flush(30)
+        assert app._tender is not None and app._tender._child is None
+        assert delivered_ids(fake_graph) == ["ev-1"]
+    finally:
+        stop.set()
+        runner.join(30)
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false"])
+def test_a_delivery_process_that_cannot_start_leaves_delivery_to_a_thread(
+    make_bridge: Callable[..., Bridge],
+    fake_graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    executable: str,
+) -> None:
+    """No interpreter to start (an OSError), or one that fails at once (exit status 1, three
+    times in a row): the app process delivers in its own thread, and says why."""
+    monkeypatch.setattr(host_worker.sys, "executable", executable)
+    app = make_bridge(delivery="process")
+    dispatcher = app._running()
+    assert dispatcher is not None
+    dispatcher.idle_poll = 0.05  # look again soon after each failed start
+    app.enqueue(make_event(1))
+    assert app.flush(30)
+    assert dispatcher.delivers and delivered_ids(fake_graph) == ["ev-1"]
+    assert "delivers in a thread instead" in caplog.text
+    assert all(
+        record.levelname == "WARNING" for record in caplog.records if "thread" in record.message
+    )
+
+
+def test_a_delivery_process_whose_outbox_folder_is_deleted_stops(
+    make_bridge: Callable[..., Bridge], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A demo's temporary folder removed under a running app: the delivery process does not
+    stay behind for ever, and the app process says nothing at ERROR level about it."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    app = make_bridge(delivery="process", outbox_path=str(folder / "outbox.sqlite3"))
+    app.enqueue(make_event(1))
+    assert app.flush(30)
+    child = worker_child(app)
+    shutil.rmtree(folder)
+    assert child.wait(30) == 0
+    dispatcher = app._dispatcher
+    assert dispatcher is not None and dispatcher.tend is not None and dispatcher.tend()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_the_tender_of_a_closed_bridge_starts_nothing(outbox_path: str) -> None:
+    tender = WorkerTender(
+        Settings(pixel_id="1", access_token="t", outbox_path=outbox_path, delivery="process")
+    )
+    tender.close()
+    assert tender.tend() is True and tender._child is None
