@@ -331,21 +331,23 @@ def backlog(url: str, where_json: str, n: int) -> int:
             batch = [_event(i, "backlog") for i in range(start, min(n, start + 1000))]
             bridge.enqueue_many(batch)
         stored = time.perf_counter() - started
-        rss_down = peak_rss_mb() + peak_rss_mb(delivery_pid(bridge))
+        app_down, delivery_down = peak_rss_mb(), peak_rss_mb(delivery_pid(bridge))
     finally:
         control(url, "up")
     recovered = time.perf_counter()
     wait_acknowledged(url, base + n, timeout=3600)
     drain = time.perf_counter() - recovered
-    rss = peak_rss_mb() + peak_rss_mb(delivery_pid(bridge))
+    app, delivery = peak_rss_mb(), peak_rss_mb(delivery_pid(bridge))
     bridge.close(10)
     print(
         json.dumps(
             {
                 "events": n,
                 "store_s": stored,
-                "peak_rss_mb_down": rss_down,
-                "peak_rss_mb": rss,
+                "peak_rss_mb_down": app_down + delivery_down,
+                "peak_rss_mb": app + delivery,
+                "peak_rss_mb_app": app,
+                "peak_rss_mb_delivery": delivery,
                 "drain_s": drain,
             }
         ),

@@ -1,13 +1,13 @@
 """``capi-bridge worker``: delivery in a process of its own, beside the app's processes.
 
-By default every app process delivers what it stores in a thread of its own
-(``CAPI_BRIDGE_DELIVERY=thread``): nothing else to run. That thread shares the process's GIL
-with the request threads, so a process that stores events as fast as it can (a bulk
-``enqueue_many`` import) spends part of its time waiting for it: measured with
-``benchmarks/delivery.py --dispatcher worker``, ``enqueue_many`` went from 2.3x to 3.5x the
-throughput of Meta's SDK at its best. With ``CAPI_BRIDGE_DELIVERY=worker`` the app's processes
-only store (durably, as always) and one ``capi-bridge worker`` per outbox delivers: per host
-for a SQLite outbox, or any number of them, on any hosts, for a PostgreSQL one.
+With a SQLite outbox the app's processes start one themselves (``delivery="auto"``, see
+:mod:`capi_bridge.delivery.host_worker`: that one runs this command with ``--managed``).
+Run it yourself with ``CAPI_BRIDGE_DELIVERY=worker`` in the app: any number of them, on any
+hosts, for a PostgreSQL outbox (where ``auto`` means a thread in each app process), or one per
+host under a supervisor of your own (systemd, a Procfile). The app's processes only store,
+durably as always; the worker delivers (and ingests the app processes' journals). Why a
+process at all: the thread a process would deliver from shares its GIL with the request
+threads (``benchmarks/delivery.py --dispatcher thread`` against ``process``).
 
 The worker reads the same settings as the app (``CAPI_BRIDGE_*`` in its environment; the same
 outbox, pixel and token), claims with the same leases, and stops on SIGTERM or Ctrl-C after

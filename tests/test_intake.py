@@ -168,6 +168,29 @@ def test_a_live_journal_is_never_deleted_and_rotation_seals_the_old_one(
     assert reader.query("SELECT count(*) FROM outbox")[0][0] == 13
 
 
+def test_a_pass_reads_at_most_the_read_limit_of_all_files_together(
+    outbox_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many files wait (a delivery process behind a bulk import), one transaction
+    reads at most READ_LIMIT bytes of them all; the next passes read the rest, in order."""
+    monkeypatch.setattr(journal_module, "ROTATE", 1)  # a file per record
+    writer, reader = Outbox(outbox_path), Outbox(outbox_path)
+    for i in range(10):
+        writer.append(rows(3, prefix=f"r{i}-"), NOW)
+    sizes = [
+        os.path.getsize(os.path.join(writer.journal.directory, n)) for n in journal_files(writer)
+    ]
+    assert len(sizes) == 10 and len(set(sizes)) == 1
+    monkeypatch.setattr(sqlite_intake, "READ_LIMIT", 3 * sizes[0])  # three records a pass
+    passes = []
+    while len(passes) < 10 and (read := reader.ingest()):
+        passes.append(read)
+    assert passes == [9, 9, 9, 3]
+    ids = [row[0] for row in stored(reader)]
+    assert ids == [f"r{i}-{j}" for i in range(10) for j in range(3)]
+    assert len(journal_files(writer)) == 1  # the sealed ones are gone, the live one stays
+
+
 def test_closing_the_store_ingests_and_removes_its_journal(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
     outbox.append(rows(3), NOW)

@@ -14,14 +14,13 @@ Each reply becomes one decision in :class:`~capi_bridge.delivery.outcomes.Settle
 pixel's circuit and keep the events. The loop never dies: an unexpected exception is logged and
 the loop goes on after a pause, with the events still in the outbox. It also writes what the
 request path could not (observations noted during a render, rows taken while the outbox was
-unavailable: :mod:`capi_bridge.delivery.buffer`). A thread by default, so there is nothing else
-to run; with ``delivery="worker"`` a ``capi-bridge worker`` process delivers instead and this
-loop only writes what waits in memory (:mod:`capi_bridge.cli_worker`). Measured side by side
-(``benchmarks/delivery.py --dispatcher worker``), the worker is faster on a busy 2-core host,
-for events stored one by one and in bulk alike (its GIL and its CPU are its own); the thread
-stays the default all the same, because it needs nothing else to run, and it is well past the
-SDK's best there too. Each pass begins by moving every process's journaled rows into the
-outbox (:mod:`capi_bridge.delivery.sqlite_intake`), so the request path never writes SQLite.
+unavailable: :mod:`capi_bridge.delivery.buffer`). It delivers in the app's process with
+``delivery="thread"``; otherwise a delivery process does (one the app's processes start,
+:mod:`capi_bridge.delivery.host_worker`, or a ``capi-bridge worker``), faster on a busy host
+because its GIL is its own, and this loop only writes what waits in memory and, through
+``tend``, keeps that process running. Each pass begins by moving every process's journaled
+rows into the outbox (:mod:`capi_bridge.delivery.sqlite_intake`), so the request path never
+writes SQLite.
 """
 
 from __future__ import annotations

@@ -62,9 +62,12 @@ ROTATE = 4 << 20
 #: (``benchmarks/delivery.py``: ``enqueue_many`` 4.3x the SDK's best).
 MAX_RECORD = 1 << 20
 MAX_BULK_RECORD = 8 << 20
-#: Ingestion reads at most this much of one file per transaction (bounded memory; more than
-#: the largest record, so every read makes progress).
-READ_LIMIT = 16 << 20
+#: Ingestion reads at most this much per transaction, all files together: more than the
+#: largest record, so every pass makes progress, and no more, because a pass holds a few
+#: copies of what it read. Per file, a delivery process behind a fast bulk import read every
+#: waiting file at once (Python's heap at 450 MB); with 16 MB for all files it peaked at
+#: 123 MB RSS, with 9 MB at 86 MB (``benchmarks/delivery.py``'s million-event backlog).
+READ_LIMIT = 9 << 20
 SUFFIX = ".log"
 
 _HEAD = struct.Struct("<III")  # the first format: body length, crc32(body), rows in the body
@@ -270,7 +273,7 @@ def open_journal(path: str) -> Opened | None:
     return Opened(fd, sealed, os.fstat(fd).st_size)
 
 
-def read_from(opened: Opened, offset: int) -> bytes:
-    """Up to :data:`READ_LIMIT` bytes of an opened journal from ``offset``."""
-    want = min(opened.size - offset, READ_LIMIT)
+def read_from(opened: Opened, offset: int, limit: int = READ_LIMIT) -> bytes:
+    """Up to ``limit`` bytes of an opened journal from ``offset``."""
+    want = min(opened.size - offset, limit)
     return os.pread(opened.fd, want, offset) if want > 0 else b""

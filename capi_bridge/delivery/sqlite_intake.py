@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from capi_bridge.delivery.journal import (
+    READ_LIMIT,
     Journal,
     frame,
     journals,
@@ -163,10 +164,15 @@ class SQLiteIntake:
                 payloads: list[bytes] = []
                 old: list[bytes] = []
                 count, complete = 0, True
+                budget = READ_LIMIT  # for all files: bounded memory however far behind
                 for name, handle in opened.items():
                     offset = int(offsets.get(_KEY + name, 0))
-                    data = read_from(handle, offset)
-                    whole = offset + len(data) == handle.size  # not cut at READ_LIMIT
+                    if budget <= 0:  # the rest waits for the next pass
+                        complete = False
+                        continue
+                    data = read_from(handle, offset, budget)
+                    budget -= len(data)
+                    whole = offset + len(data) == handle.size  # not cut at the budget
                     complete = complete and whole
                     parsed = parse(data)
                     heads += parsed.rows
@@ -195,7 +201,7 @@ class SQLiteIntake:
                 added += _insert(c, joined_old) if old else 0
                 if added < count:
                     c.execute(COUNT_DEDUP, (count - added,))
-            if complete:  # else a read stopped at READ_LIMIT: the next read comes back for more
+            if complete:  # else a read stopped at READ_LIMIT: the next pass comes back for more
                 journal.ingested = seen
             known.update(reached)
             for name in done:  # after the commit: its rows are in the outbox now
