@@ -213,16 +213,32 @@ def test_a_site_run_worker_holds_the_lock_and_the_app_starts_none(
         runner.join(30)
 
 
-@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false"])
+@pytest.mark.parametrize(
+    ("executable", "why"),
+    [
+        ("/nonexistent/python3", "No such file"),
+        ("/usr/local/bin/uwsgi", "(/usr/local/bin/uwsgi) is not a Python to start"),
+        ("failing/python", "it exited with status 1 3 times in a row"),
+    ],
+)
 def test_a_delivery_process_that_cannot_start_leaves_delivery_to_a_thread(
     make_bridge: Callable[..., Bridge],
     fake_graph: FakeGraph,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
     executable: str,
+    why: str,
 ) -> None:
-    """No interpreter to start (an OSError), or one that fails at once (exit status 1, three
-    times in a row): the app process delivers in its own thread, and says why."""
+    """No interpreter to start (an OSError), an executable that is not Python (uWSGI's
+    sys.executable is uWSGI), or one that fails at once (exit status 1, three times in a
+    row): the app process delivers in its own thread, and says why."""
+    if executable.startswith("failing/"):
+        script = tmp_path / executable
+        script.parent.mkdir()
+        script.write_text("#!/bin/sh\nexit 1\n")
+        script.chmod(0o755)
+        executable = str(script)
     monkeypatch.setattr(host_worker.sys, "executable", executable)
     app = make_bridge(delivery="process")
     dispatcher = app._running()
@@ -231,7 +247,8 @@ def test_a_delivery_process_that_cannot_start_leaves_delivery_to_a_thread(
     app.enqueue(make_event(1))
     assert app.flush(30)
     assert dispatcher.delivers and delivered_ids(fake_graph) == ["ev-1"]
-    assert "delivers in a thread instead" in caplog.text
+    assert why in caplog.text
+    assert "delivers in a thread instead (delivery=thread says so)" in caplog.text
     assert all(
         record.levelname == "WARNING" for record in caplog.records if "thread" in record.message
     )

@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 import sys
 import threading
 import time
@@ -49,6 +50,9 @@ except ImportError:  # pragma: no cover - Windows: Settings never resolves "proc
     fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("capi_bridge.delivery")
+
+#: What ``sys.executable`` is called when it is an interpreter (python3.12, pypy3, python.exe).
+_PYTHON = re.compile(r"(python|pypy)[0-9.]*(\.exe)?", re.IGNORECASE)
 
 #: How often an app process looks for its worker, and a worker for app processes.
 CHECK_EVERY = 1.0
@@ -138,8 +142,9 @@ class WorkerTender:
                     self._failed, self._why = MAX_FAILED_STARTS, str(exc)
             logger.warning(
                 "capi-bridge: the delivery process could not start (%s; its log, if any, is "
-                "above); this process delivers in a thread instead",
+                "above); this process delivers in a thread instead (%s=thread says so)",
                 self._why,
+                self.settings.name_of("delivery"),
             )
             return False
 
@@ -190,6 +195,9 @@ def spawn(settings: Settings) -> Child:
     server does not cut delivery short, and writes its log to the app's standard error. It
     inherits no other descriptor (Python opens files non-inheritable): above all not this
     process's hold on the clients lock."""
+    if getattr(sys, "frozen", False) or not _PYTHON.match(os.path.basename(sys.executable)):
+        # uWSGI, mod_wsgi or a frozen app: sys.executable is not an interpreter to run -m with
+        raise OSError(f"sys.executable ({sys.executable or 'empty'}) is not a Python to start")
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
