@@ -47,7 +47,7 @@ from capi_bridge.clock import ClockSkew, ClockWatch
 from capi_bridge.delivery import store_for
 from capi_bridge.delivery.buffer import Pending, RowBuffer
 from capi_bridge.delivery.dispatcher import Dispatcher
-from capi_bridge.delivery.host_worker import WorkerTender
+from capi_bridge.delivery.host_worker import WorkerTender, tender_for
 from capi_bridge.delivery.processes import current_pid, new_owner_id
 from capi_bridge.delivery.records import OutboxStats
 from capi_bridge.delivery.report import Diagnostics, compute
@@ -258,7 +258,7 @@ class Bridge(ConsentBridge, AsyncBridge):
                 return None
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.pid != os.getpid():
-                tender = self._tender_for_this_process()
+                tender = self._tender = tender_for(self.settings)  # delivery="process"
                 dispatcher = Dispatcher(
                     self.settings,
                     self.outbox,
@@ -275,20 +275,6 @@ class Bridge(ConsentBridge, AsyncBridge):
                     "delivery started in pid %d from %s", os.getpid(), self.outbox.location
                 )
             return dispatcher
-
-    def _tender_for_this_process(self) -> WorkerTender | None:
-        """With ``delivery="process"``: this process's presence beside the outbox, and a
-        delivery process started if none runs (see :mod:`capi_bridge.delivery.host_worker`)."""
-        if self.settings.delivery_mode != "process":
-            return None
-        try:
-            tender = WorkerTender(self.settings)
-        except OSError as exc:  # the outbox's folder refuses the lock files
-            logger.warning("capi-bridge: %s; this process delivers in a thread instead", exc)
-            return None
-        self._tender = tender
-        tender.tend()  # at once: the first events should not wait for the first idle pass
-        return tender
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what was accepted so far (partial batches too) within ``timeout`` seconds.

@@ -254,6 +254,20 @@ def test_a_delivery_process_that_cannot_start_leaves_delivery_to_a_thread(
     )
 
 
+def test_lock_files_the_folder_refuses_leave_delivery_to_a_thread(
+    make_bridge: Callable[..., Bridge],
+    fake_graph: FakeGraph,
+    outbox_path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    os.mkdir(outbox_path + "-clients.lock")  # cannot be opened as a file
+    app = make_bridge(delivery="process")
+    app.enqueue(make_event(1))
+    assert app.flush(30) and delivered_ids(fake_graph) == ["ev-1"]
+    assert app._tender is None and app._dispatcher is not None and app._dispatcher.delivers
+    assert "clients.lock" in caplog.text and "delivers in a thread instead" in caplog.text
+
+
 def test_a_delivery_process_whose_outbox_folder_is_deleted_stops(
     make_bridge: Callable[..., Bridge], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -87,7 +87,8 @@ class Dispatcher(Chores, Sending):
         #: Whether this loop delivers: otherwise a delivery process does (``delivery`` is
         #: "process" or "worker"), and this one only writes what waits in this process's
         #: memory (observations noted during a render, spilled rows).
-        self.delivers = settings.delivery_mode == "thread"
+        mode = settings.delivery_mode
+        self.delivers = mode == "thread" or (mode == "process" and tend is None)  # none set up
         self.tend = tend
         #: With nothing to do, look again after this long (a worker sets it lower).
         self.idle_poll = IDLE_POLL

@@ -89,6 +89,21 @@ def worker_running(outbox_path: str) -> bool:
 # --- the app process's side ---------------------------------------------------------------------
 
 
+def tender_for(settings: Settings) -> WorkerTender | None:
+    """With ``delivery="process"``: this process's presence beside the outbox, and a delivery
+    process started if none runs; None otherwise, or where the outbox's folder refuses the
+    lock files (a warning says so: this process delivers in a thread)."""
+    if settings.delivery_mode != "process":
+        return None
+    try:
+        tender = WorkerTender(settings)
+    except OSError as exc:
+        logger.warning("capi-bridge: %s; this process delivers in a thread instead", exc)
+        return None
+    tender.tend()  # at once: the first events should not wait for the first idle pass
+    return tender
+
+
 class WorkerTender:
     """An app process's part: say "I am here" (the shared clients lock, held until
     :meth:`close` or the process's end) and keep a worker running (:meth:`tend`)."""
