@@ -229,6 +229,12 @@ def spawn(settings: Settings) -> Child:
             ],
             setsid=True,
         )
+    except NotImplementedError as exc:  # a platform without POSIX_SPAWN_SETSID
+        os.close(write)
+        raise OSError(f"cannot start a process in a session of its own here ({exc})") from exc
+    except OSError:
+        os.close(write)
+        raise
     finally:
         os.close(read)
     with contextlib.suppress(OSError), open(write, "wb") as pipe:  # OSError: it died at once
