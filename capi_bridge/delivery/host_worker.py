@@ -3,9 +3,10 @@ delivery process per outbox per host, share it, and let it go when the last of t
 
 Why a process: a dispatcher thread shares its process's GIL with the request threads, and
 CPython hands the GIL over only every 5 ms, so a process that stores events as fast as it can
-starves the thread that sends them (``benchmarks/delivery.py``: ``enqueue_many`` reached 2.9x
-Meta's SDK at its best with the thread, 4.3x with a process of its own). ``capi-bridge worker``
-already did that, but someone had to run it; here nobody has to.
+starves the thread that sends them (``benchmarks/delivery.py``, the same day: ``enqueue_many``
+3.05x Meta's SDK at its best with the thread, 4.26x with a process of its own; ``enqueue``
+1.96x and 3.06x). ``capi-bridge worker`` already did that, but someone had to run it; here
+nobody has to.
 
 Two lock files beside the outbox (``flock``, so the kernel drops a lock when its process dies,
 however it dies) say who is there:
@@ -51,8 +52,8 @@ except ImportError:  # pragma: no cover - Windows: Settings never resolves "proc
 
 logger = logging.getLogger("capi_bridge.delivery")
 
-#: What ``sys.executable`` is called when it is an interpreter (python3.12, pypy3, python.exe).
-_PYTHON = re.compile(r"(python|pypy)[0-9.]*(\.exe)?", re.IGNORECASE)
+#: What ``sys.executable`` is called when it is an interpreter (python3.13t, pypy3, python.exe).
+_PYTHON = re.compile(r"(python|pypy)[0-9.]*[dmt]?(\.exe)?", re.IGNORECASE)
 
 #: How often an app process looks for its worker, and a worker for app processes.
 CHECK_EVERY = 1.0
@@ -210,7 +211,7 @@ def spawn(settings: Settings) -> Child:
     server does not cut delivery short, and writes its log to the app's standard error. It
     inherits no other descriptor (Python opens files non-inheritable): above all not this
     process's hold on the clients lock."""
-    if getattr(sys, "frozen", False) or not _PYTHON.match(os.path.basename(sys.executable)):
+    if getattr(sys, "frozen", False) or not _PYTHON.fullmatch(os.path.basename(sys.executable)):
         # uWSGI, mod_wsgi or a frozen app: sys.executable is not an interpreter to run -m with
         raise OSError(f"sys.executable ({sys.executable or 'empty'}) is not a Python to start")
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
