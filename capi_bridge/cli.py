@@ -222,9 +222,25 @@ def _cmd_outbox_stats(args: argparse.Namespace) -> int:
         print(f"  clock        the clock{host} is {clock.describe()} ({_when(now - clock.at)} ago)")
         if clock.off:
             print(f"  Fix the clock: {FIX}.")
+    if outbox.local:
+        print(f"  delivery     {_deliverer(outbox.location)}")
     if stats.dead:
         print("Dead letters: `capi-bridge outbox dead`; requeue after a fix with `retry-dead`.")
     return 0
+
+
+def _deliverer(outbox_path: str) -> str:
+    """Who sends this host's SQLite outbox: the process holding its worker lock, if any."""
+    from capi_bridge.delivery.host_worker import delivery_pid
+
+    pid = delivery_pid(outbox_path)
+    if pid is None:
+        return (
+            "no delivery process on this host (CAPI_BRIDGE_DELIVERY=auto or process: the app's "
+            "next event starts one; thread: each app process sends its own; worker: start "
+            "`capi-bridge worker`)"
+        )
+    return f"by process {pid or '?'} (a delivery process or `capi-bridge worker`)"
 
 
 def _cmd_outbox_dead(args: argparse.Namespace) -> int:

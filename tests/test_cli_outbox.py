@@ -75,6 +75,26 @@ def test_stats_text_and_json(filled: list[str], capsys: pytest.CaptureFixture[st
     assert (data["pending"], data["delivered"], data["dead"], data["deduplicated"]) == (1, 2, 2, 1)
 
 
+def test_stats_say_who_delivers_a_sqlite_outbox_on_this_host(
+    outbox_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from capi_bridge.delivery.host_worker import WorkerPresence, lock_paths
+
+    opened({"outbox_path": outbox_path}).close()
+    code, out = run(capsys, "stats", "--path", outbox_path)
+    assert code == 0 and "delivery     no delivery process on this host" in out
+    assert not os.path.exists(lock_paths(outbox_path)[0])  # stats only read: no file made
+    presence = WorkerPresence(outbox_path)
+    assert presence.claim()
+    try:
+        code, out = run(capsys, "stats", "--path", outbox_path)
+        assert f"delivery     by process {os.getpid()} (" in out
+    finally:
+        presence.release()
+    code, out = run(capsys, "stats", "--path", outbox_path)
+    assert "no delivery process on this host" in out
+
+
 def test_stats_show_events_held_for_consent(
     filled: list[str], store_target: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

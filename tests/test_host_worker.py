@@ -26,7 +26,7 @@ from capi_bridge import settings as settings_module
 from capi_bridge.bridge import Bridge
 from capi_bridge.cli_worker import serve
 from capi_bridge.delivery import host_worker
-from capi_bridge.delivery.host_worker import Child, WorkerTender, worker_running
+from capi_bridge.delivery.host_worker import Child, WorkerTender, delivery_pid, worker_running
 from capi_bridge.errors import ConfigError
 from capi_bridge.settings import Settings
 from capi_bridge.testing import FakeGraph
@@ -73,10 +73,10 @@ def test_the_app_stores_a_process_of_its_own_delivers_and_leaves_with_the_app(
     assert app.flush(30)  # the delivery process's deliveries settle our rows
     assert delivered_ids(fake_graph) == sorted(ids)
     path = app.settings.outbox_path
-    assert path is not None and worker_running(path)
+    assert path is not None and worker_running(path) and delivery_pid(path) == child.pid
     assert app.close(0) is True
     assert child.wait(30) == 0  # no app process left, nothing left to send: it goes
-    assert not worker_running(path)
+    assert not worker_running(path) and delivery_pid(path) is None
 
 
 def test_its_settings_travel_on_a_pipe_never_in_its_command_line_or_environment(

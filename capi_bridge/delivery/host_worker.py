@@ -81,6 +81,21 @@ def _try_lock(handle: IO[bytes], exclusive: bool) -> bool:
     return True
 
 
+def delivery_pid(outbox_path: str) -> int | None:
+    """The pid of the process delivering from the SQLite outbox at ``outbox_path`` on this
+    host (a delivery process, or a ``capi-bridge worker``: it writes its pid into the worker
+    lock), or None when none runs. Reads only: creates no lock file (``outbox stats``)."""
+    try:
+        handle = open(lock_paths(outbox_path)[0], "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return None
+    with handle:
+        if _try_lock(handle, exclusive=True):
+            return None
+        text = handle.read(32).strip()
+    return int(text) if text.isdigit() else 0
+
+
 def worker_running(outbox_path: str) -> bool:
     """Whether a process holds the outbox's worker lock (a worker delivers from it now)."""
     with _open(lock_paths(outbox_path)[0]) as handle:
@@ -274,6 +289,9 @@ class WorkerPresence:
         if not _try_lock(handle, exclusive=True):
             handle.close()
             return False
+        handle.truncate(0)  # who holds it, for `capi-bridge outbox stats`
+        handle.write(str(os.getpid()).encode())
+        handle.flush()
         self._worker = handle
         return True
 
