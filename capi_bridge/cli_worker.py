@@ -65,7 +65,7 @@ def serve(
     presence = None
     if settings.outbox_url is None and os.name == "posix" and settings.outbox_path:
         presence = WorkerPresence(settings.outbox_path)
-        if not presence.claim():
+        if not (presence.adopt() if managed else presence.claim()):
             if managed:  # another app process's worker won the race: it delivers
                 return True
             presence = None  # a second worker the site runs: leases keep the two apart

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,6 +152,111 @@ def test_app_processes_that_exit_at_once_share_one_process_and_nothing_is_sent_t
     until(lambda: not worker_running(outbox_path), timeout=60, what="the process stayed")
     sent = [str(e["event_id"]) for e in fake_graph.events]
     assert set(sent) == expected and len(sent) == len(expected)  # each once
+
+
+GUNICORN_APP = """
+import os
+from capi_bridge.bridge import Bridge
+from capi_bridge.settings import Settings
+from helpers.delivery_worker import make_event
+
+bridge = Bridge(Settings.from_env())  # --preload: built in the master, before the fork
+
+
+def app(environ, start_response):
+    bridge.enqueue(make_event(int(environ["QUERY_STRING"]), "g"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+GUNICORN_CONF = """
+import os
+
+
+def post_worker_init(worker):  # every worker stores one event: each is an app process
+    from shop import bridge, make_event
+
+    bridge.enqueue(make_event(0, f"boot{os.getpid()}"))
+"""
+
+
+def managed_processes_in(folder: Path) -> list[int]:
+    """Delivery processes started from ``folder`` (their working directory, inherited)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"worker\0--managed" in cmdline and cwd == str(folder):
+            found.append(int(entry.name))
+    return found
+
+
+def test_gunicorn_workers_share_one_delivery_process_which_outlives_them(
+    fake_graph: FakeGraph, outbox_path: str, tmp_path: Path
+) -> None:
+    """The real default (auto) under a pre-fork server: three gunicorn workers of a Bridge
+    built with --preload each store (one event as they boot, then requests); one delivery
+    process sends; after SIGTERM it sends what is left and goes."""
+    (tmp_path / "shop.py").write_text(GUNICORN_APP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    helpers = str(Path(__file__).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPI_BRIDGE_")}
+    env |= {
+        "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")]),
+        "CAPI_BRIDGE_PIXEL_ID": "1234567890",
+        "CAPI_BRIDGE_ACCESS_TOKEN": "test-token",
+        "CAPI_BRIDGE_GRAPH_URL": fake_graph.url,
+        "CAPI_BRIDGE_OUTBOX_PATH": outbox_path,
+        "CAPI_BRIDGE_LINGER": "0.02",
+    }
+    (tmp_path / "conf.py").write_text(GUNICORN_CONF)
+    args = ["-w", "3", "--preload", "-c", "conf.py", "-b", f"127.0.0.1:{port}", "shop:app"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *args],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        until(lambda: _answers(url), timeout=30, what="gunicorn never answered")
+        pids = {_get(f"{url}?{i}") for i in range(60)}
+        until(
+            lambda: len(fake_graph.events) >= 63,
+            timeout=30,
+            what="the workers' events were not all delivered",
+        )
+        assert len(managed_processes_in(tmp_path)) == 1  # three workers, one process
+        assert delivery_pid(outbox_path) in managed_processes_in(tmp_path)
+        assert os.getpid() not in pids
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 0, stderr.decode()
+    until(lambda: not managed_processes_in(tmp_path), timeout=30, what="it stayed behind")
+    sent = [str(e["event_id"]) for e in fake_graph.events]
+    assert sorted(e for e in sent if e.startswith("g-")) == sorted(f"g-{i}" for i in range(60))
+    assert len([e for e in sent if e.startswith("boot")]) == 3 and len(sent) == 63  # once
+    assert b"ERROR" not in stderr and b"Traceback" not in stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "?0", timeout=5).read()
+    except OSError:
+        return False
+    return True
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return int(reply.read())
 
 
 def test_two_app_processes_share_one_delivery_process(

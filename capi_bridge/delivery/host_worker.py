@@ -14,8 +14,8 @@ however it dies) say who is there:
 * ``<outbox>-worker.lock``: held exclusively by the delivering process. An app process that can
   take it finds no worker running, and starts one (``python -m capi_bridge.cli worker
   --managed``, its settings handed over on a pipe, never on the command line or in the
-  environment, where ``ps`` shows them). Two that race start two; the second one finds the lock
-  taken and exits at once.
+  environment, where ``ps`` shows them), handing it the lock it took: at no moment is the lock
+  free, so app processes that start together start one delivery process between them.
 * ``<outbox>-clients.lock``: held shared by every app process using the outbox. The worker
   tries to take it exclusively every :data:`CHECK_EVERY` seconds; once it can, no app process
   is left: it lets the worker lock go *before* the clients lock, so an app process that arrives
@@ -162,15 +162,17 @@ class WorkerTender:
                     self._why = f"it exited with status {code} {self._failed} times in a row"
                 else:
                     self._failed = 0
-            if worker_running(self._path):
-                self._failed = 0
-                return True
-            if self._failed < MAX_FAILED_STARTS:
-                try:
-                    self._child = spawn(self.settings)
+            lock = _open(lock_paths(self._path)[0])
+            with lock:  # closed once the child holds it too: the lock is then the child's
+                if not _try_lock(lock, exclusive=True):  # a worker runs, or is starting
+                    self._failed = 0
                     return True
-                except OSError as exc:
-                    self._failed, self._why = MAX_FAILED_STARTS, str(exc)
+                if self._failed < MAX_FAILED_STARTS:
+                    try:
+                        self._child = spawn(self.settings, lock.fileno())
+                        return True
+                    except OSError as exc:
+                        self._failed, self._why = MAX_FAILED_STARTS, str(exc)
             logger.warning(
                 "capi-bridge: the delivery process could not start (%s; its log, if any, is "
                 "above); this process delivers in a thread instead (%s=thread says so)",
@@ -218,14 +220,21 @@ class Child:
         return self.returncode
 
 
-def spawn(settings: Settings) -> Child:
-    """Start ``capi-bridge worker --managed`` with ``settings`` on its standard input.
+#: The descriptor a delivery process this package starts finds the worker lock on, held.
+LOCK_FD = 3
 
-    The child runs the same interpreter and imports this very package (its folder goes first
-    on ``PYTHONPATH``), starts a session of its own so that the Ctrl-C meant for a development
-    server does not cut delivery short, and writes its log to the app's standard error. It
-    inherits no other descriptor (Python opens files non-inheritable): above all not this
-    process's hold on the clients lock."""
+
+def spawn(settings: Settings, lock_fd: int) -> Child:
+    """Start ``capi-bridge worker --managed`` with ``settings`` on its standard input and the
+    worker lock, which ``lock_fd`` holds, on descriptor :data:`LOCK_FD`.
+
+    Handing the lock over (a flock belongs to the open file, which both then share) leaves no
+    moment when it is free, so app processes that start at once (gunicorn's workers) start one
+    delivery process, not one each. The child runs the same interpreter and imports this very
+    package (its folder goes first on ``PYTHONPATH``), starts a session of its own so that the
+    Ctrl-C meant for a development server does not cut delivery short, and writes its log to
+    the app's standard error. It inherits no other descriptor (Python opens files
+    non-inheritable): above all not this process's hold on the clients lock."""
     if getattr(sys, "frozen", False) or not _PYTHON.fullmatch(os.path.basename(sys.executable)):
         # uWSGI, mod_wsgi or a frozen app: sys.executable is not an interpreter to run -m with
         raise OSError(f"sys.executable ({sys.executable or 'empty'}) is not a Python to start")
@@ -234,14 +243,18 @@ def spawn(settings: Settings) -> Child:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "capi_bridge.cli", "worker", "--managed"]
     read, write = os.pipe()
+    # Above the descriptors the child gets, so no dup2 is a no-op that keeps close-on-exec.
+    sources = [_above(read, LOCK_FD), _above(lock_fd, LOCK_FD)]
+    os.close(read)
     try:
         pid = os.posix_spawn(
             sys.executable,
             argv,
             env,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, read, 0),
+                (os.POSIX_SPAWN_DUP2, sources[0], 0),
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, sources[1], LOCK_FD),
             ],
             setsid=True,
         )
@@ -252,11 +265,18 @@ def spawn(settings: Settings) -> Child:
         os.close(write)
         raise
     finally:
-        os.close(read)
+        for fd in sources:
+            os.close(fd)
     with contextlib.suppress(OSError), open(write, "wb") as pipe:  # OSError: it died at once
         pipe.write(pickle.dumps(settings_values(settings)))  # (tend() reads its exit status)
     logger.debug("capi-bridge: started the delivery process %d", pid)
     return Child(pid)
+
+
+def _above(fd: int, floor: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered above ``floor`` (same open file)."""
+    assert fcntl is not None
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor + 1)
 
 
 def settings_values(settings: Settings) -> dict[str, Any]:
@@ -289,11 +309,27 @@ class WorkerPresence:
         if not _try_lock(handle, exclusive=True):
             handle.close()
             return False
+        self._hold(handle)
+        return True
+
+    def adopt(self) -> bool:
+        """The worker lock :func:`spawn` handed over on :data:`LOCK_FD`, already held; or, if
+        that descriptor is not this outbox's worker lock, :meth:`claim`."""
+        try:
+            handed, ours = os.fstat(LOCK_FD), os.stat(self._paths[0])
+        except OSError:
+            return self.claim()
+        if (handed.st_dev, handed.st_ino) != (ours.st_dev, ours.st_ino):
+            return self.claim()
+        self._hold(open(LOCK_FD, "r+b"))  # noqa: SIM115 - held until release()
+        return True
+
+    def _hold(self, handle: IO[bytes]) -> None:
         handle.truncate(0)  # who holds it, for `capi-bridge outbox stats`
+        handle.seek(0)
         handle.write(str(os.getpid()).encode())
         handle.flush()
         self._worker = handle
-        return True
 
     def clients_gone(self) -> bool:
         """True (and the worker lock let go) once no app process holds the clients lock."""
