@@ -191,6 +191,27 @@ def test_a_pass_reads_at_most_the_read_limit_of_all_files_together(
     assert len(journal_files(writer)) == 1  # the sealed ones are gone, the live one stays
 
 
+def test_a_writer_that_keeps_ingestion_busy_does_not_hold_another_s_rows_back(
+    outbox_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes that read one record each: the writers take turns, so the one row of a second
+    writer is in the outbox by the second pass, not after the first writer's six."""
+    monkeypatch.setattr(journal_module, "ROTATE", 1)  # a file per record
+    busy, quiet, reader = Outbox(outbox_path), Outbox(outbox_path), Outbox(outbox_path)
+    busy.journal.prefix, quiet.journal.prefix = "1-busy-", "2-quiet-"  # busy's files first
+    for i in range(6):
+        busy.append(rows(1, prefix=f"busy{i}-"), NOW)
+    quiet.append(rows(1, prefix="quiet-"), NOW)
+    one = min(os.path.getsize(os.path.join(busy.journal.directory, n)) for n in journal_files(busy))
+    monkeypatch.setattr(sqlite_intake, "READ_LIMIT", one)
+    assert reader.ingest() == 1 and reader.ingest() == 1
+    assert "quiet-0" in [row[0] for row in stored(reader)]
+    while reader.ingest():
+        pass
+    busy_ids = [row[0] for row in stored(reader) if row[0].startswith("busy")]
+    assert busy_ids == [f"busy{i}-0" for i in range(6)]  # each writer's rows in its order
+
+
 def test_closing_the_store_ingests_and_removes_its_journal(outbox_path: str) -> None:
     outbox = Outbox(outbox_path)
     outbox.append(rows(3), NOW)

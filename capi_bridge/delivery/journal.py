@@ -69,6 +69,7 @@ MAX_BULK_RECORD = 8 << 20
 #: 123 MB RSS, with 9 MB at 86 MB (``benchmarks/delivery.py``'s million-event backlog).
 READ_LIMIT = 9 << 20
 SUFFIX = ".log"
+_SEQ_DIGITS = 6  # a journal file's sequence number, after its writer's prefix
 
 _HEAD = struct.Struct("<III")  # the first format: body length, crc32(body), rows in the body
 _SPLIT = struct.Struct("<IIIII")  # MAGIC, rows' JSON length, payloads' length, crc32, rows
@@ -226,7 +227,7 @@ class Journal:
     def _open_next(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._seq += 1
-        name = os.path.join(self.directory, f"{self.prefix}{self._seq:06d}")
+        name = os.path.join(self.directory, f"{self.prefix}{self._seq:0{_SEQ_DIGITS}d}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         fd = os.open(name + ".tmp", flags, 0o600)
         try:
@@ -237,6 +238,12 @@ class Journal:
             raise
         self._close()
         self._fd, self._size = fd, 0
+
+
+def writer_of(name: str) -> str:
+    """The prefix naming the process that wrote the journal file ``name`` (its files differ
+    in their sequence number only)."""
+    return name[: -(_SEQ_DIGITS + len(SUFFIX))]
 
 
 def journals(directory: str, prefix: str = "") -> list[str]:

@@ -34,6 +34,7 @@ from capi_bridge.delivery.journal import (
     open_journal,
     parse,
     read_from,
+    writer_of,
 )
 from capi_bridge.delivery.sqlite_schema import COUNT_DEDUP, INSERT_JSON_SQL, INSERT_SPLIT_SQL
 from capi_bridge.delivery.store import NewRow
@@ -56,6 +57,8 @@ _OFFSETS = "SELECT key, value FROM meta WHERE key >= ? AND key < ?"  # the 'inta
 
 class SQLiteIntake:
     """Mixed into :class:`~capi_bridge.delivery.sqlite_store.SQLiteStore`."""
+
+    _turn = 0  # which writer's journals the next pass reads first (see in_turn)
 
     if TYPE_CHECKING:
         path: str
@@ -148,8 +151,9 @@ class SQLiteIntake:
         journal = self.journal
         known = journal.known
         opened = {}
+        self._turn += 1
         try:
-            for name in names:
+            for name in in_turn(names, self._turn):
                 handle = open_journal(os.path.join(journal.directory, name))
                 if handle is not None:
                     opened[name] = handle
@@ -285,3 +289,15 @@ def _has_json_functions() -> bool:
 #: before) and window functions (3.25): without them, events are stored directly, with no
 #: journal.
 JSON_FUNCTIONS = _has_json_functions()
+
+
+def in_turn(names: list[str], turn: int) -> list[str]:
+    """Journal ``names`` (sorted: each writer's files oldest first) with the writers taken in
+    turn from the ``turn``-th: a pass reads at most ``READ_LIMIT``, so a process that writes
+    faster than ingestion must not hold another's rows back for as long as it goes on."""
+    writers = sorted({writer_of(name) for name in names})
+    if len(writers) < 2:
+        return names
+    first = turn % len(writers)
+    place = {writer: (i - first) % len(writers) for i, writer in enumerate(writers)}
+    return sorted(names, key=lambda name: (place[writer_of(name)], name))
