@@ -41,6 +41,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from capi_bridge.settings import Settings
@@ -353,7 +354,7 @@ class WorkerPresence:
 def wait_for_clients_to_leave(
     presence: WorkerPresence,
     stop: threading.Event,
-    drained: Any,
+    drained: Callable[[], bool],
     linger: float,
 ) -> None:
     """Until ``stop``: look for app processes every :data:`CHECK_EVERY` seconds; once none is
