@@ -375,6 +375,24 @@ def test_lock_files_the_folder_refuses_leave_delivery_to_a_thread(
     assert "clients.lock" in caplog.text and "delivers in a thread instead" in caplog.text
 
 
+def test_a_worker_lock_it_may_not_open_leaves_delivery_to_a_thread_and_pages_unharmed(
+    make_bridge: Callable[..., Bridge],
+    fake_graph: FakeGraph,
+    outbox_path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The clients lock opens but the worker lock does not (a file of another user's, say):
+    the first event still returns (the request path never raises for it), and the process
+    delivers in its own thread."""
+    os.mkdir(outbox_path + "-worker.lock")  # opening it for writing fails: IsADirectoryError
+    app = make_bridge(delivery="process")
+    app.enqueue(make_event(1))
+    assert app.flush(30) and delivered_ids(fake_graph) == ["ev-1"]
+    assert app._dispatcher is not None and app._dispatcher.delivers
+    assert "worker.lock" in caplog.text and "delivers in a thread instead" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_a_delivery_process_whose_outbox_folder_is_deleted_stops(
     make_bridge: Callable[..., Bridge], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

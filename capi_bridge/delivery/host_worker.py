@@ -99,8 +99,7 @@ def delivery_pid(outbox_path: str) -> int | None:
 
 def worker_running(outbox_path: str) -> bool:
     """Whether a process holds the outbox's worker lock (a worker delivers from it now)."""
-    with _open(lock_paths(outbox_path)[0]) as handle:
-        return not _try_lock(handle, exclusive=True)  # closing the file lets it go again
+    return delivery_pid(outbox_path) is not None
 
 
 # --- the app process's side ---------------------------------------------------------------------
@@ -145,6 +144,13 @@ class WorkerTender:
             return self._tend()
         except FileNotFoundError:  # the outbox's folder is gone: the store says so itself
             return True
+        except OSError as exc:  # the worker lock refused (its permissions): never a 5xx
+            logger.warning(
+                "capi-bridge: %s; this process delivers in a thread instead (%s=thread says so)",
+                exc,
+                self.settings.name_of("delivery"),
+            )
+            return False
 
     def _tend(self) -> bool:
         with self._lock:
