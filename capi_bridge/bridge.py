@@ -26,8 +26,8 @@ drops those that waited longer than ``held_ttl``.
 
 Lifecycle: the dispatcher starts lazily on the first ``enqueue``/``flush`` of each process, so a
 ``Bridge`` built before a fork (gunicorn ``--preload``) works in every worker. ``close()`` and
-interpreter exit flush a thread's events within a bound (a delivery process goes on after the
-app's, so they wait for nothing); what is left stays in the outbox for the next start.
+interpreter exit flush within a bound (a delivery process then stays to send what is left,
+for as long again); what is left after that stays in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -297,9 +297,9 @@ class Bridge(ConsentBridge, AsyncBridge):
         """Flush within ``timeout`` (default ``close_timeout``), then stop the dispatcher.
 
         Returns whether everything was flushed. Events left over stay in the outbox and are
-        sent by the next start; an ``enqueue`` after ``close`` still stores durably. Where a
-        delivery process sends (``delivery`` "process" or "worker"), nothing is waited for:
-        what is stored is its to send (call :meth:`flush` first to wait for it).
+        sent by the next start; an ``enqueue`` after ``close`` still stores durably. With
+        ``delivery="worker"`` nothing is waited for: what is stored is the worker's to send
+        (call :meth:`flush` first to wait for it).
         """
         timeout = self.settings.close_timeout if timeout is None else timeout
         with self._lock:

@@ -97,11 +97,14 @@ def test_its_settings_travel_on_a_pipe_never_in_its_command_line_or_environment(
     assert b"--managed" in Path(f"/proc/{child.pid}/cmdline").read_bytes()
 
 
-def test_what_an_app_process_stored_before_exiting_is_sent_after_it_is_gone(
-    fake_graph: FakeGraph, outbox_path: str, tmp_path: Path
+@pytest.mark.parametrize("close_timeout", [600, 0])
+def test_a_script_that_stores_and_ends_at_once_has_its_events_sent(
+    fake_graph: FakeGraph, outbox_path: str, tmp_path: Path, close_timeout: int
 ) -> None:
-    """A script enqueues and exits at once: no flush, no close, no wait for Meta at exit.
-    The delivery process it started sends the events, then exits too."""
+    """A script enqueues and ends: no flush, no close. Its exit waits for its own events, as
+    with a thread (``close_timeout``: a container stopping with the app takes the delivery
+    process along); with ``close_timeout=0`` it waits for nothing, and the delivery process
+    sends them after it is gone. Either way the delivery process then goes too."""
     script = tmp_path / "app.py"
     script.write_text(
         textwrap.dedent(
@@ -111,7 +114,7 @@ def test_what_an_app_process_stored_before_exiting_is_sent_after_it_is_gone(
             from helpers.delivery_worker import make_event
             bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",
                 graph_url={fake_graph.url!r}, outbox_path={outbox_path!r}, linger=0.02,
-                delivery="process", close_timeout=600))
+                delivery="process", close_timeout={close_timeout}))
             bridge.enqueue_many(make_event(i, "gone") for i in range(20))
             """
         )
@@ -119,6 +122,8 @@ def test_what_an_app_process_stored_before_exiting_is_sent_after_it_is_gone(
     helpers = str(Path(__file__).parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    if close_timeout:
+        assert len(fake_graph.events) == 20  # sent before the script's exit returned
     until(
         lambda: len(fake_graph.events) == 20,
         timeout=30,
@@ -136,7 +141,7 @@ def test_app_processes_that_exit_at_once_share_one_process_and_nothing_is_sent_t
     fake_graph: FakeGraph, outbox_path: str
 ) -> None:
     """Three app processes store 1,500 events each, 300 of them the same in all three, and
-    exit without close() (no flush at exit: the delivery process sends after they are gone)."""
+    exit without close(): each exit waits for its own events, sent by the one process."""
     script = Path(__file__).parent / "helpers" / "delivery_worker.py"
     env = dict(os.environ, CAPI_BRIDGE_DELIVERY="process")
     args = [sys.executable, str(script), "produce", outbox_path, fake_graph.url]
@@ -144,11 +149,7 @@ def test_app_processes_that_exit_at_once_share_one_process_and_nothing_is_sent_t
     assert [app.wait(60) for app in apps] == [0, 0, 0]
     expected = {f"w{n}-{i}" for n in range(3) for i in range(1500)}
     expected |= {f"shared-{i}" for i in range(300)}
-    until(
-        lambda: len(fake_graph.events) >= len(expected),
-        timeout=60,
-        what="the events of the app processes that exited were not all delivered",
-    )
+    assert {str(e["event_id"]) for e in fake_graph.events} == expected  # before they exited
     until(lambda: not worker_running(outbox_path), timeout=60, what="the process stayed")
     sent = [str(e["event_id"]) for e in fake_graph.events]
     assert set(sent) == expected and len(sent) == len(expected)  # each once

@@ -177,12 +177,16 @@ class Dispatcher(Chores, Sending):
                 self._forcing -= 1
 
     def close(self, timeout: float) -> bool:
-        """Flush within ``timeout``, then stop; says where leftovers wait if any remain. With
-        a worker delivering, only stop (and store rows still in memory): what is stored is
-        the worker's to send, so an app process exits at once, worker running or not."""
+        """Flush within ``timeout``, then stop; says where leftovers wait if any remain.
+
+        A delivery process this process keeps (``tend``) is waited for as this thread would
+        be: a container that stops with the app takes the delivery process with it, so the
+        app's exit is where its events must be sent. With a site-run ``capi-bridge worker``,
+        only stop (and store rows still in memory): what is stored is the worker's to send,
+        so an app process exits at once, worker running or not."""
         deadline = time.monotonic() + max(0.0, timeout)
-        if not self.delivers:  # a worker sends what is stored: nothing to wait for but the
-            self.stop(timeout)  # rows in memory (Bridge.close says if some are left there)
+        if not self.delivers and self.tend is None:  # nothing to wait for but the rows in
+            self.stop(timeout)  # memory (Bridge.close says if some are left there)
             return not len(self.buffered) or self._spill()
         flushed = self.flush(timeout)
         self.stop(max(0.05, deadline - time.monotonic()))

@@ -20,9 +20,9 @@ however it dies) say who is there:
   tries to take it exclusively every :data:`CHECK_EVERY` seconds; once it can, no app process
   is left: it lets the worker lock go *before* the clients lock, so an app process that arrives
   meanwhile (it waits on the clients lock) finds the worker lock free and starts a new one. It
-  then delivers what the last ones left, for up to ``close_timeout``, and exits. An app process
-  therefore never waits at exit for Meta (a thread has to flush within ``close_timeout``), and
-  what it stored is sent after it is gone.
+  then delivers what the last ones left, for up to ``close_timeout``, and exits. An app
+  process's exit still waits up to ``close_timeout`` for its own events, as with a thread: a
+  container that stops with the app takes the delivery process with it.
 
 An app process looks for the worker every :data:`CHECK_EVERY` seconds (its dispatcher's idle
 pass), so a worker that crashed is replaced within a second; a worker that cannot start at
