@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from capi_bridge.cli_common import EXIT_FAILED, EXIT_OK, Subparsers, add_command
 from capi_bridge.delivery.host_worker import (
     WorkerPresence,
-    read_settings,
-    wait_for_clients_to_leave,
+    read_handover,
+    watch_app_processes,
 )
 from capi_bridge.settings import Settings
 
@@ -52,14 +52,17 @@ def serve(
     stop: threading.Event,
     ready: Callable[[str], None] | None = None,
     *,
-    managed: bool = False,
+    starter: int | None = None,
 ) -> bool:
     """Deliver from the outbox ``settings`` name until ``stop`` is set, then flush and close;
     returns whether nothing it could send was left. ``ready`` gets the outbox's location
     once delivery runs. A SQLite outbox's worker holds its worker lock meanwhile, so app
-    processes with ``delivery="process"`` start none of their own; ``managed`` (one they
-    started) also stops once none of them is left and what they stored is sent (or
-    ``close_timeout`` has passed), and does not start at all when another worker runs."""
+    processes with ``delivery="process"`` start none of their own. One they started (its
+    ``starter`` is the pid of the app process that did) also stops once none of them is
+    left and what they stored is sent (or ``close_timeout`` has passed), or once its starter
+    is gone (see :func:`~capi_bridge.delivery.host_worker.watch_app_processes`), and does
+    not start at all when another worker runs."""
+    managed = starter is not None
     from capi_bridge.bridge import Bridge
 
     presence = None
@@ -79,10 +82,10 @@ def serve(
         logger.info("delivering from %s (pid %d)", bridge.outbox.location, os.getpid())
         if ready is not None:
             ready(bridge.outbox.location)
-        if managed and presence is not None:
+        if starter is not None and presence is not None:
             watcher = threading.Thread(
-                target=wait_for_clients_to_leave,
-                args=(presence, stop, lambda: _drained(bridge), settings.close_timeout),
+                target=watch_app_processes,
+                args=(presence, stop, lambda: _drained(bridge), settings.close_timeout, starter),
                 name="capi-bridge-clients",
                 daemon=True,
             )
@@ -156,8 +159,8 @@ def _managed() -> int:
     sends it), so that the app process counts only crashes as failed starts."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    settings = read_settings(sys.stdin.buffer)
-    serve(settings, _stop_on_signals(), managed=True)
+    settings, starter = read_handover(sys.stdin.buffer)
+    serve(settings, _stop_on_signals(), starter=starter)
     return EXIT_OK
 
 

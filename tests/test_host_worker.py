@@ -260,6 +260,56 @@ def _get(url: str) -> int:
         return int(reply.read())
 
 
+def test_once_its_starter_is_gone_the_next_app_process_starts_one_with_its_own_settings(
+    make_bridge: Callable[..., Bridge], fake_graph: FakeGraph, outbox_path: str, tmp_path: Path
+) -> None:
+    """A rolling restart: the old deploy's process starts the delivery process, the new
+    deploy's joins, the old one goes. The outbox is never without an app process, yet the
+    new deploy's settings (here its Graph URL; a rotated token alike) take over."""
+    script = tmp_path / "old.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            from capi_bridge.bridge import Bridge
+            from capi_bridge.settings import Settings
+            from helpers.delivery_worker import make_event
+            bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",
+                graph_url={fake_graph.url!r}, outbox_path={outbox_path!r}, linger=0.02,
+                delivery="process"))
+            bridge.enqueue(make_event(1, "old"))
+            assert bridge.flush(30)
+            print("ready", flush=True)
+            sys.stdin.readline()
+            """
+        )
+    )
+    helpers = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
+    old = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert old.stdout is not None and old.stdin is not None
+    assert old.stdout.readline() == b"ready\n"
+    first = delivery_pid(outbox_path)
+    with FakeGraph() as new_graph:
+        new = make_bridge(delivery="process", graph_url=new_graph.url)
+        new.enqueue(make_event(2, "new"))
+        assert new.flush(30)  # sent by the old deploy's delivery process, its settings
+        assert [e["event_id"] for e in fake_graph.events] == ["old-1", "new-2"]
+        old.stdin.close()
+        assert old.wait(30) == 0
+        old.stdout.close()
+        until(
+            lambda: delivery_pid(outbox_path) not in (None, first),
+            timeout=30,
+            what="no delivery process of the new deploy's took over",
+        )
+        new.enqueue(make_event(3, "new"))
+        assert new.flush(30)
+        assert [e["event_id"] for e in new_graph.events] == ["new-3"]
+
+
 def test_two_app_processes_share_one_delivery_process(
     make_bridge: Callable[..., Bridge], fake_graph: FakeGraph
 ) -> None:

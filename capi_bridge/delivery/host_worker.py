@@ -274,8 +274,8 @@ def spawn(settings: Settings, lock_fd: int) -> Child:
     finally:
         for fd in sources:
             os.close(fd)
-    with contextlib.suppress(OSError), open(write, "wb") as pipe:  # OSError: it died at once
-        pipe.write(pickle.dumps(settings_values(settings)))  # (tend() reads its exit status)
+    with contextlib.suppress(OSError), open(write, "wb") as pipe:  # OSError: it died at once,
+        pipe.write(pickle.dumps((settings_values(settings), os.getpid())))  # tend() says why
     logger.debug("capi-bridge: started the delivery process %d", pid)
     return Child(pid)
 
@@ -293,10 +293,11 @@ def settings_values(settings: Settings) -> dict[str, Any]:
     return values
 
 
-def read_settings(stream: IO[bytes]) -> Settings:
-    """The worker's side of :func:`spawn` (its parent wrote the pipe, so it is trusted)."""
-    values = pickle.loads(stream.read())  # written by the parent process
-    return Settings(**values)
+def read_handover(stream: IO[bytes]) -> tuple[Settings, int]:
+    """The worker's side of :func:`spawn`: the settings, and the pid of the app process that
+    started it (it wrote the pipe, so it is trusted)."""
+    values, starter = pickle.loads(stream.read())  # written by the parent process
+    return Settings(**values), int(starter)
 
 
 # --- the worker's side --------------------------------------------------------------------------
@@ -357,21 +358,32 @@ class WorkerPresence:
             self._worker = None
 
 
-def wait_for_clients_to_leave(
+def watch_app_processes(
     presence: WorkerPresence,
     stop: threading.Event,
     drained: Callable[[], bool],
     linger: float,
+    starter: int,
 ) -> None:
-    """Until ``stop``: look for app processes every :data:`CHECK_EVERY` seconds; once none is
-    left, wait up to ``linger`` seconds for ``drained()`` (what they stored is delivered), then
-    set ``stop``."""
+    """Until ``stop``, every :data:`CHECK_EVERY` seconds: once no app process is left, wait up
+    to ``linger`` seconds for ``drained()`` (what they stored is sent), then set ``stop``.
+
+    Also once the app process that started this one (``starter``) is gone, even while others
+    remain: the worker lock goes at once and the next app process to look starts a delivery
+    process with *its* settings. Without this, a rolling restart (gunicorn's HUP, a recycled
+    worker) that never leaves the outbox without an app process would keep the first
+    deploy's settings (its token, its Graph URL) for ever."""
     try:
         while not stop.wait(CHECK_EVERY):
+            starter_gone = os.getppid() != starter
+            if starter_gone:
+                presence.release()
             if presence.clients_gone():
                 deadline = time.monotonic() + linger
                 while not drained() and time.monotonic() < deadline and not stop.wait(0.05):
                     pass
+                break
+            if starter_gone:  # app processes remain: theirs is the next delivery process
                 break
     except Exception:  # a bug: say so, and stop rather than stay without anyone to serve
         logger.warning("capi-bridge: the delivery process stops", exc_info=True)
