@@ -34,6 +34,26 @@ from capi_bridge.settings import Settings
 from capi_bridge.testing import FakeGraph
 
 
+def app_script(
+    tmp_path: Path, fake_graph: FakeGraph, outbox_path: str, body: str, **settings: object
+) -> tuple[list[str], dict[str, str]]:
+    """An app process as a script (``delivery="process"``, ``body`` run after its Bridge is
+    made): the command that runs it and its environment (the test helpers importable)."""
+    values = {"graph_url": fake_graph.url, "outbox_path": outbox_path, **settings}
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import sys\n"
+        "from capi_bridge.bridge import Bridge\n"
+        "from capi_bridge.settings import Settings\n"
+        "from helpers.delivery_worker import make_event\n"
+        'bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",'
+        f' linger=0.02, delivery="process", **{values!r}))\n' + textwrap.dedent(body)
+    )
+    helpers = str(Path(__file__).parent)
+    path = os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])
+    return [sys.executable, str(script)], {**os.environ, "PYTHONPATH": path}
+
+
 def delivered_ids(fake_graph: FakeGraph) -> list[str]:
     return sorted(str(e["event_id"]) for e in fake_graph.events)
 
@@ -105,23 +125,14 @@ def test_a_script_that_stores_and_ends_at_once_has_its_events_sent(
     with a thread (``close_timeout``: a container stopping with the app takes the delivery
     process along); with ``close_timeout=0`` it waits for nothing, and the delivery process
     sends them after it is gone. Either way the delivery process then goes too."""
-    script = tmp_path / "app.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            from capi_bridge.bridge import Bridge
-            from capi_bridge.settings import Settings
-            from helpers.delivery_worker import make_event
-            bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",
-                graph_url={fake_graph.url!r}, outbox_path={outbox_path!r}, linger=0.02,
-                delivery="process", close_timeout={close_timeout}))
-            bridge.enqueue_many(make_event(i, "gone") for i in range(20))
-            """
-        )
+    command, env = app_script(
+        tmp_path,
+        fake_graph,
+        outbox_path,
+        'bridge.enqueue_many(make_event(i, "gone") for i in range(20))\n',
+        close_timeout=close_timeout,
     )
-    helpers = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    subprocess.run(command, env=env, check=True, timeout=60)
     if close_timeout:
         assert len(fake_graph.events) == 20  # sent before the script's exit returned
     until(
@@ -266,29 +277,14 @@ def test_once_its_starter_is_gone_the_next_app_process_starts_one_with_its_own_s
     """A rolling restart: the old deploy's process starts the delivery process, the new
     deploy's joins, the old one goes. The outbox is never without an app process, yet the
     new deploy's settings (here its Graph URL; a rotated token alike) take over."""
-    script = tmp_path / "old.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys
-            from capi_bridge.bridge import Bridge
-            from capi_bridge.settings import Settings
-            from helpers.delivery_worker import make_event
-            bridge = Bridge(Settings(pixel_id="1234567890", access_token="test-token",
-                graph_url={fake_graph.url!r}, outbox_path={outbox_path!r}, linger=0.02,
-                delivery="process"))
-            bridge.enqueue(make_event(1, "old"))
-            assert bridge.flush(30)
-            print("ready", flush=True)
-            sys.stdin.readline()
-            """
-        )
-    )
-    helpers = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
-    old = subprocess.Popen(
-        [sys.executable, str(script)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    body = """
+        bridge.enqueue(make_event(1, "old"))
+        assert bridge.flush(30)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """
+    command, env = app_script(tmp_path, fake_graph, outbox_path, body)
+    old = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert old.stdout is not None and old.stdin is not None
     assert old.stdout.readline() == b"ready\n"
     first = delivery_pid(outbox_path)
