@@ -66,7 +66,8 @@ def serve(
     from capi_bridge.bridge import Bridge
 
     presence = None
-    if settings.outbox_url is None and os.name == "posix" and settings.outbox_path:
+    if settings.outbox_local_posix:
+        assert settings.outbox_path is not None
         presence = WorkerPresence(settings.outbox_path)
         if not (presence.adopt() if managed else presence.claim()):
             if managed:  # another app process's worker won the race: it delivers

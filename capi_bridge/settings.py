@@ -350,9 +350,13 @@ class Settings:
         "thread" otherwise (PostgreSQL: run ``capi-bridge worker`` anywhere, or threads)."""
         if self.delivery != "auto":
             return self.delivery
-        if self.outbox_url or os.name != "posix":
-            return "thread"
-        return AUTO_DELIVERY
+        return AUTO_DELIVERY if self.outbox_local_posix else "thread"
+
+    @property
+    def outbox_local_posix(self) -> bool:
+        """A SQLite outbox on a POSIX host: one whose delivery process can be found by the
+        ``flock``'ed files beside it (:mod:`capi_bridge.delivery.host_worker`)."""
+        return not self.outbox_url and bool(self.outbox_path) and os.name == "posix"
 
     @property
     def consent_required(self) -> bool:

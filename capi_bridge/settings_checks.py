@@ -378,7 +378,7 @@ def _check_synchronous(s: Settings) -> None:
             "starts one delivery process per host), thread (each app process delivers in a "
             "thread) or worker (you run `capi-bridge worker` beside the app)",
         )
-    if s.delivery == "process" and (s.outbox_url or os.name != "posix"):
+    if s.delivery == "process" and not s.outbox_local_posix:
         fail(
             s,
             "delivery",
