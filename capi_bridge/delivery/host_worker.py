@@ -159,9 +159,8 @@ class WorkerTender:
             child = self._child
             if child is not None:
                 code = child.poll()  # reaps it once it has ended
-                if code is None:  # ours runs: starting (importing), or delivering
-                    if worker_running(self._path):
-                        self._failed = 0
+                if code is None:  # ours runs, holding the worker lock it was handed
+                    self._failed = 0
                     return True
                 self._child = None
                 if code:  # 0: it found another one delivering, or it was done
