@@ -108,7 +108,7 @@ def _drained(bridge: Bridge) -> bool:
         stats = bridge.outbox.stats(time.time())
     except errors:
         return True
-    return not (stats.pending or stats.in_flight or stats.retrying)
+    return not stats.undelivered
 
 
 def add_commands(sub: Subparsers) -> None:
