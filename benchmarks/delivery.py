@@ -357,10 +357,12 @@ def backlog(url: str, where_json: str, n: int) -> int:
 
 
 def delivery_pid(bridge: Any) -> int | None:
-    """The delivery process this bridge started (``delivery="process"``), if any."""
-    tender = bridge._tender
-    child = None if tender is None else tender._child
-    return None if child is None else int(child.pid)
+    """The process delivering this bridge's SQLite outbox on this host, if one holds its
+    worker lock (``delivery="process"``); None for PostgreSQL or a thread."""
+    from capi_bridge.delivery.host_worker import delivery_pid as holder
+
+    path = bridge.settings.outbox_path
+    return holder(path) or None if path and not bridge.settings.outbox_url else None
 
 
 def peak_rss_mb(pid: int | str | None = "self") -> float:
